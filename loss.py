@@ -1,0 +1,166 @@
+"""Losses: hetero-center triplet (the paper's), batch-hard triplet, weighted regularised triplet (AGW).
+
+Every triplet loss takes features [..., B, D] (a leading strip axis is allowed, so the PCB
+strips are one call) and returns (loss, n_correct): loss has the leading shape ([] for a plain
+[B, D] batch), n_correct counts anchors whose hardest negative is at least as far as their
+hardest positive, summed over everything. No .item(): nothing here waits for the GPU.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pairwise_distance(x, y):
+    """Euclidean distances, sqrt(clamp(d^2, 1e-12)), computed as the authors do (in float32)."""
+    x, y = x.float(), y.float()
+    d2 = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(-2) - 2 * x @ y.transpose(-1, -2)
+    return d2.clamp(min=1e-12).sqrt()
+
+
+def hardest(dist, pos, neg=None):
+    """Hardest positive (largest distance among pos) and negative (smallest among neg, by default
+    ~pos) per anchor."""
+    d_ap = dist.masked_fill(~pos, float("-inf")).amax(-1)
+    d_an = dist.masked_fill(pos if neg is None else ~neg, float("inf")).amin(-1)
+    return d_ap, d_an
+
+
+def modality_of(batch_size, device):
+    """The default modality vector: first half visible (0), second half thermal (1)."""
+    return (torch.arange(batch_size, device=device) >= batch_size // 2).long()
+
+
+class CenterTripletLoss(nn.Module):
+    """Hetero-center triplet loss (Liu et al. 2021), margin rho.
+
+    Centers are the mean feature of each (identity, modality) group present in the batch,
+    found from labels and modality (not positions), so any batch order gives the same loss.
+    The groups are numbered by sorting, into at most B slots of which the absent ones are
+    masked: no data-dependent shapes, so nothing waits for the GPU.
+    """
+
+    def __init__(self, batch_size=None, margin=0.3):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, feats, labels, modal=None):
+        loss, correct, _ = self.anchors(feats, labels, modal)
+        return loss, correct
+
+    def anchors(self, feats, labels, modal=None):
+        """(loss, n_correct, number of anchors = centers)."""
+        b = labels.numel()
+        if modal is None:
+            modal = modality_of(b, labels.device)
+        key, order = (labels * 2 + modal).sort()
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        group = torch.empty_like(order)
+        group[order] = first.long().cumsum(0) - 1
+        feats = feats.float()
+        count = torch.zeros(b, device=feats.device).index_add_(0, group, torch.ones(b, device=feats.device))
+        centers = torch.zeros(feats.shape, device=feats.device).index_add_(-2, group, feats)
+        centers = centers / count.clamp(min=1)[:, None]
+        center_label = torch.zeros_like(labels).scatter_(0, group, labels)
+        present = count > 0
+        both = present[:, None] & present[None, :]
+        same = center_label[:, None] == center_label[None, :]
+        d_ap, d_an = hardest(pairwise_distance(centers, centers), same & both, ~same & both)
+        per_anchor = F.relu(d_ap - d_an + self.margin) * present
+        n = present.sum()
+        return per_anchor.sum(-1) / n, ((d_an >= d_ap) & present).sum(), n
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet loss (Hermans et al. 2017) over all samples of the batch."""
+
+    def __init__(self, batch_size=None, margin=0.3):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, feats, labels, modal=None):
+        dist = pairwise_distance(feats, feats)
+        d_ap, d_an = hardest(dist, labels[:, None] == labels[None, :])
+        return F.relu(d_ap - d_an + self.margin).mean(-1), (d_an >= d_ap).sum()
+
+
+class TripletLoss_WRT(nn.Module):  # noqa: N801 -- the AGW code's name
+    """Weighted regularised triplet (AGW, Ye et al. TPAMI 2021): softmax-weighted positives and
+    negatives, soft-margin loss; no margin parameter."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, feats, labels, modal=None):
+        dist = pairwise_distance(feats, feats)
+        pos = (labels[:, None] == labels[None, :]).float()
+        neg = 1.0 - pos
+        furthest_pos = (dist * pos * softmax_weights(dist * pos, pos)).sum(-1)
+        closest_neg = (dist * neg * softmax_weights(-dist * neg, neg)).sum(-1)
+        loss = F.softplus(closest_neg.neg() + furthest_pos).mean(-1)  # SoftMarginLoss with y = 1
+        return loss, (closest_neg >= furthest_pos).sum()
+
+
+def softmax_weights(dist, mask):
+    """AGW's masked softmax, kept as written there (the +1e-6 and the shift by the masked max)."""
+    diff = dist - (dist * mask).amax(-1, keepdim=True)
+    e = diff.exp() * mask
+    return e / (e.sum(-1, keepdim=True) + 1e-6)
+
+
+def triplet_criterion(method, margin=0.3):
+    """The metric loss for --method; None for id-only."""
+    if method == "hctri":
+        return CenterTripletLoss(margin=margin)
+    if method == "batch-hard":
+        return TripletLoss(margin=margin)
+    if method == "agw":
+        return TripletLoss_WRT()
+    if method == "id-only":
+        return None
+    raise ValueError(f"--method must be hctri, batch-hard, agw or id-only, got {method}")
+
+
+class ReIDLoss(nn.Module):
+    """The paper's total loss.
+
+    PCB on:  sum_strips ID(logits_i) + Tri(concat) + w_center * sum_strips Tri(local_i)
+    PCB off: ID(logits) + w_center * Tri(x_pool)
+    Returns (total, id_loss, triplet_loss, triplet accuracy), the accuracy (fraction of anchors
+    whose hardest negative is no nearer than their hardest positive) on the concatenated (PCB)
+    or pooled (global) feature, as the authors report it.
+    """
+
+    def __init__(self, method="hctri", margin=0.3, w_center=1.0, label_smooth="off"):
+        super().__init__()
+        self.id_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if label_smooth == "on" else 0.0)
+        self.tri = triplet_criterion(method, margin)
+        self.w_center = w_center
+
+    def _tri(self, feats, labels, modal):
+        if isinstance(self.tri, CenterTripletLoss):
+            return self.tri.anchors(feats, labels, modal)
+        loss, correct = self.tri(feats, labels, modal)
+        return loss, correct, labels.numel()
+
+    def forward(self, out, labels, modal=None):
+        if len(out) == 3:  # PCB: (list of strip features, list of strip logits, concatenation)
+            feats, logits, feat_all = out
+            feats, logits = torch.stack(feats), torch.stack(logits)  # [S, B, D], [S, B, classes]
+            s = logits.shape[0]
+            # the sum of the strips' mean cross-entropies, in one call
+            loss_id = s * self.id_loss(logits.flatten(0, 1).float(), labels.repeat(s))
+            global_feat, local = feat_all, feats
+        else:  # global head: (x_pool, logits)
+            global_feat, logits = out
+            loss_id = self.id_loss(logits.float(), labels)
+            local = None
+        if self.tri is None:
+            zero = torch.zeros_like(loss_id)
+            return loss_id, loss_id, zero, zero
+        loss_tri, correct, n = self._tri(global_feat, labels, modal)
+        if local is None:
+            loss_tri = self.w_center * loss_tri
+        else:
+            loss_tri = loss_tri + self.w_center * self._tri(local, labels, modal)[0].sum()
+        return loss_id + loss_tri, loss_id, loss_tri, correct / n

@@ -1,0 +1,163 @@
+import copy
+
+import pytest
+import torch
+
+import model_mine
+import utils
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return model_mine.embed_net(7, share_net=2, pcb="on", gem_p=10.0)
+
+
+def images(n=2, h=96, w=48, seed=0):
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("share_net,specific,shared", [
+    (0, [], ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]),
+    (1, ["conv1", "bn1"], ["layer1", "layer2", "layer3", "layer4"]),
+    (2, ["conv1", "bn1", "layer1"], ["layer2", "layer3", "layer4"]),
+    (4, ["conv1", "bn1", "layer1", "layer2", "layer3"], ["layer4"]),
+    (5, ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"], []),
+])
+def test_share_net_split_and_original_key_names(share_net, specific, shared):
+    keys = model_mine.embed_net(3, share_net=share_net).state_dict().keys()
+
+    def tops(prefix):
+        return sorted({k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix)})
+
+    assert tops("visible_module.visible.") == sorted(specific)
+    assert tops("thermal_module.thermal.") == sorted(specific)
+    assert tops("base_resnet.base.") == sorted(shared)
+    assert not any(".fc." in k for k in keys)
+
+
+def test_last_stride_one_feature_map():
+    m = model_mine.embed_net(3).eval()
+    with torch.no_grad():
+        x = m.backbone(images(1, 288, 144), None, modal=1)
+    assert x.shape == (1, 2048, 18, 9)
+
+
+def test_streams_start_from_their_own_copy_of_the_weights(tmp_path):
+    torch.manual_seed(0)
+    sd = model_mine.resnet50_last_stride1().state_dict()
+    path = tmp_path / "r50.pth"
+    torch.save(sd, path)
+    m = model_mine.embed_net(3, share_net=2, pretrained=str(path))
+    v, t = m.visible_module.visible.conv1.weight, m.thermal_module.thermal.conv1.weight
+    assert torch.equal(v, sd["conv1.weight"]) and torch.equal(t, sd["conv1.weight"])
+    assert v.data_ptr() != t.data_ptr()
+    assert torch.equal(m.base_resnet.base.layer4[0].conv1.weight, sd["layer4.0.conv1.weight"])
+
+
+def test_modal_selects_streams(net):
+    net.eval()
+    x1, x2 = images(2, seed=1), images(2, seed=2)
+    with torch.no_grad():
+        both = net(x1, x2, modal=0)
+        assert torch.allclose(both[:2], net(x1, x2, modal=1), atol=1e-5)
+        assert torch.allclose(both[2:], net(x1, x2, modal=2), atol=1e-5)
+    assert both.shape == (4, 6 * 256)
+    assert torch.allclose(both.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_training_outputs(net):
+    net.train()
+    feats, logits, feat_all = net(images(2), images(2, seed=3))
+    assert len(feats) == 6 and len(logits) == 6
+    assert feats[0].shape == (4, 256) and logits[0].shape == (4, 7) and feat_all.shape == (4, 1536)
+    assert torch.equal(torch.cat(feats, 1), feat_all)
+
+
+def test_fast_pcb_head_equals_the_looped_one(net):
+    x = torch.rand(4, 2048, 6, 3) * 3
+    for training in (True, False):
+        a, b = copy.deepcopy(net.head).train(training), copy.deepcopy(net.head).train(training)
+        fa, la = a(x)
+        fb, lb = b.forward_looped(x)
+        assert torch.allclose(fa, fb, atol=1e-4) and torch.allclose(la, lb, atol=1e-5)
+        assert torch.allclose(a.bn.running_mean, b.bn.running_mean, atol=1e-6)
+        assert torch.allclose(a.bn.running_var, b.bn.running_var, atol=1e-5)
+        assert int(a.bn.num_batches_tracked) == int(b.bn.num_batches_tracked)
+
+
+def test_gem_matches_formula_and_is_float32_under_autocast():
+    x = torch.rand(2, 4, 6, 3) * 4
+    want = (x.pow(10).mean(dim=(2, 3)) + 1e-12).pow(0.1)
+    assert torch.allclose(model_mine.gem(x, 10.0, (2, 3)), want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model_mine.gem(x.bfloat16(), 10.0, (2, 3))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_global_head_outputs():
+    m = model_mine.embed_net(5, pcb="off")
+    m.train()
+    x_pool, logits = m(images(2), images(2))
+    assert x_pool.shape == (4, 2048) and logits.shape == (4, 5)
+    assert not m.bottleneck.bias.requires_grad
+    m.eval()
+    with torch.no_grad():
+        pool, feat = m(images(2), images(2), modal=1)
+    assert pool.shape == feat.shape == (2, 2048)
+
+
+def test_strips_must_divide_the_height(net):
+    net.eval()
+    with pytest.raises(ValueError, match="num_strips"):
+        with torch.no_grad():
+            net(images(1, 80, 48), None, modal=1)
+
+
+def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
+    net.eval()
+    path = tmp_path / "orig.t"
+    torch.save({"net": model_mine.to_original_state_dict(net), "cmc": None, "mAP": 0.5, "mINP": 0.3, "epoch": 3},
+               path)
+    keys = torch.load(path, weights_only=False)["net"].keys()
+    assert "local_conv_list.5.0.weight" in keys and "fc_list.0.bias" in keys and "local_conv_list.0.1.running_var" in keys
+    args = type("A", (), dict(share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    loaded, _ = utils.model_from_checkpoint(str(path), args)
+    loaded.eval()
+    x = images(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, x, 1), net(x, x, 1))
+        assert torch.equal(loaded(x, x, 2), net(x, x, 2))
+
+
+def test_dataparallel_prefix_is_removed(net, tmp_path):
+    path = tmp_path / "dp.t"
+    torch.save({"net": {"module." + k: v for k, v in model_mine.to_original_state_dict(net).items()}}, path)
+    args = type("A", (), dict(share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    utils.model_from_checkpoint(str(path), args)
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(net, tmp_path):
+    path = tmp_path / "orig.t"
+    torch.save({"net": model_mine.to_original_state_dict(net)}, path)
+    args = type("A", (), dict(share_net=3, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    with pytest.raises(ValueError, match=r"does not fit the model \(share_net=3.*missing keys.*unexpected keys"):
+        utils.model_from_checkpoint(str(path), args)
+
+
+def test_missing_checkpoint_never_evaluates_random_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        utils.model_from_checkpoint(str(tmp_path / "nope.t"), None)
+
+
+def test_imagenet_offline_says_where_to_put_the_weights(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r"resnet50-0676ba61\.pth.*--pretrained PATH"):
+        model_mine.embed_net(3, pretrained="imagenet")
+
+
+def test_pretrained_path_must_exist():
+    with pytest.raises(FileNotFoundError, match="--pretrained"):
+        model_mine.embed_net(3, pretrained="/no/such/weights.pth")

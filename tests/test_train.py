@@ -1,0 +1,128 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data_loader
+import demo_data
+import model_mine
+import train_mine
+import utils
+
+
+@pytest.fixture(scope="module")
+def tiny_regdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "regdb"
+    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=1))
+
+
+def tiny_args(data_path, out, *extra):
+    return train_mine.get_args_parser().parse_args([
+        "--dataset", "demo", "--data_path", data_path, "--img_h", "32", "--img_w", "16", "--num_strips", "2",
+        "--local_feat_dim", "16", "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "2",
+        "--workers", "0", "--gpu", "cpu", "--model_path", os.path.join(out, "models"),
+        "--log_path", os.path.join(out, "log"), "--eval_start", "100", "--seed", "3", *extra])
+
+
+def test_learning_rate_schedule_and_groups():
+    model = model_mine.embed_net(5, share_net=2, pcb="on")
+    args = train_mine.get_args_parser().parse_args(["--lr", "0.1"])
+    opt = train_mine.build_optimizer(model, args)
+    head = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == head
+    assert len(opt.param_groups[0]["params"]) + len(head) == len(list(model.parameters()))
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
+    expected = {0: 0.01, 9: 0.1, 10: 0.1, 19: 0.1, 20: 0.01, 49: 0.01, 50: 0.001, 60: 0.001}
+    for epoch, lr in expected.items():
+        train_mine.adjust_learning_rate(opt, epoch, 0.1)
+        assert opt.param_groups[1]["lr"] == pytest.approx(lr)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * lr)
+
+
+def test_global_head_groups():
+    model = model_mine.embed_net(5, pcb="off")
+    opt = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", "0.1", "--optim", "adam"]))
+    assert isinstance(opt, torch.optim.Adam)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in opt.param_groups[1]["params"]) == ["bottleneck.weight", "classifier.weight"]
+
+
+def test_sampler_layout_and_balance():
+    labels_v = np.repeat(np.arange(10), 7)
+    labels_t = np.repeat(np.arange(10), 3)
+    s = utils.IdentitySampler(labels_v, labels_t, num_pos=4, batch_size=5, seed=1)
+    assert len(s) == 70 // 20
+    seen = set()
+    for idx_v, idx_t in s:
+        assert idx_v.shape == idx_t.shape == (20,)
+        lv, lt = labels_v[idx_v].reshape(5, 4), labels_t[idx_t].reshape(5, 4)
+        assert (lv == lv[:, :1]).all() and np.array_equal(lv, lt)  # identity-contiguous, same order
+        assert len(set(lv[:, 0])) == 5  # P distinct identities
+        seen |= set(lv[:, 0])
+    assert len(seen) > 5
+    # deterministic per (seed, epoch), different across epochs
+    a = [x.tolist() for x, _ in s]
+    assert a == [x.tolist() for x, _ in s]
+    s.set_epoch(1)
+    assert a != [x.tolist() for x, _ in s]
+
+
+def test_sampler_rejects_more_identities_than_exist():
+    with pytest.raises(ValueError, match="--batch-size 6 identities per batch.*only 5"):
+        utils.IdentitySampler(np.arange(5), np.arange(5), 2, 6)
+
+
+def test_published_defaults():
+    args = train_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", "x"])
+    utils.fill_dataset_defaults(args)
+    assert (args.batch_size, args.num_pos, args.w_center, args.label_smooth, args.gem_p) == (6, 8, 1.0, "off", 3.0)
+    assert (args.epochs, args.img_h, args.img_w, args.pretrained, args.share_net, args.pcb) == \
+        (61, 288, 144, "imagenet", 2, "on")
+    args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--trial", "3"])
+    utils.fill_dataset_defaults(args)
+    assert (args.batch_size, args.num_pos, args.w_center, args.label_smooth, args.gem_p, args.trial) == \
+        (8, 4, 2.0, "on", 10.0, 3)
+
+
+def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
+    full = tiny_args(tiny_regdb, str(tmp_path / "full"), "--epochs", "3")
+    train_mine.main(full)
+    name = train_mine.run_name(full)
+    last = torch.load(tmp_path / "full" / "models" / f"{name}_last.pth", weights_only=False)
+    assert last["epoch"] == 2 and (tmp_path / "full" / "models" / f"{name}_best.pth").exists()
+    assert os.path.exists(tmp_path / "full" / "log" / f"{name}.log")
+
+    first = tiny_args(tiny_regdb, str(tmp_path / "cut"), "--epochs", "2")
+    train_mine.main(first)
+    ckpt_path = tmp_path / "cut" / "models" / f"{name}_last.pth"
+    assert torch.load(ckpt_path, weights_only=False)["epoch"] == 1
+    resumed = tiny_args(tiny_regdb, str(tmp_path / "cut"), "--epochs", "3", "--resume", str(ckpt_path))
+    train_mine.main(resumed)
+    end = torch.load(ckpt_path, weights_only=False)
+    assert end["epoch"] == 2
+    for k, v in last["model"].items():
+        assert torch.equal(v, end["model"][k]), k
+
+
+def test_missing_sysu_npy_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_rgb_resized_img.npy.*pre_process_sysu.py"):
+        data_loader.sysu_train_data(str(tmp_path))
+
+
+def test_strips_not_dividing_the_height_is_a_clear_error(tiny_regdb, tmp_path):
+    args = tiny_args(tiny_regdb, str(tmp_path), "--epochs", "1", "--img_h", "48")
+    with pytest.raises(ValueError, match="--img_h 48.*multiple of 32"):
+        train_mine.main(args)
+
+
+def test_too_many_identities_per_batch_is_a_clear_error(tiny_regdb, tmp_path):
+    args = tiny_args(tiny_regdb, str(tmp_path), "--epochs", "1", "--batch-size", "50")
+    with pytest.raises(ValueError, match="--batch-size 50"):
+        train_mine.main(args)
+
+
+def test_nan_loss_stops_with_epoch_and_step(tiny_regdb, tmp_path):
+    args = tiny_args(tiny_regdb, str(tmp_path), "--epochs", "1", "--lr", "1e30", "--print_freq", "1")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 0, step \d"):
+        train_mine.main(args)

@@ -1,0 +1,236 @@
+"""Identity sampler, seeding, meters, logging, devices and checkpoint files."""
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+import model_mine
+
+
+# The published setting of each dataset (SPEC §6), filling every flag left at None; 'demo' is a
+# CPU-sized run of the same model on the generated data set (demo_data.py).
+DATASET_DEFAULTS = {
+    "sysu": dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
+                 epochs=61, pretrained="imagenet", data_path=None),
+    "regdb": dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=144, img_h=288,
+                  epochs=61, pretrained="imagenet", data_path=None),
+    "demo": dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=48, img_h=96,
+                 epochs=12, pretrained="none", data_path=os.path.join("data", "demo")),
+}
+
+
+def fill_dataset_defaults(args, skip=()):
+    """Set every flag left at None (but those in skip) to the published value for args.dataset."""
+    if args.dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, got {args.dataset}")
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if key not in skip and hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+    if getattr(args, "data_path", "") is None:
+        raise ValueError(f"--data_path is required for --dataset {args.dataset} (the dataset's root folder)")
+    return args
+
+
+def parse_trials(text):
+    """'0-9' or '1,3,5' or '2' -> list of ints."""
+    trials = []
+    try:
+        for part in str(text).split(","):
+            a, _, b = part.strip().partition("-")
+            trials.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    except ValueError:
+        raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '2', got {text!r}") from None
+    return trials
+
+
+class IdentitySampler(Sampler):
+    """Identity-balanced batches: P distinct identities (without replacement) x K visible and
+    K thermal images each (with replacement). Yields (visible indices, thermal indices), both
+    [P*K] and identity-contiguous in the same identity order. An epoch is
+    max(N_visible, N_thermal) // (P*K) batches, drawn from (seed, epoch, rank), so a resumed or
+    a distributed run draws the batches it would have drawn anyway."""
+
+    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0):
+        labels_v, labels_t = np.asarray(labels_v), np.asarray(labels_t)
+        self.ids = np.intersect1d(labels_v, labels_t)
+        if batch_size > len(self.ids):
+            raise ValueError(f"--batch-size {batch_size} identities per batch, but the training set has only "
+                             f"{len(self.ids)} identities with both visible and thermal images")
+        if num_pos < 1 or batch_size < 1:
+            raise ValueError(f"--batch-size and --num_pos must be >= 1, got {batch_size} and {num_pos}")
+        self.P, self.K, self.seed, self.rank, self.epoch = batch_size, num_pos, seed, rank, 0
+        self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos))
+        self._v = self._positions(labels_v)
+        self._t = self._positions(labels_t)
+
+    def _positions(self, labels):
+        """(indices sorted by label, first position and count of each identity of self.ids)."""
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], self.ids, side="left")
+        counts = np.searchsorted(labels[order], self.ids, side="right") - starts
+        return order, starts, counts
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_batches
+
+    def _draw(self, rng, chosen, positions):
+        order, starts, counts = positions
+        offset = (rng.random(chosen.shape + (self.K,)) * counts[chosen][..., None]).astype(np.int64)
+        return order[starts[chosen][..., None] + offset].reshape(len(chosen), -1)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        # P distinct identities per batch: the first P of a random permutation, for all batches at once
+        chosen = rng.random((self.num_batches, len(self.ids))).argsort(1)[:, :self.P]
+        idx_v = self._draw(rng, chosen, self._v)
+        idx_t = self._draw(rng, chosen, self._t)
+        yield from zip(idx_v, idx_t)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AverageMeter:
+    def __init__(self):
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value, n=1):
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+
+def get_logger(log_file=None, name="vtreid"):
+    """A logger printing to the console and, if given, appending to log_file."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(h)
+    return logger
+
+
+def select_device(gpu):
+    """cuda:<gpu> when CUDA is available and --gpu is not 'cpu', else the CPU."""
+    if str(gpu).lower() != "cpu" and torch.cuda.is_available():
+        index = int(str(gpu).split(",")[0])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside path, then rename: a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, flag="--resume"):
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: no such checkpoint file: {path}")
+    try:
+        # weights_only=False: the authors' files hold numpy arrays, ours RNG states; both are trusted
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{flag}: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def checkpoint_weights(ckpt, path):
+    """(state dict, architecture dict or None) of one of our checkpoints ('model', 'arch') or of the
+    authors' ('net'), with a DataParallel 'module.' prefix removed and their PCB keys converted."""
+    if isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt:
+        return dict(ckpt["model"]), dict(ckpt["arch"])
+    if isinstance(ckpt, dict) and "net" in ckpt:
+        sd = dict(ckpt["net"])
+    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        sd = dict(ckpt)  # a bare state dict
+    else:
+        raise ValueError(f"{path}: not a checkpoint of this project ('model' + 'arch') nor of the original code ('net')")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return model_mine.convert_original_keys(sd), None
+
+
+def original_class_num(state_dict, path):
+    for key in ("head.fc_weight", "classifier.weight"):
+        if key in state_dict:
+            return state_dict[key].shape[-2]
+    raise ValueError(f"{path}: cannot tell the number of classes: no fc_list.0.weight or classifier.weight")
+
+
+def load_weights(model, state_dict, path):
+    """Strict load with one readable error naming what does not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        cfg = model.config
+        parts = [f"{name} ({len(v)}): {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+                 for name, v in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", shapes)) if v]
+        raise ValueError(f"{path} does not fit the model (share_net={cfg['share_net']}, pcb={cfg['pcb']}, "
+                         f"local_feat_dim={cfg['local_feat_dim']}, num_strips={cfg['num_strips']}): "
+                         + "; ".join(parts) + ". For checkpoints of the original code pass the architecture "
+                         "flags they were trained with (--share_net, --pcb, --local_feat_dim, --num_strips)")
+    model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(path, args=None):
+    """embed_net with the weights of a checkpoint file; the architecture comes from the file (ours)
+    or from args (the original code's files, which do not record it)."""
+    ckpt = load_checkpoint(path)
+    sd, arch = checkpoint_weights(ckpt, path)
+    if arch is None:
+        if args is None:
+            raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
+        arch = dict(class_num=original_class_num(sd, path), share_net=args.share_net, pcb=args.pcb,
+                    local_feat_dim=args.local_feat_dim, num_strips=args.num_strips, gem_p=args.gem_p,
+                    gm_pool=args.gm_pool)
+    model = model_mine.embed_net(**arch)
+    load_weights(model, sd, path)
+    return model, ckpt
