@@ -31,7 +31,7 @@ def load_image(path, img_w, img_h):
             img = img.convert("RGB").resize((img_w, img_h), Image.LANCZOS)
     except (OSError, ValueError) as e:
         raise OSError(f"cannot read image {path}: {e}") from None
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def load_images(paths, img_w, img_h, workers=8):
