@@ -77,11 +77,16 @@ def split_names(share_net):
 def gem(x, p, dims):
     """Generalised-mean pooling, (mean(x^p) + 1e-12)^(1/p), as the authors compute it.
 
-    Always in float32: with p = 10 a ReLU activation of 3 already gives 59049 and anything
-    above ~3.03 overflows float16, so under autocast the powers must not be taken in half.
+    Overflow-safe: always in float32 (with p = 10, float16 overflows from x = 3.03 on), and the
+    powers are taken of x / m with m = max(1, max x), using the identity
+    (mean(x^p) + e)^(1/p) = m * (mean((x/m)^p) + e/m^p)^(1/p), so that even float32 (which
+    overflows from x = 7131 on) never sees a power above 1. Where m = 1 this is the formula itself.
     """
     with torch.autocast(x.device.type, enabled=False):
-        return (x.float().pow(p).mean(dim=dims) + 1e-12).pow(1.0 / p)
+        x = x.float()
+        m = x.detach().amax(dim=dims, keepdim=True).clamp(min=1.0)
+        scale = m.squeeze(dims)
+        return (x.div(m).pow(p).mean(dim=dims) + 1e-12 / scale.pow(p)).pow(1.0 / p) * scale
 
 
 class PCBHead(nn.Module):

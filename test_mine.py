@@ -19,6 +19,7 @@ import data_loader
 import data_manager
 import eval_metrics
 import utils
+import visualize
 
 METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
@@ -59,6 +60,15 @@ def get_args_parser(add_help=True):
     g.add_argument("--gpu", default="0", help="CUDA device index, or 'cpu'")
     g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here")
     g.add_argument("--log_path", default="log/", help="results.csv (one row per run) is appended here")
+    g = parser.add_argument_group("pictures and searching your own images")
+    g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
+    g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
+    g.add_argument("--vis_order", default="hardest", help="hardest (worst first true match first) | random")
+    g.add_argument("--top_k", default=10, type=int, help="gallery images per ranked list / CSV row set")
+    g.add_argument("--query_dir", default=None, help="search: folder of query images (any names and sizes)")
+    g.add_argument("--gallery_dir", default=None, help="search: folder of gallery images")
+    g.add_argument("--query_modal", default="thermal", help="search: modality of the query images, "
+                                                             "thermal | visible (the gallery is the other)")
     return parser
 
 
@@ -82,7 +92,11 @@ def extract_features(model, images, modal, device, batch_size=128, half=False):
         if isinstance(out, tuple):  # global head: (pool, bottleneck); the bottleneck feature is evaluated
             out = out[1]
         feats.append(torch.nn.functional.normalize(out.float(), dim=1))
-    return torch.cat(feats)
+    feats = torch.cat(feats)
+    if not torch.isfinite(feats).all():  # never rank with NaN distances: that gives a silent wrong result
+        raise ValueError("the model gives non-finite (NaN/inf) features: its weights are broken "
+                         "(a diverged training run?)")
+    return feats
 
 
 def distance(qf, gf, re_rank="no"):
@@ -121,17 +135,21 @@ class SYSUEval:
         union = sorted({p for g in galleries for p in g[0]})
         where = {p: i for i, p in enumerate(union)}
         self.trials = [(t, np.array([where[p] for p in g[0]]), g[1], g[2]) for t, g in zip(trials, galleries)]
+        self.q_paths, self.g_paths = q_paths, union
         self.q_images = data_loader.load_images(q_paths, img_w, img_h, workers)
         self.g_images = data_loader.load_images(union, img_w, img_h, workers)
 
-    def run(self, model, device, batch_size=128, re_rank="no", half=False):
-        """[(trial, cmc, mAP, mINP)] for every trial."""
+    def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None):
+        """[(trial, cmc, mAP, mINP)] for every trial; on_distance(setting, trial, distmat, query paths,
+        gallery paths, query labels, gallery labels) sees each trial's distances."""
         qf = extract_features(model, self.q_images, 2, device, batch_size, half)
         gf_all = extract_features(model, self.g_images, 1, device, batch_size, half)
         results = []
         for t, idx, g_pids, g_camids in self.trials:
             gf = gf_all[torch.as_tensor(idx, device=device)]
             dist = distance(qf, gf, re_rank)
+            if on_distance is not None:
+                on_distance("search", t, dist, self.q_paths, [self.g_paths[i] for i in idx], self.q_pids, g_pids)
             results.append((t, *eval_metrics.eval_sysu(dist, self.q_pids, g_pids, self.q_camids, g_camids)))
         return results
 
@@ -140,20 +158,26 @@ class RegDBEval:
     """One RegDB split's test images (visible and thermal), read once."""
 
     def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4):
+        self.trial = trial
         v_paths, self.v_labels = data_manager.process_test_regdb(data_path, trial, "visible")
         t_paths, self.t_labels = data_manager.process_test_regdb(data_path, trial, "thermal")
+        self.v_paths, self.t_paths = v_paths, t_paths
         self.v_images = data_loader.load_images(v_paths, img_w, img_h, workers)
         self.t_images = data_loader.load_images(t_paths, img_w, img_h, workers)
 
-    def run(self, model, device, batch_size=128, re_rank="no", half=False, directions=("visible->thermal",)):
-        """{direction: (cmc, mAP, mINP)}."""
+    def run(self, model, device, batch_size=128, re_rank="no", half=False, directions=("visible->thermal",),
+            on_distance=None):
+        """{direction: (cmc, mAP, mINP)}; on_distance as in SYSUEval.run."""
         vf = extract_features(model, self.v_images, 1, device, batch_size, half)
         tf = extract_features(model, self.t_images, 2, device, batch_size, half)
         out = {}
         for d in directions:
-            q, g, ql, gl = (vf, tf, self.v_labels, self.t_labels) if d == "visible->thermal" else \
-                (tf, vf, self.t_labels, self.v_labels)
-            out[d] = eval_metrics.eval_regdb(distance(q, g, re_rank), ql, gl)
+            q, g, ql, gl, qp, gp = (vf, tf, self.v_labels, self.t_labels, self.v_paths, self.t_paths) \
+                if d == "visible->thermal" else (tf, vf, self.t_labels, self.v_labels, self.t_paths, self.v_paths)
+            dist = distance(q, g, re_rank)
+            if on_distance is not None:
+                on_distance(d, self.trial, dist, qp, gp, ql, gl)
+            out[d] = eval_metrics.eval_regdb(dist, ql, gl)
         return out
 
 
@@ -182,7 +206,7 @@ def image_size(args, ckpt):
             args.img_h or saved.get("img_h") or defaults["img_h"])
 
 
-def evaluate_sysu(args, device, log):
+def evaluate_sysu(args, device, log, on_distance=None):
     trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
     model, ckpt = utils.model_from_checkpoint(resolve_checkpoint(args.resume, args.model_path), args)
     model.to(device).to(memory_format=torch.channels_last)
@@ -191,13 +215,13 @@ def evaluate_sysu(args, device, log):
     evaluator = SYSUEval(args.data_path, args.mode, trials, args.gall_mode, img_w, img_h, args.workers)
     log(f"query {len(evaluator.q_pids)} images; gallery {len(evaluator.trials[0][1])} images per trial")
     rows = []
-    for t, cmc, mAP, mINP in evaluator.run(model, device, args.test_batch, args.re_rank, args.half):
-        rows.append({"trial": t, **metrics_row(cmc, mAP, mINP)})
+    for t, cmc, mAP, mINP in evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance):
+        rows.append({"trial": t, **metrics_row(cmc, mAP, mINP), "cmc": (100 * np.asarray(cmc)).tolist()})
         log(f"trial {t}: {format_row(rows[-1])}")
     return {f"{args.mode} search": rows}, model.config
 
 
-def evaluate_regdb(args, device, log):
+def evaluate_regdb(args, device, log, on_distance=None):
     path = resolve_checkpoint(args.resume, args.model_path)
     per_trial = "{trial}" in path
     if args.trials is not None:
@@ -217,8 +241,8 @@ def evaluate_regdb(args, device, log):
         img_w, img_h = image_size(args, ckpt)
         evaluator = RegDBEval(args.data_path, t, img_w, img_h, args.workers)
         for d, (cmc, mAP, mINP) in evaluator.run(model, device, args.test_batch, args.re_rank,
-                                                 args.half, directions).items():
-            rows[d].append({"trial": t, **metrics_row(cmc, mAP, mINP)})
+                                                 args.half, directions, on_distance).items():
+            rows[d].append({"trial": t, **metrics_row(cmc, mAP, mINP), "cmc": (100 * np.asarray(cmc)).tolist()})
             log(f"trial {t} {d}: {format_row(rows[d][-1])}")
     return rows, model.config
 
@@ -244,17 +268,73 @@ def append_results_csv(log_path, args, results):
     return path
 
 
+class RankedListWriter:
+    """on_distance callback: ranked-list pictures for the first trial of every setting."""
+
+    def __init__(self, vis_dir, num, order, top_k):
+        self.vis_dir, self.num, self.order, self.top_k, self.done = vis_dir, num, order, top_k, set()
+
+    def __call__(self, setting, trial, dist, q_paths, g_paths, q_labels, g_labels):
+        if setting in self.done:
+            return
+        self.done.add(setting)
+        folder = os.path.join(self.vis_dir, f"{setting.replace('->', '_to_')}_trial{trial}")
+        visualize.write_ranked_lists(folder, q_paths, g_paths, dist.cpu().numpy(), q_labels, g_labels,
+                                     num=self.num, top_k=self.top_k, order=self.order)
+
+
+def image_files(folder, flag):
+    """Every image file under folder (recursively), sorted."""
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag}: no such folder: {folder}")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
+                   if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")))
+    if not files:
+        raise FileNotFoundError(f"{flag}: no image files (.jpg, .png, .bmp, .tif, .webp) under {folder}")
+    return files
+
+
+def search_folders(args, device, log):
+    """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures."""
+    if args.query_modal not in ("thermal", "visible"):
+        raise ValueError(f"--query_modal must be thermal or visible, got {args.query_modal}")
+    q_paths, g_paths = image_files(args.query_dir, "--query_dir"), image_files(args.gallery_dir, "--gallery_dir")
+    model, ckpt = utils.model_from_checkpoint(resolve_checkpoint(args.resume, args.model_path), args)
+    model.to(device).to(memory_format=torch.channels_last)
+    img_w, img_h = image_size(args, ckpt)
+    q_modal, g_modal = (2, 1) if args.query_modal == "thermal" else (1, 2)
+    qf = extract_features(model, data_loader.load_images(q_paths, img_w, img_h, args.workers), q_modal, device,
+                          args.test_batch, args.half)
+    gf = extract_features(model, data_loader.load_images(g_paths, img_w, img_h, args.workers), g_modal, device,
+                          args.test_batch, args.half)
+    dist = distance(qf, gf, args.re_rank).cpu().numpy()
+    csv_path = visualize.write_topk_csv(os.path.join(args.vis_dir, "search_topk.csv"), q_paths, g_paths, dist,
+                                        top_k=args.top_k)
+    pictures = visualize.write_ranked_lists(os.path.join(args.vis_dir, "search"), q_paths, g_paths, dist,
+                                            num=args.visualize or min(10, len(q_paths)), top_k=args.top_k,
+                                            order="random")
+    log(f"searched {len(q_paths)} {args.query_modal} queries against {len(g_paths)} gallery images: "
+        f"top-{args.top_k} in {csv_path}, {len(pictures)} pictures in {os.path.dirname(pictures[0])}")
+    return csv_path
+
+
 def main(args):
-    utils.fill_dataset_defaults(args, skip=("img_w", "img_h"))  # those come from the checkpoint first
+    searching = bool(args.query_dir or args.gallery_dir)
+    # the image size comes from the checkpoint first; a folder search needs no dataset
+    utils.fill_dataset_defaults(args, skip=("img_w", "img_h") + (("data_path",) if searching else ()))
     device = utils.select_device(args.gpu)
     torch.backends.cudnn.benchmark = True
     log = print
+    args.vis_dir = args.vis_dir or os.path.join(args.log_path or ".", "vis")
+    if searching:
+        return search_folders(args, device, log)
     ensure_demo(args)
     start = time.time()
+    writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k) if args.visualize else None
     if args.dataset == "sysu":
-        rows, config = evaluate_sysu(args, device, log)
+        rows, config = evaluate_sysu(args, device, log, writer)
     else:
-        rows, config = evaluate_regdb(args, device, log)
+        rows, config = evaluate_regdb(args, device, log, writer)
     results = {}
     for setting, r in rows.items():
         mean, std = summarize(r)
@@ -262,6 +342,11 @@ def main(args):
         log(f"{setting}, mean over {len(r)} trial(s): {format_row(mean)}")
         log(f"{setting}, std  over {len(r)} trial(s): {format_row(std)}")
     log(f"evaluated in {time.time() - start:.1f} s on {device}")
+    if writer is not None:
+        curves = {setting: np.mean([row["cmc"] for row in r["trials"]], 0) for setting, r in results.items()}
+        path = visualize.cmc_curve_picture(curves, os.path.join(args.vis_dir, "cmc.png"),
+                                           title=f"CMC, {args.dataset}, mean over trials")
+        log(f"pictures: ranked lists and {path}")
     if args.json:
         out = next(iter(results.values())) if len(results) == 1 else dict(results)
         out = {**out, "setting": ", ".join(results), "args": vars(args)}

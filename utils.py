@@ -30,7 +30,7 @@ def fill_dataset_defaults(args, skip=()):
     for key, value in DATASET_DEFAULTS[args.dataset].items():
         if key not in skip and hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, value)
-    if getattr(args, "data_path", "") is None:
+    if "data_path" not in skip and getattr(args, "data_path", "") is None:
         raise ValueError(f"--data_path is required for --dataset {args.dataset} (the dataset's root folder)")
     return args
 

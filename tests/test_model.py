@@ -88,8 +88,12 @@ def test_fast_pcb_head_equals_the_looped_one(net):
 
 def test_gem_matches_formula_and_is_float32_under_autocast():
     x = torch.rand(2, 4, 6, 3) * 4
-    want = (x.pow(10).mean(dim=(2, 3)) + 1e-12).pow(0.1)
-    assert torch.allclose(model_mine.gem(x, 10.0, (2, 3)), want)
+    x[0, 0] = 0  # the 1e-12 floor: (1e-12)^(1/10) = 0.063
+    want = (x.double().pow(10).mean(dim=(2, 3)) + 1e-12).pow(0.1)
+    assert torch.allclose(model_mine.gem(x, 10.0, (2, 3)).double(), want, rtol=1e-6)
+    big = x * 1e4  # x^10 = 1e40 overflows float32; the pooled value does not
+    want = (big.double().pow(10).mean(dim=(2, 3)) + 1e-12).pow(0.1)
+    assert torch.allclose(model_mine.gem(big, 10.0, (2, 3)).double(), want, rtol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model_mine.gem(x.bfloat16(), 10.0, (2, 3))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -1,0 +1,112 @@
+"""test_mine.py as users run it: SYSU trials, RegDB per-trial checkpoints, JSON, CSV, pictures, search."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import demo_data
+import model_mine
+import test_mine
+import utils
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """One of our checkpoints of an untrained small model (what matters here is the plumbing)."""
+    torch.manual_seed(0)
+    model = model_mine.embed_net(5, share_net=2, pcb="on", local_feat_dim=16, num_strips=2, gem_p=3.0)
+    path = str(tmp_path_factory.mktemp("ckpt") / "model_trial1.pth")
+    utils.atomic_save({"model": model.state_dict(), "arch": model.config, "args": {"img_w": 16, "img_h": 32}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sysu") / "SYSU"
+    return str(demo_data.make_sysu_demo(str(root), num_ids=14, n_val=2, n_test=5, img_w=24, img_h=48))
+
+
+@pytest.fixture(scope="module")
+def regdb_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("regdb") / "RegDB"
+    return str(demo_data.make_regdb_demo(str(root), num_ids=10, imgs_per_id=3, img_w=16, img_h=32, num_trials=2))
+
+
+def run(*argv):
+    return test_mine.main(test_mine.get_args_parser().parse_args(["--gpu", "cpu", "--workers", "1", *argv]))
+
+
+def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
+    out = tmp_path / "r.json"
+    results = run("--dataset", "sysu", "--data_path", sysu_root, "--resume", checkpoint, "--trials", "0-2",
+                  "--json", str(out), "--log_path", str(tmp_path), "--visualize", "2")
+    saved = json.load(open(out))
+    assert [t["trial"] for t in saved["trials"]] == [0, 1, 2]
+    for k in test_mine.METRICS:
+        values = [t[k] for t in saved["trials"]]
+        assert saved["mean"][k] == pytest.approx(np.mean(values)) and saved["std"][k] == pytest.approx(np.std(values))
+        assert all(0 <= v <= 100 for v in values)
+    assert saved["args"]["resume"] == checkpoint and results["all search"]["trials"][0]["rank20"] >= 0
+    rows = open(tmp_path / "results.csv").read().splitlines()
+    assert rows[0].startswith("time,dataset") and len(rows) == 2 and ",sysu," in rows[1]
+    pictures = sorted(os.listdir(tmp_path / "vis" / "search_trial0"))
+    assert len(pictures) == 2
+    assert Image.open(tmp_path / "vis" / "search_trial0" / pictures[0]).format == "PNG"
+    assert Image.open(tmp_path / "vis" / "cmc.png").size == (640, 480)
+
+
+def test_regdb_per_trial_checkpoints_and_both_directions(regdb_root, checkpoint, tmp_path):
+    template = checkpoint.replace("trial1", "trial{trial}")
+    shutil.copy(checkpoint, template.format(trial=2))
+    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", template, "--trials", "1-2",
+                  "--tvsearch", "both", "--log_path", str(tmp_path))
+    assert set(results) == {"visible->thermal", "thermal->visible"}
+    assert [r["trial"] for r in results["thermal->visible"]["trials"]] == [1, 2]
+
+
+def test_regdb_one_checkpoint_for_several_trials_is_refused(regdb_root, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"put \{trial\} in --resume"):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1-2",
+            "--log_path", str(tmp_path))
+
+
+def test_missing_checkpoint_is_an_error_not_random_weights(regdb_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", str(tmp_path / "none.pth"),
+            "--log_path", str(tmp_path))
+
+
+def test_re_ranking_options_run(regdb_root, checkpoint, tmp_path):
+    for method in ("k_reciprocal", "random_walk"):
+        res = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1",
+                  "--re_rank", method, "--log_path", "")
+        assert 0 <= res["visible->thermal"]["mean"]["mAP"] <= 100
+    with pytest.raises(ValueError, match="--re_rank"):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1",
+            "--re_rank", "magic", "--log_path", "")
+
+
+def test_folder_search_ranks_a_planted_duplicate_first(regdb_root, checkpoint, tmp_path):
+    q, g = tmp_path / "q", tmp_path / "g" / "sub"
+    q.mkdir()
+    g.mkdir(parents=True)
+    thermal = sorted((p for p in os.listdir(os.path.join(regdb_root, "Thermal", "0001"))))
+    shutil.copy(os.path.join(regdb_root, "Thermal", "0001", thermal[0]), q / "who.png")
+    rng = np.random.default_rng(0)
+    for i in range(6):  # visible images of other sizes and names
+        Image.fromarray(rng.integers(0, 256, (40 + i, 20, 3), dtype=np.uint8)).save(g / f"img {i}.jpg")
+    shutil.copy(os.path.join(regdb_root, "Thermal", "0001", thermal[0]), g / "planted.png")
+    csv_path = run("--resume", checkpoint, "--query_dir", str(q), "--gallery_dir", str(tmp_path / "g"),
+                   "--query_modal", "visible", "--log_path", str(tmp_path), "--top_k", "5")
+    lines = open(csv_path).read().splitlines()
+    assert lines[0] == "query,rank,gallery,distance" and len(lines) == 1 + 5
+    assert lines[1].split(",")[2].endswith("planted.png")
+    assert len(os.listdir(tmp_path / "vis" / "search")) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--gallery_dir: no image files"):
+        run("--resume", checkpoint, "--query_dir", str(q), "--gallery_dir", str(tmp_path / "empty"),
+            "--log_path", str(tmp_path))
