@@ -47,8 +47,13 @@ def load_backbone_weights(pretrained):
 
 
 def resnet50_last_stride1(state_dict=None):
-    """torchvision ResNet-50 whose layer4 keeps the resolution (288x144 input -> 18x9 map)."""
-    net = torchvision.models.resnet50(weights=None)
+    """torchvision ResNet-50 whose layer4 keeps the resolution (288x144 input -> 18x9 map).
+
+    Without weights to load, each residual block's last batch norm starts at zero (Goyal et al.
+    2017, torchvision's zero_init_residual), so that every block starts as the identity: without
+    it a ResNet-50 trained from scratch on a small set barely leaves its initial point.
+    """
+    net = torchvision.models.resnet50(weights=None, zero_init_residual=state_dict is None)
     if state_dict is not None:
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
@@ -210,20 +215,27 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
 
     def forward(self, x1, x2, modal=0, looped_head=False):
         x = self.backbone(x1, x2, modal)
+        # The heads run in float32 even under autocast: they cost little, and their batch norms
+        # divide by the spread of the pooled features across the batch, which bf16 rounding can
+        # swamp (early in training that spread is tiny).
+        with torch.autocast(x.device.type, enabled=False):
+            return self._head(x.float(), looped_head)
+
+    def _head(self, x, looped_head):
         if self.pcb == "on":
             feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
             feat_all = feat.flatten(1)
             if self.training:
                 return list(feat.unbind(1)), list(logits.unbind(1)), feat_all
-            return F.normalize(feat_all.float(), dim=1)
+            return F.normalize(feat_all, dim=1)
         if self.gm_pool == "on":
             x_pool = gem(x, self.gem_p, dims=(2, 3))
         else:
-            x_pool = x.float().mean(dim=(2, 3))
+            x_pool = x.mean(dim=(2, 3))
         feat = self.bottleneck(x_pool)
         if self.training:
             return x_pool, self.classifier(feat)
-        return F.normalize(x_pool, dim=1), F.normalize(feat.float(), dim=1)
+        return F.normalize(x_pool, dim=1), F.normalize(feat, dim=1)
 
 
 def _original_pcb_keys_hook(state_dict, prefix, *args):

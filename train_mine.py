@@ -26,7 +26,7 @@ import utils
 # Flags that define the experiment: a resumed run takes them from its checkpoint.
 EXPERIMENT_FLAGS = ("dataset", "trial", "img_w", "img_h", "arch", "share_net", "pcb", "local_feat_dim",
                     "num_strips", "gm_pool", "gem_p", "method", "margin", "w_center", "label_smooth", "optim",
-                    "lr", "weight_decay", "batch_size", "num_pos", "seed", "erasing_p", "channel_aug",
+                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size", "num_pos", "seed", "erasing_p", "channel_aug",
                     "eval_start", "eval_every", "mode")
 
 
@@ -67,6 +67,10 @@ def get_args_parser(add_help=True):
                    help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, "
                         "times the number of processes)")
     g.add_argument("--weight_decay", default=5e-4, type=float)
+    g.add_argument("--backbone_lr_mult", default=None, type=float,
+                   help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
+    g.add_argument("--warmup_epochs", default=None, type=int, help="linear warm-up epochs (default 10)")
+    g.add_argument("--lr_steps", default=None, help="epochs where the rate drops x0.1 (default 20,50)")
     g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60)")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
                    help="P identities per batch")
@@ -90,31 +94,34 @@ def get_args_parser(add_help=True):
     return parser
 
 
-def learning_rate(epoch, lr):
-    """The paper's schedule: warm-up over 10 epochs, then steps at 20 and 50."""
-    if epoch < 10:
-        return lr * (epoch + 1) / 10
-    if epoch < 20:
-        return lr
-    if epoch < 50:
-        return lr * 0.1
-    return lr * 0.01
+def learning_rate(epoch, lr, warmup=10, steps=(20, 50)):
+    """The paper's schedule: linear warm-up over 10 epochs, then x0.1 at epoch 20 and again at 50."""
+    if epoch < warmup:
+        return lr * (epoch + 1) / warmup
+    return lr * 0.1 ** sum(epoch >= s for s in steps)
 
 
-def adjust_learning_rate(optimizer, epoch, lr):
-    """Backbone group at 0.1x, head group at 1x the scheduled rate."""
-    rate = learning_rate(epoch, lr)
-    optimizer.param_groups[0]["lr"] = 0.1 * rate
+def adjust_learning_rate(optimizer, epoch, lr, warmup=10, steps=(20, 50), backbone_mult=0.1):
+    """Backbone group at backbone_mult (0.1) x, head group at 1x the scheduled rate."""
+    rate = learning_rate(epoch, lr, warmup, steps)
+    optimizer.param_groups[0]["lr"] = backbone_mult * rate
     for group in optimizer.param_groups[1:]:
         group["lr"] = rate
     return rate
+
+
+def schedule(args):
+    """adjust_learning_rate's keyword arguments from the flags."""
+    steps = tuple(int(x) for x in str(args.lr_steps).split(",") if x.strip())
+    return dict(warmup=args.warmup_epochs, steps=steps, backbone_mult=args.backbone_lr_mult)
 
 
 def build_optimizer(model, args):
     head = [p for p in model.head_parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{"params": backbone, "lr": 0.1 * args.lr}, {"params": head, "lr": args.lr}]
+    mult = getattr(args, "backbone_lr_mult", None) or 0.1
+    groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
     if args.optim == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
     if args.optim == "adam":
@@ -321,7 +328,7 @@ def main(args):
     metrics = None
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        lr = adjust_learning_rate(optimizer, epoch, args.lr)
+        lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
         stats = train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args,
                                 dtype, show=main_process, tb=tb)
         log(f"epoch {epoch}: loss {stats['loss']:.4f} id {stats['id']:.4f} tri {stats['tri']:.4f} "

@@ -30,7 +30,7 @@ def reference_step(data_path):
     model = model_mine.embed_net(data.num_classes, share_net=2, pcb="on", local_feat_dim=16, num_strips=2,
                                  gem_p=args.gem_p)
     optimizer = train_mine.build_optimizer(model, args)
-    train_mine.adjust_learning_rate(optimizer, 0, args.lr)
+    train_mine.adjust_learning_rate(optimizer, 0, args.lr, **train_mine.schedule(args))
     criterion = losses.ReIDLoss("hctri", 0.3, args.w_center, args.label_smooth)
     grads = []
     for rank in (0, 1):

@@ -1,0 +1,796 @@
+"""Procedurally generated visible/thermal person re-identification demo data.
+
+Lets a newcomer without SYSU-MM01 or RegDB run the whole pipeline on a CPU.
+
+Every identity is a combination of *modality-invariant* attributes:
+
+* body shape (continuous): person height, build (overall width), shoulder
+  width, head size, leg length;
+* upper garment: texture / layout (plain, horizontal or vertical stripes at two
+  frequencies, checker, diagonal stripes, two-tone upper/lower split, open
+  jacket, chest band) and sleeve length (short / long);
+* lower garment: type (trousers, shorts, knee skirt, long skirt) and texture
+  (plain, side stripe, horizontal bands);
+* head: short hair, long hair, hat;
+* lightness order of the two tones of each garment's texture;
+* carried object: none, shoulder bag, backpack, handbag, suitcase (bag,
+  handbag and suitcase on the left or right side).
+
+Colour carries no identity information: in visible images every colour
+(clothing, skin, hair, objects, background) is drawn afresh for every image,
+with hue drawn independently of lightness.  Only the lightness *order* of a
+garment's two tones is fixed per identity (``upper_polarity`` /
+``lower_polarity``: e.g. light stripes on a dark shirt), in both modalities,
+as part of the texture layout; the tones differ clearly in grey level so that
+textures survive the loss of colour.  Thermal images are single intensity:
+warm (bright) skin, clothing whose intensity is modulated by its texture,
+cooler objects and hair, a dark noisy background.  Per image nuisances: shift, scale, walking pose
+(stride, arm swing), background clutter, brightness / contrast jitter, blur and
+sensor noise.
+
+One renderer (:func:`render_person`) serves both on-disk layouts:
+
+* :func:`make_regdb_demo` -- RegDB layout (``Visible/``, ``Thermal/``,
+  ``idx/{train,test}_{visible,thermal}_{t}.txt``), PNG;
+* :func:`make_sysu_demo` -- raw SYSU-MM01 layout (``cam1..cam6/<pid>/<n>.jpg``,
+  ``exp/{train,val,test}_id.txt``), JPEG.
+
+Both writers are deterministic (same arguments -> byte-identical files),
+atomic (everything is written into a temporary sibling folder that is moved
+into place at the end) and idempotent (a finished dataset records its
+parameters in ``demo.json``; calling again with the same parameters returns at
+once unless ``force=True``).
+
+Command line::
+
+    python demo_data.py --root data/regdb_demo --layout regdb
+    python demo_data.py --root data/sysu_demo --layout sysu --num_ids 40
+"""
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+# Bump whenever the rendered pixels or the layout change: a cached dataset
+# written by another version is regenerated.
+GENERATOR_VERSION = 1
+
+UPPER_PATTERNS = ("plain", "hstripes_coarse", "hstripes_fine", "vstripes_coarse",
+                  "vstripes_fine", "checker", "diagonal", "split", "jacket",
+                  "chestband")
+SLEEVES = ("short", "long")
+LOWER_TYPES = ("trousers", "shorts", "skirt", "long_skirt")
+LOWER_PATTERNS = ("plain", "sidestripe", "bands")
+HEADS = ("short_hair", "long_hair", "hat")
+OBJECTS = ("none", "shoulder_bag", "backpack", "handbag", "suitcase")
+SIDED_OBJECTS = ("shoulder_bag", "handbag", "suitcase")
+
+# Discrete attributes that make up an identity's "signature"; identities drawn
+# by draw_identities differ in at least two of them whenever possible.
+SIGNATURE_KEYS = ("upper", "sleeves", "lower", "lower_pattern", "head_style", "object")
+
+SYSU_VISIBLE_CAMS = (1, 2, 4, 5)
+SYSU_THERMAL_CAMS = (3, 6)
+# per-camera (width, height) scale factors: real cameras differ in resolution
+_SYSU_CAM_SCALE = {1: 1.0, 2: 1.125, 3: 1.0, 4: 0.875, 5: 1.25, 6: 1.125}
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+# Identifiers for seeding independent random streams.
+_STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_SPLIT, _STREAM_SYSU = 11, 23, 37, 41
+
+
+def _rng(*keys):
+    """Independent, order-free random stream for a tuple of non-negative ints."""
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
+
+
+# --------------------------------------------------------------------------
+# identities
+# --------------------------------------------------------------------------
+
+def identity_attributes(pid, rng):
+    """Draw the modality-invariant attributes of one identity.
+
+    Returns a JSON-serialisable dict.  Body-shape values are fractions: of the
+    image height (``height``) or of the person's height (the others).
+    """
+    obj = OBJECTS[rng.integers(len(OBJECTS))]
+    return {
+        "pid": int(pid),
+        "height": float(rng.uniform(0.74, 0.95)),   # person height / image height
+        "build": float(rng.uniform(0.78, 1.28)),   # overall width factor
+        "shoulder": float(rng.uniform(0.105, 0.14)),  # half shoulder width / height
+        "head": float(rng.uniform(0.11, 0.16)),     # head height / height
+        "legs": float(rng.uniform(0.42, 0.55)),     # leg length / height
+        "upper": UPPER_PATTERNS[rng.integers(len(UPPER_PATTERNS))],
+        "sleeves": SLEEVES[rng.integers(len(SLEEVES))],
+        "lower": LOWER_TYPES[rng.integers(len(LOWER_TYPES))],
+        "lower_pattern": LOWER_PATTERNS[rng.integers(len(LOWER_PATTERNS))],
+        "head_style": HEADS[rng.integers(len(HEADS))],
+        "object": obj,
+        "side": int(rng.choice([-1, 1])) if obj in SIDED_OBJECTS else 0,
+        # lightness order of each garment's two tones (+1: the pattern parts
+        # are the lighter ones), the same in both modalities: part of the
+        # clothing layout, like a light shirt under a dark jacket
+        "upper_polarity": int(rng.choice([-1, 1])),
+        "lower_polarity": int(rng.choice([-1, 1])),
+    }
+
+
+def _signature(attrs):
+    return tuple(attrs[k] for k in SIGNATURE_KEYS)
+
+
+def draw_identities(num_ids, seed=0, first_pid=1):
+    """Attributes of identities ``first_pid .. first_pid+num_ids-1``.
+
+    Identities are drawn one after another; a draw whose discrete signature is
+    within Hamming distance 1 of an earlier identity is redrawn (the
+    requirement is relaxed when the signature space runs out), so that every
+    pair differs in at least two discrete attributes plus the continuous body
+    shape.  Deterministic in ``seed``.
+    """
+    out, sigs = [], []
+    for i in range(num_ids):
+        pid = first_pid + i
+        rng = _rng(_STREAM_IDENTITY, seed, pid)
+        best, best_d = None, -1
+        for _attempt in range(200):
+            a = identity_attributes(pid, rng)
+            s = _signature(a)
+            d = min((sum(x != y for x, y in zip(s, t)) for t in sigs), default=99)
+            if d > best_d:
+                best, best_d = a, d
+            if d >= 2:
+                break
+        out.append(best)
+        sigs.append(_signature(best))
+    return out
+
+
+# --------------------------------------------------------------------------
+# renderer
+# --------------------------------------------------------------------------
+
+_SS = 2  # supersampling factor (anti-aliasing)
+_GRID_CACHE = {}
+
+
+def _grid(h, w):
+    key = (h, w)
+    if key not in _GRID_CACHE:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        _GRID_CACHE[key] = (x + 0.5, y + 0.5)
+    return _GRID_CACHE[key]
+
+
+def _segment(X, Y, x0, y0, x1, y1):
+    """Distance to a segment, position t in [0, 1] along it, signed offset."""
+    dx, dy = x1 - x0, y1 - y0
+    L = max(np.hypot(dx, dy), 1e-6)
+    rx, ry = X - x0, Y - y0
+    t = np.clip((rx * dx + ry * dy) / (L * L), 0.0, 1.0)
+    d = np.hypot(X - (x0 + t * dx), Y - (y0 + t * dy))
+    perp = (rx * dy - ry * dx) / L
+    return d, t, perp
+
+
+def _capsule(X, Y, x0, y0, x1, y1, r):
+    """Mask of points within ``r`` of a segment, with t and signed offset.
+
+    Computed on the segment's bounding window only (speed); outside it the
+    mask is False and t / offset are 0.
+    """
+    H, W = X.shape
+    ya, yb = max(int(min(y0, y1) - r) - 1, 0), min(int(max(y0, y1) + r) + 2, H)
+    xa, xb = max(int(min(x0, x1) - r) - 1, 0), min(int(max(x0, x1) + r) + 2, W)
+    mask = np.zeros((H, W), bool)
+    t = np.zeros((H, W), np.float32)
+    perp = np.zeros((H, W), np.float32)
+    if ya < yb and xa < xb:
+        win = (slice(ya, yb), slice(xa, xb))
+        d, t[win], perp[win] = _segment(X[win], Y[win], x0, y0, x1, y1)
+        mask[win] = d <= r
+    return mask, t, perp
+
+
+def _rect(X, Y, x0, y0, x1, y1):
+    return (X >= min(x0, x1)) & (X < max(x0, x1)) & (Y >= y0) & (Y < y1)
+
+
+def _ellipse(X, Y, cx, cy, rx, ry):
+    return ((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2 <= 1.0
+
+
+def _bands(coord, cycles):
+    """Alternating 0/1 bands; ``coord`` in [0, 1] -> ``cycles`` dark/light pairs."""
+    return (np.floor(coord * cycles * 2.0) % 2.0) == 1.0
+
+
+# orthonormal basis of the colour plane of constant luma (hue directions)
+_HUE_E1 = np.array([1.0, -1.0, 0.0]) - (np.array([1.0, -1.0, 0.0]) @ _LUMA) / (_LUMA @ _LUMA) * _LUMA
+_HUE_E1 /= np.linalg.norm(_HUE_E1)
+_HUE_E2 = np.cross(_LUMA, _HUE_E1)
+_HUE_E2 /= np.linalg.norm(_HUE_E2)
+
+
+def _colour(rng, luma):
+    """Random RGB colour of grey level ``luma`` with a uniformly random hue.
+
+    Hue is drawn independently of lightness (plain uniform RGB would make
+    light colours greenish and dark ones bluish, leaking lightness into hue).
+    """
+    theta = rng.uniform(0, 2 * np.pi)
+    u = np.cos(theta) * _HUE_E1 + np.sin(theta) * _HUE_E2
+    # grey (luma, luma, luma) + s * u keeps the luma; largest s inside the cube
+    with np.errstate(divide="ignore"):
+        smax = np.min(np.where(u > 0, (255 - luma) / u, np.where(u < 0, -luma / u, np.inf)))
+    return luma + rng.uniform(0.35, 1.0) * smax * u
+
+
+class _Palette:
+    """Colours (visible) or intensities (thermal) for one image."""
+
+    def __init__(self, modality, rng, polarity=(1, 1)):
+        self.thermal = modality == "thermal"
+        self.rng = rng
+        if self.thermal:
+            body = rng.uniform(150, 185)
+            self.skin = rng.uniform(218, 248)
+            self.hair = rng.uniform(95, 130)
+            self.shoe = rng.uniform(65, 95)
+            self.obj = rng.uniform(80, 118)
+            self.hat = rng.uniform(100, 135)
+            self.upper = self._pair(polarity[0], body)
+            self.lower = self._pair(polarity[1], body - rng.uniform(0, 20))
+        else:
+            self.skin = self._skin()
+            self.hair = _colour(rng, rng.uniform(10, 120) if rng.random() < 0.8 else rng.uniform(0, 255))
+            self.shoe = _colour(rng, rng.uniform(0, 255))
+            self.obj = _colour(rng, rng.uniform(0, 255))
+            self.hat = _colour(rng, rng.uniform(0, 255))
+            self.upper = self._pair(polarity[0])
+            self.lower = self._pair(polarity[1])
+
+    def _skin(self):
+        tones = np.array([[255, 224, 196], [234, 192, 160], [198, 144, 110],
+                          [141, 95, 66], [95, 62, 45]], dtype=float)
+        i = self.rng.integers(len(tones))
+        return np.clip(tones[i] * self.rng.uniform(0.9, 1.1) + self.rng.normal(0, 8, 3), 0, 255)
+
+    def _pair(self, polarity, body=None):
+        """Base and pattern tone of a garment; the pattern tone is lighter
+        (polarity +1) or darker (-1) by a clear margin.  Visible hues are
+        random."""
+        rng = self.rng
+        if self.thermal:
+            delta = rng.uniform(45, 70) * polarity
+            return (np.array([body]), np.array([np.clip(body + delta, 60, 215)]))
+        gap = rng.uniform(90, 200)
+        dark = rng.uniform(0, 255 - gap)
+        a, b = (dark, dark + gap) if polarity > 0 else (dark + gap, dark)
+        return _colour(rng, a), _colour(rng, b)
+
+
+def _rect_window(x0, y0, x1, y1, h, w):
+    """Slices of the pixels whose centres lie in [x0, x1) x [y0, y1)."""
+    c = lambda z, n: int(min(max(np.ceil(z - 0.5), 0), n))
+    return slice(c(y0, h), c(y1, h)), slice(c(x0, w), c(x1, w))
+
+
+def _background(h, w, modality, rng, cam_style=None):
+    """Random, mildly cluttered background, float32 array (h, w, C).
+
+    Clutter (walls, doors, poles / warm pipes) is kept low in contrast: with
+    only a few hundred training steps from scratch, loud clutter drowns the
+    person and the identity cues.
+    """
+    ys = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None, None]
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :, None]
+    if modality == "thermal":
+        base = rng.uniform(25, 70)
+        gy, gx = rng.uniform(-20, 20), rng.uniform(-10, 10)
+        bg = (base + gy * (ys - 0.5)) + gx * (xs - 0.5)
+        for _ in range(rng.integers(0, 4)):
+            x0, y0 = rng.uniform(-w / 4, w), rng.uniform(-h / 4, h)
+            win = _rect_window(x0, y0, x0 + rng.uniform(4, w * 0.6), y0 + rng.uniform(4, h * 0.5), h, w)
+            bg[win] += rng.uniform(-12, 28)
+    else:
+        # scenes are mostly greyish (concrete, asphalt, walls): a grey level
+        # plus a weak random tint; clothing colours are saturated
+        tint = np.zeros(3) if cam_style is None else cam_style
+        top = np.clip(rng.uniform(20, 235) + rng.uniform(-30, 30, 3) + tint, 0, 255)
+        bot = np.clip(top + rng.uniform(-50, 50) + rng.uniform(-15, 15, 3), 0, 255)
+        top, bot = top.astype(np.float32), bot.astype(np.float32)
+        bg = np.repeat(top * (1 - ys) + bot * ys, w, axis=1)
+        for _ in range(rng.integers(0, 4)):
+            x0, y0 = rng.uniform(-w / 4, w), rng.uniform(-h / 4, h)
+            win = _rect_window(x0, y0, x0 + rng.uniform(4, w * 0.6), y0 + rng.uniform(4, h * 0.5), h, w)
+            bg[win] += rng.uniform(-20, 20) + rng.uniform(-6, 6, 3).astype(np.float32)
+        bg[int(h * rng.uniform(0.88, 0.98)):] += rng.uniform(-40, 40) + rng.uniform(-10, 10, 3).astype(np.float32)
+    return np.ascontiguousarray(np.clip(bg, 0, 255), dtype=np.float32)
+
+
+def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
+    """Render one image of the identity ``attrs``.
+
+    modality: ``"visible"`` or ``"thermal"``.  ``rng`` supplies every per-image
+    nuisance (colours, pose, placement, clutter, noise).  Returns a uint8 array
+    of shape (img_h, img_w, 3); thermal images have three identical channels.
+    ``cam_style`` optionally biases the visible background colour (a camera's
+    scene).
+    """
+    if modality not in ("visible", "thermal"):
+        raise ValueError(f"modality must be 'visible' or 'thermal', got {modality!r}")
+    H, W = img_h * _SS, img_w * _SS
+    X, Y = _grid(H, W)
+    pal = _Palette(modality, rng, (attrs.get("upper_polarity", 1), attrs.get("lower_polarity", 1)))
+    img = _background(H, W, modality, rng, cam_style)
+
+    def paint(mask, value):
+        img[mask] = value
+
+    def paint_pattern(mask, pattern, pair):
+        img[mask] = pair[0]
+        img[mask & pattern] = pair[1]
+
+    a = attrs
+    # ---- geometry (pixels of the supersampled canvas) ----
+    P = a["height"] * H * rng.uniform(0.97, 1.03)           # person height
+    feet = H - H * rng.uniform(0.015, 0.045)
+    top = feet - P
+    cx = W / 2 + rng.uniform(-0.05, 0.05) * W
+    build = a["build"]
+    head_h = a["head"] * P
+    head_ry, head_rx = head_h / 2, head_h / 2 * 0.78
+    head_cy = top + head_ry
+    shoulder_y = top + head_h + 0.025 * P
+    hip_y = feet - a["legs"] * P
+    sw = a["shoulder"] * P * build                           # half shoulder width
+    hw = sw * 0.82                                           # half hip width
+    arm_r = 0.028 * P * build
+    leg_r = 0.042 * P * build
+    hand_y = hip_y + 0.07 * P
+    stride = rng.uniform(-0.04, 0.04) * P
+    swing = rng.uniform(-0.025, 0.025) * P
+    side = a["side"] if a["side"] else 1
+
+    # ---- behind the body: backpack, long hair ----
+    if a["object"] == "backpack":
+        paint(_rect(X, Y, cx - sw * 1.22, shoulder_y - 0.01 * P, cx + sw * 1.22,
+                    hip_y - 0.04 * P), pal.obj)
+    if a["head_style"] == "long_hair":
+        paint(_rect(X, Y, cx - head_rx * 1.15, head_cy, cx + head_rx * 1.15,
+                    shoulder_y + 0.09 * P) | _ellipse(X, Y, cx, head_cy, head_rx * 1.15, head_ry * 1.08),
+              pal.hair)
+
+    # ---- legs ----
+    lower = a["lower"]
+    lower_pat = a["lower_pattern"]
+    legs_cloth = np.zeros_like(X, dtype=bool)
+    legs_pattern = np.zeros_like(X, dtype=bool)
+    clothed_to = {"trousers": 0.93, "shorts": 0.42, "skirt": 0.0, "long_skirt": 0.0}[lower]
+    for s, st in ((-1, stride), (1, -stride)):
+        x0, y0 = cx + s * hw * 0.5, hip_y
+        x1, y1 = cx + s * hw * 0.5 + st * 0.5, feet - 0.03 * P
+        leg, t, perp = _capsule(X, Y, x0, y0, x1, y1, leg_r)
+        paint(leg, pal.skin)
+        cloth = leg & (t <= clothed_to)
+        legs_cloth |= cloth
+        if lower_pat == "sidestripe":
+            # outer third of each leg; perp > 0 is the +x side for a downward leg
+            legs_pattern |= cloth & (-s * perp > leg_r * 0.2)
+        elif lower_pat == "bands":
+            legs_pattern |= cloth & _bands(t, 3.0)
+        # shoe
+        paint(_ellipse(X, Y, x1 + s * 0.012 * P, feet - 0.018 * P, leg_r * 1.25, 0.022 * P), pal.shoe)
+    pelvis = _rect(X, Y, cx - hw, hip_y - 0.01 * P, cx + hw, hip_y + 0.06 * P)
+    if lower in ("skirt", "long_skirt"):
+        length = (0.5 if lower == "skirt" else 0.8) * (feet - hip_y)
+        v = np.clip((Y[:, :1] - hip_y) / length, 0, 1)         # (H, 1)
+        half = hw * (1.0 + 0.55 * v)
+        skirt = (Y >= hip_y - 0.01 * P) & (Y < hip_y + length) & (np.abs(X - cx) <= half)
+        pat = False
+        if lower_pat == "sidestripe":
+            pat = np.abs(X - cx) > half * 0.6
+        elif lower_pat == "bands":
+            pat = _bands(v, 2.0)
+        paint_pattern(skirt, pat, pal.lower)
+    else:
+        legs_cloth |= pelvis
+        paint_pattern(legs_cloth, legs_pattern, pal.lower)
+
+    # ---- torso with the upper-garment texture ----
+    v = (Y[:, :1] - shoulder_y) / (hip_y - shoulder_y)      # (H, 1)
+    half = sw + (hw - sw) * np.clip(v, 0, 1)
+    torso = (v >= 0) & (v <= 1.0) & (np.abs(X - cx) <= half)
+    torso |= _capsule(X, Y, cx - sw + arm_r, shoulder_y + arm_r,
+                      cx + sw - arm_r, shoulder_y + arm_r, arm_r)[0]
+    u = (X[:1, :] - cx) / (2 * sw) + 0.5                    # (1, W), 0..1 across shoulders
+    up = a["upper"]
+    if up == "plain":
+        pat = False
+    elif up == "hstripes_coarse":
+        pat = _bands(v, 2.0)
+    elif up == "hstripes_fine":
+        pat = _bands(v, 3.5)
+    elif up == "vstripes_coarse":
+        pat = _bands(u, 1.5)
+    elif up == "vstripes_fine":
+        pat = _bands(u, 2.5)
+    elif up == "checker":
+        pat = _bands(u, 2.0) ^ _bands(v, 2.5)
+    elif up == "diagonal":
+        pat = _bands((u + v) / 2, 3.0)
+    elif up == "split":
+        pat = v > 0.5
+    elif up == "jacket":
+        pat = np.abs(u - 0.5) < 0.16
+    elif up == "chestband":
+        pat = (v > 0.28) & (v < 0.55)
+    else:
+        raise ValueError(f"unknown upper pattern {up!r}")
+    paint_pattern(torso, pat, pal.upper)
+
+    # ---- arms ----
+    sleeve_to = 0.9 if a["sleeves"] == "long" else 0.3
+    for s in (-1, 1):
+        x0, y0 = cx + s * (sw - arm_r * 0.6), shoulder_y + arm_r
+        x1, y1 = cx + s * (sw + arm_r * 0.6) + s * 0.01 * P, hand_y
+        x1 += swing * s * 0.3
+        arm, t, _ = _capsule(X, Y, x0, y0, x1, y1, arm_r)
+        paint(arm, pal.skin)
+        paint(arm & (t <= sleeve_to), pal.upper[0])
+
+    # ---- head ----
+    neck = _rect(X, Y, cx - head_rx * 0.4, head_cy, cx + head_rx * 0.4, shoulder_y + 0.01 * P)
+    paint(neck, pal.skin)
+    face = _ellipse(X, Y, cx, head_cy, head_rx, head_ry)
+    paint(face, pal.skin)
+    if a["head_style"] in ("short_hair", "long_hair"):
+        paint(face & (Y < head_cy - head_ry * 0.35), pal.hair)
+    else:  # hat: crown and brim
+        paint(_rect(X, Y, cx - head_rx * 1.05, top - 0.35 * head_h, cx + head_rx * 1.05,
+                    head_cy - head_ry * 0.25), pal.hat)
+        paint(_rect(X, Y, cx - head_rx * 1.7, head_cy - head_ry * 0.45, cx + head_rx * 1.7,
+                    head_cy - head_ry * 0.2), pal.hat)
+
+    # ---- carried objects in front ----
+    obj = a["object"]
+    if obj == "backpack":  # straps over the shoulders
+        for s in (-1, 1):
+            paint(_rect(X, Y, cx + s * sw * 0.45, shoulder_y - 0.005 * P,
+                        cx + s * sw * 0.62, hip_y - 0.06 * P), pal.obj)
+    elif obj == "shoulder_bag":
+        bx = cx + side * (hw + arm_r * 1.6)
+        by0 = hip_y - 0.06 * P
+        strap = _capsule(X, Y, cx - side * sw * 0.7, shoulder_y, bx, by0, 0.009 * P)[0]
+        paint(strap, pal.obj)
+        paint(_rect(X, Y, bx - side * 0.02 * P, by0, bx + side * 0.14 * P, by0 + 0.14 * P), pal.obj)
+    elif obj == "handbag":
+        hx = cx + side * (sw + arm_r * 1.6)
+        paint(_rect(X, Y, hx - 0.045 * P, hand_y - 0.005 * P, hx + 0.045 * P, hand_y + 0.075 * P),
+              pal.obj)
+    elif obj == "suitcase":
+        sx = cx + side * (sw + arm_r * 2.0)
+        handle = _capsule(X, Y, sx, hand_y, sx + side * 0.03 * P, feet - 0.27 * P, 0.008 * P)[0]
+        paint(handle, pal.shoe)
+        paint(_rect(X, Y, sx, feet - 0.27 * P, sx + side * 0.16 * P, feet - 0.01 * P), pal.obj)
+
+    # ---- downsample, photometric nuisances ----
+    c = img.shape[-1]
+    img = sum(img[i::_SS, j::_SS] for i in range(_SS) for j in range(_SS)) * (1.0 / _SS ** 2)
+    if modality == "thermal":
+        sigma = rng.uniform(0.3, 0.8)
+        gain, bias = rng.uniform(0.85, 1.12), rng.uniform(-15, 15)
+        noise = rng.uniform(2, 6)
+    else:
+        sigma = rng.uniform(0.0, 0.6)
+        gain, bias = rng.uniform(0.7, 1.25), rng.uniform(-25, 25)
+        noise = rng.uniform(2, 6)
+    if sigma > 0.05:
+        img = gaussian_filter(img, sigma=(sigma, sigma, 0))
+    img = img * gain + bias + rng.normal(0, noise, img.shape)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    if c == 1:
+        img = np.repeat(img, 3, axis=2)
+    return img
+
+
+# --------------------------------------------------------------------------
+# atomic, idempotent dataset folders
+# --------------------------------------------------------------------------
+
+def _read_meta(root):
+    try:
+        with open(os.path.join(root, "demo.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _build_atomically(root, params, writer, force):
+    """Run ``writer(tmp_dir)`` and move the result to ``root``.
+
+    Returns without work when ``root`` already holds a dataset with the same
+    ``params``.  Refuses to replace a non-empty folder that was not written by
+    this module (no ``demo.json``), so that real data is never deleted.
+    """
+    root = os.path.abspath(root)
+    meta = _read_meta(root)
+    if meta is not None and meta.get("params") == params and not force:
+        return root
+    if os.path.isdir(root) and os.listdir(root) and meta is None:
+        raise FileExistsError(f"{root} exists, is not empty and holds no demo.json; "
+                              "refusing to replace it")
+    parent, name = os.path.split(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
+        writer(tmp)
+        with open(os.path.join(tmp, "demo.json"), "w") as f:
+            json.dump({"params": params}, f, indent=1, sort_keys=True)
+            f.write("\n")
+        trash = None
+        if os.path.lexists(root):
+            trash = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.replace(root, os.path.join(trash, name))
+        os.replace(tmp, root)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _save_png(arr, path):
+    Image.fromarray(arr).save(path, format="PNG", compress_level=1)
+
+
+def _write_image(job):
+    """Render and save one image; ``job`` is a picklable tuple (see callers)."""
+    path, attrs, modality, keys, w, h, cam_style, mixed_gray = job
+    rng = _rng(*keys)
+    arr = render_person(attrs, modality, rng, w, h, cam_style=cam_style)
+    if path.endswith(".png"):
+        _save_png(arr, path)
+    else:
+        im = Image.fromarray(arr)
+        if mixed_gray and rng.random() < 0.5:
+            im = im.convert("L")
+        im.save(path, format="JPEG", quality=92)
+
+
+def _run_jobs(jobs, workers):
+    """Write all images, in ``workers`` processes when > 1 (output identical)."""
+    if workers is None or workers <= 0:
+        workers = os.cpu_count() or 1
+    workers = min(workers, max(1, len(jobs) // 64))
+    if workers > 1:
+        import multiprocessing as mp
+        try:
+            ctx = mp.get_context("fork")
+        except ValueError:  # no fork on this platform
+            ctx = None
+        if ctx is not None:
+            with ctx.Pool(workers) as pool:
+                for _ in pool.imap_unordered(_write_image, jobs, chunksize=32):
+                    pass
+            return
+    for job in jobs:
+        _write_image(job)
+
+
+# --------------------------------------------------------------------------
+# RegDB layout
+# --------------------------------------------------------------------------
+
+def regdb_split(num_ids, seed, trial):
+    """(train_pids, test_pids) of one trial: a random half split, both sorted."""
+    pids = np.arange(1, num_ids + 1)
+    perm = _rng(_STREAM_SPLIT, seed, trial).permutation(pids)
+    n_train = num_ids // 2
+    return sorted(int(p) for p in perm[:n_train]), sorted(int(p) for p in perm[n_train:])
+
+
+def make_regdb_demo(root, num_ids=120, imgs_per_id=10, seed=0, img_w=64, img_h=128,
+                    num_trials=10, force=False, workers=1):
+    """Write a RegDB-layout demo dataset to ``root`` and return ``root``.
+
+    ``root/Visible/<id>/v_<id>_<k>.png``, ``root/Thermal/<id>/t_<id>_<k>.png``
+    (ids 1..num_ids as 4 digits, k = 01..imgs_per_id; thermal images are grey
+    RGB) and, for every trial t in 1..num_trials,
+    ``root/idx/{train,test}_{visible,thermal}_{t}.txt`` with lines
+    ``<path relative to root> <label>``.  Trial t splits the identities in
+    random halves; train labels are 0..C-1 in sorted identity order, test
+    labels are the identity numbers.  ``workers`` > 1 renders in that many
+    processes (0: one per CPU); the files do not depend on it.
+    """
+    if num_ids < 2:
+        raise ValueError("num_ids must be >= 2")
+    params = {"layout": "regdb", "version": GENERATOR_VERSION, "num_ids": int(num_ids),
+              "imgs_per_id": int(imgs_per_id), "seed": int(seed), "img_w": int(img_w),
+              "img_h": int(img_h), "num_trials": int(num_trials)}
+
+    def writer(out):
+        ids = draw_identities(num_ids, seed)
+        files = {"visible": {}, "thermal": {}}
+        jobs = []
+        for mod, folder, prefix, code in (("visible", "Visible", "v", 1),
+                                          ("thermal", "Thermal", "t", 2)):
+            for a in ids:
+                pid = a["pid"]
+                os.makedirs(os.path.join(out, folder, f"{pid:04d}"))
+                names = [f"{folder}/{pid:04d}/{prefix}_{pid:04d}_{k:02d}.png"
+                         for k in range(1, imgs_per_id + 1)]
+                jobs += [(os.path.join(out, rel), a, mod, (_STREAM_IMAGE, seed, pid, code, k),
+                          img_w, img_h, None, False) for k, rel in enumerate(names, 1)]
+                files[mod][pid] = names
+        _run_jobs(jobs, workers)
+        os.makedirs(os.path.join(out, "idx"))
+        for t in range(1, num_trials + 1):
+            train, test = regdb_split(num_ids, seed, t)
+            for part, pids, relabel in (("train", train, True), ("test", test, False)):
+                for mod in ("visible", "thermal"):
+                    lines = []
+                    for lab, pid in enumerate(pids):
+                        label = lab if relabel else pid
+                        lines += [f"{rel} {label}\n" for rel in files[mod][pid]]
+                    with open(os.path.join(out, "idx", f"{part}_{mod}_{t}.txt"), "w") as f:
+                        f.writelines(lines)
+        with open(os.path.join(out, "identities.json"), "w") as f:
+            json.dump(ids, f, indent=0, sort_keys=True)
+
+    return _build_atomically(root, params, writer, force)
+
+
+# --------------------------------------------------------------------------
+# SYSU-MM01 raw layout
+# --------------------------------------------------------------------------
+
+def sysu_plan(num_ids, seed, n_val, n_test):
+    """Split and camera plan of the SYSU demo.
+
+    Returns (train_ids, val_ids, test_ids, cams) where ``cams[pid]`` maps each
+    camera the identity appears in to its number of images (4..6).  Every
+    identity has at least one visible and one thermal camera; test identities
+    have at least one of cam1/cam2 (the indoor-search gallery).
+    """
+    rng = _rng(_STREAM_SYSU, seed)
+    pids = rng.permutation(np.arange(1, num_ids + 1))
+    test = sorted(int(p) for p in pids[:n_test])
+    val = sorted(int(p) for p in pids[n_test:n_test + n_val])
+    train = sorted(int(p) for p in pids[n_test + n_val:])
+    cams = {}
+    for pid in range(1, num_ids + 1):
+        r = _rng(_STREAM_SYSU, seed, pid)
+        vis = [c for c in SYSU_VISIBLE_CAMS if r.random() < 0.75]
+        if pid in test and not ({1, 2} & set(vis)):
+            vis.append(int(r.choice([1, 2])))
+        if not vis:
+            vis.append(int(r.choice(SYSU_VISIBLE_CAMS)))
+        thr = [c for c, p in ((3, 0.6), (6, 0.85)) if r.random() < p]
+        if not thr:
+            thr.append(int(r.choice(SYSU_THERMAL_CAMS)))
+        cams[pid] = {c: int(r.integers(4, 7)) for c in sorted(vis + thr)}
+    return train, val, test, cams
+
+
+def make_sysu_demo(root, num_ids=40, seed=0, img_w=64, img_h=128, n_val=4, n_test=12,
+                   force=False, workers=1):
+    """Write a raw SYSU-MM01-layout demo dataset to ``root`` and return ``root``.
+
+    ``root/cam{1..6}/<pid:04d>/<n:04d>.jpg`` (cams 1, 2, 4, 5 visible; 3, 6
+    thermal, stored as a mix of 1-channel 'L' and 3-channel JPEGs), and
+    ``root/exp/{train,val,test}_id.txt``, each one comma-separated line of
+    1-based ids (default 24 / 4 / 12).  Image size differs a little between
+    cameras; visible cameras have their own background tint.
+    """
+    if n_val < 0 or n_test < 1 or n_val + n_test >= num_ids:
+        raise ValueError("need n_test >= 1, n_val >= 0 and n_val + n_test < num_ids")
+    params = {"layout": "sysu", "version": GENERATOR_VERSION, "num_ids": int(num_ids),
+              "seed": int(seed), "img_w": int(img_w), "img_h": int(img_h),
+              "n_val": int(n_val), "n_test": int(n_test)}
+
+    def writer(out):
+        ids = draw_identities(num_ids, seed)
+        train, val, test, cams = sysu_plan(num_ids, seed, n_val, n_test)
+        cam_rng = _rng(_STREAM_SYSU, seed, 0, 99)
+        styles = {c: cam_rng.uniform(-25, 25, 3) for c in range(1, 7)}
+        for c in range(1, 7):
+            os.makedirs(os.path.join(out, f"cam{c}"))
+        jobs = []
+        for a in ids:
+            pid = a["pid"]
+            for c, n in cams[pid].items():
+                thermal = c in SYSU_THERMAL_CAMS
+                w = int(round(img_w * _SYSU_CAM_SCALE[c]))
+                h = int(round(img_h * _SYSU_CAM_SCALE[c]))
+                d = os.path.join(out, f"cam{c}", f"{pid:04d}")
+                os.makedirs(d)
+                jobs += [(os.path.join(d, f"{k:04d}.jpg"), a,
+                          "thermal" if thermal else "visible",
+                          (_STREAM_IMAGE, seed, pid, 10 + c, k), w, h,
+                          None if thermal else styles[c], thermal)
+                         for k in range(1, n + 1)]
+        _run_jobs(jobs, workers)
+        os.makedirs(os.path.join(out, "exp"))
+        for name, lst in (("train", train), ("val", val), ("test", test)):
+            with open(os.path.join(out, "exp", f"{name}_id.txt"), "w") as f:
+                f.write(",".join(str(p) for p in lst) + "\n")
+        with open(os.path.join(out, "identities.json"), "w") as f:
+            json.dump(ids, f, indent=0, sort_keys=True)
+
+    return _build_atomically(root, params, writer, force)
+
+
+# --------------------------------------------------------------------------
+# contact sheet / CLI
+# --------------------------------------------------------------------------
+
+def contact_sheet(num_ids=12, per_modality=4, seed=0, img_w=64, img_h=128, path=None):
+    """Grid image: one row per identity, visible images then thermal images."""
+    ids = draw_identities(num_ids, seed)
+    gap = 4
+    cols = 2 * per_modality
+    sheet = np.full((num_ids * (img_h + gap), cols * (img_w + gap) + gap * 2, 3), 255, np.uint8)
+    for r, a in enumerate(ids):
+        for j in range(cols):
+            mod = "visible" if j < per_modality else "thermal"
+            k = j % per_modality + 1
+            img = render_person(a, mod, _rng(_STREAM_IMAGE, seed, a["pid"], 1 if mod == "visible" else 2, k),
+                                img_w, img_h)
+            x = j * (img_w + gap) + (gap * 2 if mod == "thermal" else 0)
+            sheet[r * (img_h + gap):r * (img_h + gap) + img_h, x:x + img_w] = img
+    if path is not None:
+        _save_png(sheet, path)
+    return sheet
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="output folder")
+    p.add_argument("--layout", choices=("regdb", "sysu"), default="regdb")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_ids", type=int, default=None,
+                   help="identities (default 120 for regdb, 40 for sysu)")
+    p.add_argument("--imgs_per_id", type=int, default=10, help="regdb: images per id per modality")
+    p.add_argument("--num_trials", type=int, default=10, help="regdb: number of split trials")
+    p.add_argument("--n_val", type=int, default=4, help="sysu: validation identities")
+    p.add_argument("--n_test", type=int, default=12, help="sysu: test identities")
+    p.add_argument("--img_w", type=int, default=64)
+    p.add_argument("--img_h", type=int, default=128)
+    p.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    p.add_argument("--workers", type=int, default=0,
+                   help="rendering processes (0: one per CPU); output does not depend on it")
+    p.add_argument("--sheet", default=None, help="also write a contact sheet PNG here")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    if args.layout == "regdb":
+        root = make_regdb_demo(args.root, num_ids=args.num_ids or 120,
+                               imgs_per_id=args.imgs_per_id, seed=args.seed, img_w=args.img_w,
+                               img_h=args.img_h, num_trials=args.num_trials, force=args.force,
+                               workers=args.workers)
+    else:
+        root = make_sysu_demo(args.root, num_ids=args.num_ids or 40, seed=args.seed,
+                              img_w=args.img_w, img_h=args.img_h, n_val=args.n_val,
+                              n_test=args.n_test, force=args.force, workers=args.workers)
+    if args.sheet:
+        contact_sheet(seed=args.seed, img_w=args.img_w, img_h=args.img_h, path=args.sheet)
+    print(f"{args.layout} demo dataset ready at {root} ({time.time() - t0:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
