@@ -308,6 +308,8 @@ def main(args):
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best", best)
         log(f"resumed from {args.resume} at epoch {start_epoch}")
     if args.sync_bn and args.world_size > 1:
+        if device.type != "cuda":
+            raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device).to(memory_format=torch.channels_last)
     for state in optimizer.state.values():  # resumed momentum buffers follow the model
