@@ -62,10 +62,10 @@ def get_args_parser(add_help=True):
     g.add_argument("--w_center", default=None, type=float, help="weight of the strips' triplet losses")
     g.add_argument("--label_smooth", default=None, help="on | off")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--optim", default="sgd", help="sgd | adam")
+    g.add_argument("--optim", default=None, help="sgd | adam (default sgd; demo adam)")
     g.add_argument("--lr", default=None, type=float,
-                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, "
-                        "times the number of processes)")
+                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 2e-3; "
+                        "a default is multiplied by the number of processes)")
     g.add_argument("--weight_decay", default=5e-4, type=float)
     g.add_argument("--backbone_lr_mult", default=None, type=float,
                    help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
@@ -77,7 +77,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
     g.add_argument("--steps_per_epoch", default=0, type=int, help="cap on steps per epoch (0: a full epoch)")
     g = parser.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval_start", default=10, type=int, help="first epoch evaluated")
+    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; demo 13)")
     g.add_argument("--eval_every", default=2, type=int, help="evaluate every N epochs from eval_start")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--model_path", default="save_model/", help="checkpoint folder")
@@ -122,9 +122,10 @@ def build_optimizer(model, args):
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     mult = getattr(args, "backbone_lr_mult", None) or 0.1
     groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
-    if args.optim == "sgd":
+    optim = args.optim or "sgd"
+    if optim == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
-    if args.optim == "adam":
+    if optim == "adam":
         return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
     raise ValueError(f"--optim must be sgd or adam, got {args.optim}")
 
@@ -259,9 +260,12 @@ def main(args):
     main_process = args.rank == 0
     log = print if main_process else (lambda *a, **k: None)
     ckpt = resume_state(args, log) if args.resume else None
-    if args.lr is None:
-        args.lr = (0.1 if args.optim == "sgd" else 3.5e-4) * args.world_size  # linear scaling rule
+    lr_given = args.lr is not None
     utils.fill_dataset_defaults(args)
+    if args.lr is None:
+        args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
+    if not lr_given:
+        args.lr *= args.world_size  # the linear scaling rule, for a default learning rate only
     if args.pcb == "on" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
         raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
                          f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")

@@ -17,7 +17,7 @@ import utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
          "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "1", "--workers", "0", "--gpu", "cpu",
-         "--eval_start", "100", "--seed", "5", "--lr", "0.1", "--epochs", "1"]
+         "--eval_start", "100", "--seed", "5", "--lr", "0.1", "--epochs", "1", "--optim", "sgd"]
 
 
 def reference_step(data_path):

@@ -24,7 +24,7 @@ def tiny_args(data_path, out, *extra):
         "--dataset", "demo", "--data_path", data_path, "--img_h", "32", "--img_w", "16", "--num_strips", "2",
         "--local_feat_dim", "16", "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "2",
         "--workers", "0", "--gpu", "cpu", "--model_path", os.path.join(out, "models"),
-        "--log_path", os.path.join(out, "log"), "--eval_start", "100", "--seed", "3", *extra])
+        "--log_path", os.path.join(out, "log"), "--eval_start", "100", "--seed", "3", "--optim", "sgd", *extra])
 
 
 def test_learning_rate_schedule_and_groups():
