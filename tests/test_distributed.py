@@ -76,8 +76,8 @@ def test_two_process_gloo_step_equals_averaged_gradients(tmp_path):
         assert torch.allclose(p.detach(), ckpt["model"][name], atol=1e-5, rtol=1e-4), name
 
     # ... and the two-process checkpoint resumes in one process
-    resumed = train_mine.get_args_parser().parse_args(FLAGS[:-1] + [
-        "2", "--data_path", data_path, "--model_path", str(out / "single"), "--log_path", str(out / "log"),
+    resumed = train_mine.get_args_parser().parse_args(FLAGS + [
+        "--epochs", "2", "--data_path", data_path, "--model_path", str(out / "single"), "--log_path", str(out / "log"),
         "--resume", str(out / "models" / files[1])])
     train_mine.main(resumed)
     assert torch.load(out / "single" / files[1], weights_only=False)["epoch"] == 1
