@@ -18,7 +18,7 @@ import data_manager
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-PAD = 10
+PAD = 10  # the authors' zero padding before the random crop, in pixels at 288x144
 SYSU_NPY = ("train_rgb_resized_img.npy", "train_rgb_resized_label.npy",
             "train_ir_resized_img.npy", "train_ir_resized_label.npy")
 
@@ -54,11 +54,11 @@ def normalize(x):
     return x.permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)
 
 
-def per_image_train_transform(img_h, img_w):
+def per_image_train_transform(img_h, img_w, pad=PAD):
     """The authors' per-image training augmentation (PIL + torchvision), for reference."""
     return T.Compose([
         T.ToPILImage(),
-        T.Pad(PAD),
+        T.Pad(pad),
         T.RandomCrop((img_h, img_w)),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
@@ -68,20 +68,22 @@ def per_image_train_transform(img_h, img_w):
 
 class BatchAugment:
     """The training augmentation of a whole uint8 batch at once, on the batch's device:
-    zero-pad 10, random crop back to HxW, horizontal flip with p = 0.5 (one gather does all
+    zero-pad (10 px), random crop back to HxW, horizontal flip with p = 0.5 (one gather does all
     three), normalise; then, optionally, random erasing and the channel augmentation of
     Ye et al. (ICCV 2021) on the visible half."""
 
-    def __init__(self, erasing_p=0.0, channel_aug=0.0):
+    def __init__(self, erasing_p=0.0, channel_aug=0.0, pad=PAD):
+        self.pad = pad
         self.erasing_p = erasing_p
         self.channel_aug = channel_aug
 
     def crop_flip(self, x):
         b, h, w, _ = x.shape
         dev = x.device
-        padded = torch.nn.functional.pad(x, (0, 0, PAD, PAD, PAD, PAD))
-        top = torch.randint(0, 2 * PAD + 1, (b, 1), device=dev)
-        left = torch.randint(0, 2 * PAD + 1, (b, 1), device=dev)
+        pad = self.pad
+        padded = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
+        top = torch.randint(0, 2 * pad + 1, (b, 1), device=dev)
+        left = torch.randint(0, 2 * pad + 1, (b, 1), device=dev)
         flip = torch.rand(b, 1, device=dev) < 0.5
         cols = torch.arange(w, device=dev).expand(b, w)
         cols = torch.where(flip, w - 1 - cols, cols) + left

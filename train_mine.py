@@ -26,7 +26,7 @@ import utils
 # Flags that define the experiment: a resumed run takes them from its checkpoint.
 EXPERIMENT_FLAGS = ("dataset", "trial", "img_w", "img_h", "arch", "share_net", "pcb", "local_feat_dim",
                     "num_strips", "gm_pool", "gem_p", "method", "margin", "w_center", "label_smooth", "optim",
-                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size", "num_pos", "seed", "erasing_p", "channel_aug",
+                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size", "num_pos", "seed", "pad", "erasing_p", "channel_aug",
                     "eval_start", "eval_every", "mode")
 
 
@@ -42,6 +42,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 96); a multiple of 16 x strips")
     g.add_argument("--workers", default=None, type=int,
                    help="data loading processes (default 4 on a GPU; 0 on the CPU, where batches are cheap)")
+    g.add_argument("--pad", default=None, type=int,
+                   help="zero padding before the random crop, px (default 10; demo 3: the same fraction of a "
+                        "96x48 image, so that parts stay in their strips)")
     g.add_argument("--erasing_p", default=0.0, type=float, help="random erasing probability (off: 0)")
     g.add_argument("--channel_aug", default=0.0, type=float,
                    help="probability of the channel augmentation of Ye et al. ICCV 2021 (off: 0)")
@@ -77,7 +80,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
     g.add_argument("--steps_per_epoch", default=0, type=int, help="cap on steps per epoch (0: a full epoch)")
     g = parser.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; demo 13)")
+    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; demo 19)")
     g.add_argument("--eval_every", default=2, type=int, help="evaluate every N epochs from eval_start")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--model_path", default="save_model/", help="checkpoint folder")
@@ -85,7 +88,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--resume", default="", help="continue from this checkpoint (its _last.pth)")
     g = parser.add_argument_group("speed and hardware")
     g.add_argument("--gpu", default="0", help="CUDA device index, or 'cpu'")
-    g.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16, else fp16, off on CPU)")
+    g.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, else fp16; on the CPU "
+                        "bf16 where it is native (AVX512-BF16, AMX), else off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
@@ -133,14 +137,22 @@ def build_optimizer(model, args):
 def amp_dtype(amp, device):
     """The autocast dtype for --amp, or None for full precision."""
     if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 on CPUs with native bf16 arithmetic (about 1.5x faster on a Zen 4 core); elsewhere it
+        # would be emulated, slower than float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
     if amp == "off":
         return None
     if amp in ("bf16", "fp16"):
         return torch.bfloat16 if amp == "bf16" else torch.float16
     raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {amp}")
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); False on torch builds that cannot tell."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 def run_name(args):
@@ -289,11 +301,11 @@ def main(args):
     data = build_train_data(args)
     sampler = utils.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
                                     args.seed, args.rank)
-    transform = data_loader.per_image_train_transform(args.img_h, args.img_w) if args.cpu_aug else None
+    transform = data_loader.per_image_train_transform(args.img_h, args.img_w, args.pad) if args.cpu_aug else None
     loader = DataLoader(data_loader.BatchData(data, transform), sampler=sampler, batch_size=None,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
                         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
-    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug)
+    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
         f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
         f"{args.batch_size}x{args.num_pos}x2 per epoch; device {device}, amp {dtype}, "

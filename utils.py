@@ -16,13 +16,15 @@ import model_mine
 PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)
 DATASET_DEFAULTS = {
     "sysu": dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
-                 epochs=61, pretrained="imagenet", data_path=None, **PAPER_SCHEDULE),
+                 epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE),
     "regdb": dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=144, img_h=288,
-                  epochs=61, pretrained="imagenet", data_path=None, **PAPER_SCHEDULE),
-    # demo: from scratch (no ImageNet weights offline) on a 2-core CPU: Adam, GeM p=3, a short schedule
+                  epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE),
+    # demo: from scratch (no ImageNet weights offline) on a 2-core CPU: Adam, GeM p=3, a short schedule;
+    # pad 3 moves a 96x48 image by the same fraction as pad 10 moves a 288x144 one (10 px would push
+    # body parts into the neighbouring 16 px strip, and the strips' classifiers would hardly learn)
     "demo": dict(batch_size=8, num_pos=4, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=48, img_h=96,
-                 epochs=14, pretrained="none", data_path=os.path.join("data", "demo"), optim="adam", lr=2e-3,
-                 backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="11", eval_start=13),
+                 epochs=20, pretrained="none", data_path=os.path.join("data", "demo"), optim="adam", lr=2e-3,
+                 backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="16", eval_start=19, pad=3),
 }
 
 

@@ -159,7 +159,7 @@ def coordinate_images(n, h=32, w=16):
     return np.repeat(img[None], n, 0)
 
 
-def crop_params(out, h=32, w=16):
+def crop_params(out, h=32, w=16, pad=10):
     """(top offset, left offset, flipped) of each augmented coordinate image."""
     res = []
     for img in out:
@@ -168,26 +168,29 @@ def crop_params(out, h=32, w=16):
         row = img[y, x, 0]
         flipped = x + 1 < w and img[y, x + 1, 2] == 255 and img[y, x + 1, 1] < img[y, x, 1]
         col = img[y, x, 1]
-        top = int(y) - int(row) + 10
-        left = (int(x) + int(col) - (w - 1) + 10) if flipped else (int(x) - int(col) + 10)
+        top = int(y) - int(row) + pad
+        left = (int(x) + int(col) - (w - 1) + pad) if flipped else (int(x) - int(col) + pad)
         res.append((top, left, bool(flipped)))
     return res
 
 
-def test_batched_augmentation_matches_the_per_image_distribution():
+@pytest.mark.parametrize("pad", [10, 3])
+def test_batched_augmentation_matches_the_per_image_distribution(pad):
     n = 3000
     torch.manual_seed(0)
-    ours = crop_params(data_loader.BatchAugment().crop_flip(torch.from_numpy(coordinate_images(n))).numpy())
-    pad_crop_flip = T.Compose([T.ToPILImage(), T.Pad(10), T.RandomCrop((32, 16)), T.RandomHorizontalFlip()])
-    ref = crop_params([np.asarray(pad_crop_flip(img)) for img in coordinate_images(n)])
+    ours = crop_params(data_loader.BatchAugment(pad=pad).crop_flip(torch.from_numpy(coordinate_images(n))).numpy(),
+                       pad=pad)
+    pad_crop_flip = data_loader.per_image_train_transform(32, 16, pad).transforms[:-2]  # before ToTensor
+    ref = crop_params([np.asarray(T.Compose(pad_crop_flip)(img)) for img in coordinate_images(n)], pad=pad)
+    offsets = 2 * pad + 1
     for params in (ours, ref):
         tops = np.array([p[0] for p in params])
         lefts = np.array([p[1] for p in params])
         flips = np.array([p[2] for p in params])
-        assert set(tops) == set(range(21)) and set(lefts) == set(range(21))
-        for values in (tops, lefts):  # uniform over 0..20: each about n/21 = 143
-            counts = np.bincount(values, minlength=21)
-            assert counts.min() > 95 and counts.max() < 195
+        assert set(tops) == set(range(offsets)) and set(lefts) == set(range(offsets))
+        for values in (tops, lefts):  # uniform over 0..2 pad: each about n / (2 pad + 1)
+            counts = np.bincount(values, minlength=offsets)
+            assert counts.min() > 0.66 * n / offsets and counts.max() < 1.36 * n / offsets
         assert abs(flips.mean() - 0.5) < 0.04
 
 

@@ -17,7 +17,8 @@ import utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
          "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "1", "--workers", "0", "--gpu", "cpu",
-         "--eval_start", "100", "--seed", "5", "--lr", "0.1", "--epochs", "1", "--optim", "sgd"]
+         "--eval_start", "100", "--seed", "5", "--lr", "0.1", "--epochs", "1", "--optim", "sgd",
+         "--amp", "off"]  # the reference step is float32
 
 
 def reference_step(data_path):
@@ -38,7 +39,7 @@ def reference_step(data_path):
         loader = DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None)
         torch.manual_seed(train_mine.epoch_seed(args.seed, 0, rank))
         v, t, labels = next(iter(loader))
-        v, t = data_loader.BatchAugment()(v, t)
+        v, t = data_loader.BatchAugment(pad=args.pad)(v, t)
         model.zero_grad()
         model.train()
         criterion(model(v, t), labels)[0].backward()

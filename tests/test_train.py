@@ -150,3 +150,14 @@ def test_bf16_autocast_tracks_fp32():
         assert all(np.isfinite(x.item()) for x in crit(out, labels))
     assert emb[True].dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(emb[False], emb[True], dim=1).min() > 0.99
+
+
+def test_amp_auto_picks_bf16_only_on_cpus_that_compute_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(train_mine, "cpu_has_bf16", lambda: native)
+        assert train_mine.amp_dtype("auto", cpu) is expected
+        assert train_mine.amp_dtype("off", cpu) is None
+        assert train_mine.amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="--amp"):
+        train_mine.amp_dtype("fp8", cpu)
