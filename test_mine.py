@@ -193,9 +193,18 @@ def resolve_checkpoint(path, model_path):
 
 def ensure_demo(args):
     """--dataset demo: generate the demo set on first use (a folder that holds one is used as it is)."""
-    if args.dataset == "demo" and not os.path.exists(os.path.join(args.data_path, "demo.json")):
-        import demo_data
+    if args.dataset != "demo":
+        return
+    import demo_data
+    meta = os.path.join(args.data_path, "demo.json")
+    if not os.path.exists(meta):
         demo_data.make_regdb_demo(args.data_path)
+        return
+    with open(meta) as f:
+        version = json.load(f).get("params", {}).get("version")
+    if version != demo_data.GENERATOR_VERSION:  # kept (it may be a set made on purpose), but said
+        print(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
+              f"{demo_data.GENERATOR_VERSION}; delete the folder to regenerate it")
 
 
 def image_size(args, ckpt):

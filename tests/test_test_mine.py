@@ -110,3 +110,16 @@ def test_folder_search_ranks_a_planted_duplicate_first(regdb_root, checkpoint, t
     with pytest.raises(FileNotFoundError, match="--gallery_dir: no image files"):
         run("--resume", checkpoint, "--query_dir", str(q), "--gallery_dir", str(tmp_path / "empty"),
             "--log_path", str(tmp_path))
+
+
+def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, capsys):
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "demo.json").write_text(json.dumps({"params": {"layout": "regdb", "version": 0}}))
+    args = test_mine.get_args_parser().parse_args(["--dataset", "demo", "--data_path", str(root)])
+    test_mine.ensure_demo(args)
+    assert os.listdir(root) == ["demo.json"]  # not regenerated: it may be a set made on purpose
+    assert "generator version 0" in capsys.readouterr().out
+    (root / "demo.json").write_text(json.dumps({"params": {"version": demo_data.GENERATOR_VERSION}}))
+    test_mine.ensure_demo(args)
+    assert capsys.readouterr().out == ""
