@@ -191,19 +191,21 @@ def resolve_checkpoint(path, model_path):
     return path
 
 
-def ensure_demo(args):
+def ensure_demo(args, log=print):
     """--dataset demo: generate the demo set on first use (a folder that holds one is used as it is)."""
     if args.dataset != "demo":
         return
     import demo_data
     meta = os.path.join(args.data_path, "demo.json")
     if not os.path.exists(meta):
+        start = time.time()
         demo_data.make_regdb_demo(args.data_path)
+        log(f"demo data written to {args.data_path} in {time.time() - start:.0f} s (first use)")
         return
     with open(meta) as f:
         version = json.load(f).get("params", {}).get("version")
     if version != demo_data.GENERATOR_VERSION:  # kept (it may be a set made on purpose), but said
-        print(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
+        log(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
               f"{demo_data.GENERATOR_VERSION}; delete the folder to regenerate it")
 
 
@@ -337,7 +339,7 @@ def main(args):
     args.vis_dir = args.vis_dir or os.path.join(args.log_path or ".", "vis")
     if searching:
         return search_folders(args, device, log)
-    ensure_demo(args)
+    ensure_demo(args, log)
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k) if args.visualize else None
     if args.dataset == "sysu":

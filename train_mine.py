@@ -294,7 +294,7 @@ def main(args):
     dtype = amp_dtype(args.amp, device)
     utils.set_seed(args.seed)
     if main_process:
-        test_mine.ensure_demo(args)
+        test_mine.ensure_demo(args, log)
     if args.world_size > 1:
         dist.barrier()
 
