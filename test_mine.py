@@ -52,7 +52,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--local_feat_dim", default=256, type=int)
     g.add_argument("--num_strips", default=6, type=int)
     g.add_argument("--gm_pool", default="on")
-    g.add_argument("--gem_p", default=None, type=float, help="default: 10 (RegDB), 3 (SYSU)")
+    g.add_argument("--gem_p", default=None, type=float, help="default: PCB 10 (RegDB), 3 (SYSU); --pcb off 3")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--re_rank", default="no", help="no | k_reciprocal | random_walk")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)

@@ -57,7 +57,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--local_feat_dim", default=256, type=int)
     g.add_argument("--num_strips", default=6, type=int)
     g.add_argument("--gm_pool", default="on", help="GeM pooling on | off")
-    g.add_argument("--gem_p", default=None, type=float, help="GeM power (default 10 RegDB, 3 SYSU)")
+    g.add_argument("--gem_p", default=None, type=float, help="GeM power (default: PCB 10 RegDB, 3 SYSU; --pcb off 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
     g = parser.add_argument_group("loss")
     g.add_argument("--method", default="hctri", help="hctri | batch-hard | agw | id-only")

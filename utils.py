@@ -33,6 +33,8 @@ def fill_dataset_defaults(args, skip=()):
     if args.dataset not in DATASET_DEFAULTS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, got {args.dataset}")
     for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if key == "gem_p" and getattr(args, "pcb", "on") == "off":
+            value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global head's is 3
         if key not in skip and hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, value)
     if "data_path" not in skip and getattr(args, "data_path", "") is None:

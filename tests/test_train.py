@@ -9,6 +9,7 @@ import data_loader
 import demo_data
 import loss as losses
 import model_mine
+import test_mine
 import train_mine
 import utils
 
@@ -85,6 +86,12 @@ def test_published_defaults():
     utils.fill_dataset_defaults(args)
     assert (args.batch_size, args.num_pos, args.w_center, args.label_smooth, args.gem_p, args.trial) == \
         (8, 4, 2.0, "on", 10.0, 3)
+    # the global head pools with p = 3 on every dataset (the authors' code); an explicit --gem_p wins
+    for flags, p in (([], 3.0), (["--gem_p", "5"], 5.0)):
+        args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"] + flags)
+        assert utils.fill_dataset_defaults(args).gem_p == p
+    args = test_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"])
+    assert utils.fill_dataset_defaults(args).gem_p == 3.0
 
 
 def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
