@@ -230,8 +230,8 @@ def k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3):
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017) -> distance [Q, G], lower is better.
 
     Convention: the widely used `re_ranking` (layumi / reid-strong-baseline) on all Q+G
-    samples: original_dist = squared Euclidean distance (2 - 2 x.y for unit features, clamped
-    at 0), divided by its column max and transposed; initial ranks by stable argsort; expansion
+    samples: original_dist = squared Euclidean distance (|x|^2 + |y|^2 - 2 x.y, clamped at 0;
+    2 - 2 x.y for the unit features test_mine.py passes), divided by its column max and transposed; initial ranks by stable argsort; expansion
     with R(j, round(k1/2)) (round half to even, as np.around); V in float32 (float64 if the
     features are) rather than the original float16; query expansion over the top-k2 when
     k2 != 1; Jaccard distance blended as jaccard*(1-lambda) + original_dist*lambda.
@@ -241,7 +241,8 @@ def k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3):
     feat = torch.cat([q, g])
     n = feat.shape[0]
     dev = feat.device
-    dist = (2 - 2 * feat @ feat.T).clamp_(min=0)
+    sq = (feat * feat).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * feat @ feat.T).clamp_(min=0)
     dist = (dist / dist.max(dim=0).values).T.contiguous()
 
     kf = min(k1 + 1, n)

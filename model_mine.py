@@ -163,6 +163,13 @@ class PCBHead(nn.Module):
 
 
 class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
+    """The two-stream ResNet-50 of the paper (SPEC §4): share_net 0..5, PCB strips or a global head.
+
+    pretrained: 'imagenet' (the paper's initialisation; what train_mine.py uses for SYSU-MM01 and
+    RegDB), 'none' (the default, like torchvision's weights=None: nothing is downloaded, residual
+    blocks start as identities) or the path of a torchvision ResNet-50 state dict.
+    """
+
     def __init__(self, class_num, no_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb="on",
                  local_feat_dim=256, num_strips=6, gem_p=None, pretrained="none"):
         super().__init__()

@@ -76,11 +76,12 @@ def ref_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
 
 def ref_re_ranking(q_feat, g_feat, k1, k2, lambda_value):
     """Direct port of the classic numpy `re_ranking` loop (layumi / reid-strong-baseline) with
-    original_dist = 2 - 2 x.y (clamped), stable argsort, and float64 V instead of float16."""
+    original_dist = squared Euclidean distance (clamped), stable argsort, and float64 V instead of float16."""
     query_num = q_feat.shape[0]
     feat = np.concatenate([q_feat, g_feat]).astype(np.float64)
     all_num = feat.shape[0]
-    original_dist = np.maximum(2 - 2 * feat @ feat.T, 0)
+    sq = (feat * feat).sum(1)
+    original_dist = np.maximum(sq[:, None] + sq[None, :] - 2 * feat @ feat.T, 0)
     gallery_num = original_dist.shape[0]
     original_dist = np.transpose(original_dist / np.max(original_dist, axis=0))
     V = np.zeros_like(original_dist)
@@ -337,6 +338,13 @@ def test_k_reciprocal_against_classic(nq, ng, d, k1, k2, lam):
     got = k_reciprocal(torch.from_numpy(q), torch.from_numpy(g), k1=k1, k2=k2, lambda_value=lam)
     assert isinstance(got, torch.Tensor) and got.shape == (nq, ng)
     np.testing.assert_allclose(got.numpy(), ref_re_ranking(q, g, k1, k2, lam), atol=1e-10)
+
+
+def test_k_reciprocal_on_features_that_are_not_unit_length():
+    rng = np.random.default_rng(9)
+    q, g = 3 * rng.standard_normal((12, 8)), 0.5 * rng.standard_normal((40, 8))
+    got = k_reciprocal(torch.from_numpy(q), torch.from_numpy(g), k1=6, k2=3, lambda_value=0.3)
+    np.testing.assert_allclose(got.numpy(), ref_re_ranking(q, g, 6, 3, 0.3), atol=1e-10)
 
 
 def test_k_reciprocal_float32_and_chunked(monkeypatch):
