@@ -240,7 +240,11 @@ def evaluate_regdb(args, device, log, on_distance=None):
     elif per_trial:
         trials = list(range(1, 11))
     else:
-        trials = [args.trial or utils.load_checkpoint(path).get("args", {}).get("trial") or 1]
+        recorded = args.trial or utils.load_checkpoint(path).get("args", {}).get("trial")
+        if recorded is None:  # the original code's files do not say which split they were trained on
+            log(f"note: {path} does not record its RegDB split: testing split 1; pass --trials N if it was "
+                f"trained on split N (else its training identities are in the test set)")
+        trials = [recorded or 1]
     if len(trials) > 1 and not per_trial:
         raise ValueError(f"--resume {path}: RegDB trial t needs the model trained on split t; put {{trial}} in "
                          f"--resume (e.g. regdb_trial{{trial}}_best.pth) or pass a single --trials")
