@@ -509,7 +509,8 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
 # atomic, idempotent dataset folders
 # --------------------------------------------------------------------------
 
-def _read_meta(root):
+def read_meta(root):
+    """The contents of root/demo.json, or None where there is none (or it is unreadable)."""
     try:
         with open(os.path.join(root, "demo.json")) as f:
             return json.load(f)
@@ -525,7 +526,7 @@ def _build_atomically(root, params, writer, force):
     this module (no ``demo.json``), so that real data is never deleted.
     """
     root = os.path.abspath(root)
-    meta = _read_meta(root)
+    meta = read_meta(root)
     if meta is not None and meta.get("params") == params and not force:
         return root
     if os.path.isdir(root) and os.listdir(root) and meta is None:

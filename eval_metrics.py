@@ -231,10 +231,11 @@ def k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3):
 
     Convention: the widely used `re_ranking` (layumi / reid-strong-baseline) on all Q+G
     samples: original_dist = squared Euclidean distance (|x|^2 + |y|^2 - 2 x.y, clamped at 0;
-    2 - 2 x.y for the unit features test_mine.py passes), divided by its column max and transposed; initial ranks by stable argsort; expansion
-    with R(j, round(k1/2)) (round half to even, as np.around); V in float32 (float64 if the
-    features are) rather than the original float16; query expansion over the top-k2 when
-    k2 != 1; Jaccard distance blended as jaccard*(1-lambda) + original_dist*lambda.
+    2 - 2 x.y for the unit features test_mine.py passes), divided by its column max and
+    transposed; initial ranks by stable argsort; expansion with R(j, round(k1/2)) (round half
+    to even, as np.around); V in float32 (float64 if the features are) rather than the original
+    float16; query expansion over the top-k2 when k2 != 1; Jaccard distance blended as
+    jaccard*(1-lambda) + original_dist*lambda.
     """
     q, g = _features(q_feat, g_feat)
     num_q, num_g = q.shape[0], g.shape[0]

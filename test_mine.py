@@ -196,17 +196,16 @@ def ensure_demo(args, log=print):
     if args.dataset != "demo":
         return
     import demo_data
-    meta = os.path.join(args.data_path, "demo.json")
-    if not os.path.exists(meta):
+    meta = demo_data.read_meta(args.data_path)
+    if meta is None:
         start = time.time()
         demo_data.make_regdb_demo(args.data_path)
         log(f"demo data written to {args.data_path} in {time.time() - start:.0f} s (first use)")
         return
-    with open(meta) as f:
-        version = json.load(f).get("params", {}).get("version")
+    version = meta.get("params", {}).get("version")
     if version != demo_data.GENERATOR_VERSION:  # kept (it may be a set made on purpose), but said
         log(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
-              f"{demo_data.GENERATOR_VERSION}; delete the folder to regenerate it")
+            f"{demo_data.GENERATOR_VERSION}; delete the folder to regenerate it")
 
 
 def image_size(args, ckpt):

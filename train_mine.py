@@ -26,8 +26,8 @@ import utils
 # Flags that define the experiment: a resumed run takes them from its checkpoint.
 EXPERIMENT_FLAGS = ("dataset", "trial", "img_w", "img_h", "arch", "share_net", "pcb", "local_feat_dim",
                     "num_strips", "gm_pool", "gem_p", "method", "margin", "w_center", "label_smooth", "optim",
-                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size", "num_pos", "seed", "pad", "erasing_p", "channel_aug",
-                    "eval_start", "eval_every", "mode")
+                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size",
+                    "num_pos", "seed", "pad", "erasing_p", "channel_aug", "eval_start", "eval_every", "mode")
 
 
 def get_args_parser(add_help=True):
@@ -57,7 +57,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--local_feat_dim", default=256, type=int)
     g.add_argument("--num_strips", default=6, type=int)
     g.add_argument("--gm_pool", default="on", help="GeM pooling on | off")
-    g.add_argument("--gem_p", default=None, type=float, help="GeM power (default: PCB 10 RegDB, 3 SYSU; --pcb off 3)")
+    g.add_argument("--gem_p", default=None, type=float,
+                   help="GeM power (default: PCB 10 RegDB, 3 SYSU; --pcb off 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
     g = parser.add_argument_group("loss")
     g.add_argument("--method", default="hctri", help="hctri | batch-hard | agw | id-only")
@@ -88,8 +89,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--resume", default="", help="continue from this checkpoint (its _last.pth)")
     g = parser.add_argument_group("speed and hardware")
     g.add_argument("--gpu", default="0", help="CUDA device index, or 'cpu'")
-    g.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, else fp16; on the CPU "
-                        "bf16 where it is native (AVX512-BF16, AMX), else off)")
+    g.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, "
+                                                  "else fp16; on the CPU bf16 where it is native, else off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
@@ -124,7 +125,8 @@ def build_optimizer(model, args):
     head = [p for p in model.head_parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    mult = getattr(args, "backbone_lr_mult", None) or 0.1
+    mult = getattr(args, "backbone_lr_mult", None)
+    mult = 0.1 if mult is None else mult  # an explicit 0 (a frozen backbone) stays 0
     groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
     optim = args.optim or "sgd"
     if optim == "sgd":
@@ -151,7 +153,8 @@ def amp_dtype(amp, device):
 
 def cpu_has_bf16():
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); False on torch builds that cannot tell."""
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(probe is not None and probe() for probe in probes)
 
 

@@ -76,7 +76,8 @@ def ref_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
 
 def ref_re_ranking(q_feat, g_feat, k1, k2, lambda_value):
     """Direct port of the classic numpy `re_ranking` loop (layumi / reid-strong-baseline) with
-    original_dist = squared Euclidean distance (clamped), stable argsort, and float64 V instead of float16."""
+    original_dist = squared Euclidean distance (clamped), stable argsort, and float64 V instead of
+    float16."""
     query_num = q_feat.shape[0]
     feat = np.concatenate([q_feat, g_feat]).astype(np.float64)
     all_num = feat.shape[0]

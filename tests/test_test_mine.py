@@ -74,8 +74,10 @@ def test_regdb_one_checkpoint_for_several_trials_is_refused(regdb_root, checkpoi
             "--log_path", str(tmp_path))
 
 
-def test_regdb_checkpoint_without_its_split_is_tested_on_split_1_with_a_note(regdb_root, checkpoint, tmp_path, capsys):
-    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--log_path", str(tmp_path))
+def test_regdb_checkpoint_without_its_split_is_tested_on_split_1_with_a_note(regdb_root, checkpoint, tmp_path,
+                                                                             capsys):
+    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint,
+                  "--log_path", str(tmp_path))
     assert [r["trial"] for r in results["visible->thermal"]["trials"]] == [1]
     assert "does not record its RegDB split" in capsys.readouterr().out
     run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "2",

@@ -88,7 +88,8 @@ def test_published_defaults():
         (8, 4, 2.0, "on", 10.0, 3)
     # the global head pools with p = 3 on every dataset (the authors' code); an explicit --gem_p wins
     for flags, p in (([], 3.0), (["--gem_p", "5"], 5.0)):
-        args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"] + flags)
+        args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"]
+                                                       + flags)
         assert utils.fill_dataset_defaults(args).gem_p == p
     args = test_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"])
     assert utils.fill_dataset_defaults(args).gem_p == 3.0
