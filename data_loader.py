@@ -1,18 +1,23 @@
-"""Datasets and image transforms.
+"""Datasets, image transforms and the stored training sets.
 
 Images travel as uint8 HxWx3 arrays and become float only on the device that uses them:
 `normalize` (test) and `BatchAugment` (train) are batched tensor ops, so a GPU is not starved
 by per-image PIL work. `per_image_train_transform` is the authors' torchvision pipeline,
-kept as the reference the batched one is tested against and as bench.py's plain path.
+kept as the reference the batched one is tested against and as bench.py's reference path.
+`write_training_set` stores a training set as four npy files that change as one set.
 """
 import os
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import Pool
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 import data_manager
 
@@ -24,14 +29,43 @@ SYSU_NPY = ("train_rgb_resized_img.npy", "train_rgb_resized_label.npy",
 
 
 def load_image(path, img_w, img_h):
-    """An image file as uint8 [img_h, img_w, 3]: converted to RGB (thermal JPEGs may have one
-    channel), Lanczos-resized as the authors do."""
+    """An image file as uint8 [img_h, img_w, 3]: converted to 8-bit RGB (thermal JPEGs may have
+    one channel, thermal PNGs 16 bits), Lanczos-resized as the authors do."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((img_w, img_h), Image.LANCZOS)
-    except (OSError, ValueError) as e:
+            img = _rgb8(img).resize((img_w, img_h), Image.LANCZOS)
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a conversion needing ImageCms
         raise OSError(f"cannot read image {path}: {e}") from None
     return np.array(img, dtype=np.uint8)
+
+
+# Modes whose values are 8-bit (or palette / colour-space codes): Pillow's own convert is right.
+_PILLOW_RGB_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _rgb8(img):
+    """Any Pillow image as 8-bit RGB. Pillow's convert("RGB") clips 16-bit and float grey values
+    at 255 (a 16-bit thermal PNG becomes all white), so those are rescaled here."""
+    mode = img.mode
+    if mode in _PILLOW_RGB_MODES:
+        return img.convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img).astype(np.int64)
+        if mode == "I":  # 32-bit ints: 16-bit data (PNG, or values above 255) or 8-bit data
+            if a.min() < 0 or a.max() > 65535:
+                raise ValueError(f"mode 'I' values {a.min()}..{a.max()} are outside 0..65535")
+            sixteen = img.format == "PNG" or a.max() > 255
+        else:
+            sixteen = True
+        grey = (a + 128) // 257 if sixteen else a  # round(v / 257): 65535 -> 255
+    elif mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError("mode 'F' (float) images must hold values in [0, 1]")
+        grey = np.rint(a * 255)
+    else:
+        raise ValueError(f"unsupported image mode {mode!r}")
+    return Image.fromarray(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2))
 
 
 def load_images(paths, img_w, img_h, workers=8):
@@ -180,17 +214,202 @@ class TrainData:
 
 def sysu_train_data(data_path, img_w=144, img_h=288):
     """SYSU-MM01 training set from pre_process_sysu.py's npy files, memory-mapped (instant start)."""
+    return npy_train_data(data_path, img_w, img_h, "pre_process_sysu.py")
+
+
+def llcm_train_data(data_path, img_w=144, img_h=288):
+    """LLCM training set from pre_process_llcm.py's npy files, memory-mapped (instant start)."""
+    return npy_train_data(data_path, img_w, img_h, "pre_process_llcm.py")
+
+
+def npy_train_data(data_path, img_w, img_h, script):
+    """A training set stored by write_training_set (the four SYSU_NPY files), memory-mapped;
+    `script` is the pre-processing script that errors tell the user to run."""
+    finish_commit(data_path)  # a set whose commit was cut short is completed before it is read
     paths = [os.path.join(data_path, name) for name in SYSU_NPY]
     for p in paths:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"missing {p}: run `python pre_process_sysu.py --data_path {data_path}` first")
+            raise FileNotFoundError(f"missing {p}: run `python {script} --data_path {data_path}` first")
     vis, lab_v, th, lab_t = (np.load(p, mmap_mode="r") for p in paths)
     data = TrainData(vis, np.asarray(lab_v), th, np.asarray(lab_t))
     if data.image_size != (img_h, img_w) or th.shape[1:3] != (img_h, img_w):
         raise ValueError(f"{paths[0]} holds {data.image_size[0]}x{data.image_size[1]} (HxW) images but "
-                         f"--img_h {img_h} --img_w {img_w} was asked: re-run pre_process_sysu.py with "
+                         f"--img_h {img_h} --img_w {img_w} was asked: re-run {script} with "
                          f"--img_h {img_h} --img_w {img_w}, or pass the stored size")
     return data
+
+
+# Storing a training set. The four SYSU_NPY files are one set: they change together or not at all.
+# A run writes them under temporary names (<name>.tmp-<pid>), then commits: a journal listing
+# temp -> final names is renamed into place (atomic), the temps are renamed, the journal removed.
+COMMIT_JOURNAL = "train_resized_npy.commit"
+_TMP = ".tmp-"
+
+
+def _sync_folder(root):
+    # makes finished renames durable; some platforms / file systems cannot open or sync a folder
+    try:
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def finish_commit(root):
+    """Complete a commit of write_training_set that was cut short between its renames, so that the
+    four files are the new set as a whole (every temp a journal lists is complete). Returns whether
+    there was one. Called by every run and by every load before the files are used."""
+    journal = os.path.join(root, COMMIT_JOURNAL)
+    try:
+        with open(journal) as f:
+            pairs = [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return False
+    if not pairs or any(len(p) != 2 or p[1] not in SYSU_NPY or not p[0].startswith(p[1] + _TMP)
+                        or not p[0][len(p[1] + _TMP):].isdigit() for p in pairs):
+        raise ValueError(f"{journal}: not a commit journal of this project; remove it and re-run pre-processing")
+    try:
+        for tmp, final in pairs:
+            try:
+                os.replace(os.path.join(root, tmp), os.path.join(root, final))
+            except FileNotFoundError:
+                pass  # renamed before the interruption, or just now by a concurrent loader (DDP ranks)
+        _sync_folder(root)
+        os.remove(journal)
+    except FileNotFoundError:
+        pass  # journal removed by a concurrent loader
+    except OSError as e:
+        raise OSError(f"cannot complete the interrupted pre-processing commit recorded in {journal}: "
+                      f"{e.strerror or e}") from None
+    _sync_folder(root)
+    return True
+
+
+def remove_stale_temps(root):
+    """Delete every temporary file of this project's training-set writer in root: left by runs that
+    died before their commit (SIGKILL, power loss), 2.8 GB each on SYSU-MM01. All of them, not only
+    those of dead pids: pids are reused (in containers a dead run's pid is often a live process's),
+    and write_training_set holds a lock on the root, so no other run is writing there."""
+    for name in os.listdir(root):
+        final, sep, pid = name.rpartition(_TMP)
+        if sep and pid.isdigit() and final in SYSU_NPY + (COMMIT_JOURNAL,):
+            os.remove(os.path.join(root, name))
+
+
+def _lock_root(root):
+    """Exclusive lock on the root folder for a whole run (the OS drops it even on SIGKILL), so a
+    second run on the same root stops at once instead of deleting this run's temporaries."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one run at a time is up to the user
+        return None
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError as e:
+        raise OSError(f"cannot open {root}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"{root}: another pre-processing run is writing its training set now; "
+                      f"wait for it to finish") from None
+    except OSError:
+        pass  # a file system without folder locks (some NFS): best effort
+    return fd
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit("error: stopped by SIGTERM")  # unwinds through the finally blocks
+
+
+def _pool_worker_init():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which ends the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _load_job(job):
+    return load_image(*job)
+
+
+def write_training_set(root, visible, thermal, img_w, img_h, workers=None):
+    """Store a training set in root as the four SYSU_NPY files: Lanczos-resized uint8
+    [N, img_h, img_w, 3] images and int64 labels per modality. visible / thermal: (paths, labels).
+
+    The previous set stays byte-identical until the new one is complete, then changes as a whole
+    (see COMMIT_JOURNAL); temps of this run are removed on failure, Ctrl-C and SIGTERM, and those
+    of a killed run by the next one. Images are read by `workers` processes (default: all cores)."""
+    lock = _lock_root(root)
+    journal = os.path.join(root, COMMIT_JOURNAL)
+    temps = {}  # final name -> this run's temp path
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers live there only
+    if main_thread:
+        old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        finish_commit(root)
+        remove_stale_temps(root)
+        parts = (("visible", visible, SYSU_NPY[:2]), ("thermal", thermal, SYSU_NPY[2:]))
+        with Pool(max(1, workers or os.cpu_count() or 1), initializer=_pool_worker_init) as pool:
+            for modality, (paths, labels), (img_name, label_name) in parts:
+                labels = np.asarray(labels, dtype=np.int64)
+                if labels.shape != (len(paths),):
+                    raise ValueError(f"{modality}: {len(paths)} images but {labels.size} labels")
+                with _TempFile(root, label_name, temps) as f:
+                    np.save(f, labels)
+                # rows appended in order, not a memory map: a full disk is an OSError, not a SIGBUS
+                with _TempFile(root, img_name, temps) as f:
+                    np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                             "shape": (len(paths), img_h, img_w, 3)})
+                    jobs = [(p, img_w, img_h) for p in paths]
+                    for img in tqdm(pool.imap(_load_job, jobs, chunksize=16), total=len(jobs), desc=modality):
+                        f.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+        lines = "".join(f"{os.path.basename(tmp)} {final}\n" for final, tmp in temps.items())
+        with _TempFile(root, COMMIT_JOURNAL, temps) as f:
+            f.write(lines.encode())
+        os.replace(temps[COMMIT_JOURNAL], journal)  # the commit point
+        finish_commit(root)
+    finally:
+        # Once the journal is in place (any journal found at the start was completed first, so
+        # it is this run's) its temps are the new set: the next run or load completes the commit.
+        if not os.path.exists(journal):
+            for path in temps.values():
+                if os.path.exists(path):
+                    os.remove(path)
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_sigterm is None else old_sigterm)
+        if lock is not None:
+            os.close(lock)
+
+
+class _TempFile:
+    """Binary file root/<name>.tmp-<pid> of this run, registered in `temps` before it exists (so a
+    failure removes it) and on disk (fsync) when closed; errors name the file."""
+
+    def __init__(self, root, name, temps):
+        self.path = temps[name] = os.path.join(root, f"{name}{_TMP}{os.getpid()}")
+
+    def __enter__(self):
+        self.f = self._io(open, self.path, "wb")
+        return self
+
+    def write(self, data):
+        self._io(self.f.write, data)
+
+    def __exit__(self, kind, *_):
+        try:
+            if kind is None:
+                self._io(self.f.flush)
+                self._io(os.fsync, self.f.fileno())
+        finally:
+            self.f.close()
+
+    def _io(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise OSError(f"cannot write {self.path}: {e.strerror or e}") from None
 
 
 def regdb_train_data(data_path, trial=1, img_w=144, img_h=288, workers=8):
@@ -229,3 +448,4 @@ def _gather(array, idx):
     out = np.empty((len(idx),) + array.shape[1:], dtype=array.dtype)
     out[order] = array[np.asarray(idx)[order]]
     return out
+

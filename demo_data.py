@@ -33,7 +33,9 @@ One renderer (:func:`render_person`) serves both on-disk layouts:
 * :func:`make_regdb_demo` -- RegDB layout (``Visible/``, ``Thermal/``,
   ``idx/{train,test}_{visible,thermal}_{t}.txt``), PNG;
 * :func:`make_sysu_demo` -- raw SYSU-MM01 layout (``cam1..cam6/<pid>/<n>.jpg``,
-  ``exp/{train,val,test}_id.txt``), JPEG.
+  ``exp/{train,val,test}_id.txt``), JPEG;
+* :func:`make_llcm_demo` -- LLCM layout (``vis/``, ``nir/``, ``test_vis/camN/``,
+  ``test_nir/camN/``, ``idx/*.txt``), JPEG; near-infrared images use the thermal renderer.
 
 Both writers are deterministic (same arguments -> byte-identical files),
 atomic (everything is written into a temporary sibling folder that is moved
@@ -45,6 +47,7 @@ Command line::
 
     python demo_data.py --root data/regdb_demo --layout regdb
     python demo_data.py --root data/sysu_demo --layout sysu --num_ids 40
+    python demo_data.py --root data/llcm_demo --layout llcm --num_ids 30
 """
 
 import argparse
@@ -61,6 +64,8 @@ from scipy.ndimage import gaussian_filter
 # Bump whenever the rendered pixels or the layout change: a cached dataset
 # written by another version is regenerated.
 GENERATOR_VERSION = 1
+# The same for the LLCM layout only (its file plan; its pixels follow GENERATOR_VERSION).
+LLCM_LAYOUT_VERSION = 1
 
 UPPER_PATTERNS = ("plain", "hstripes_coarse", "hstripes_fine", "vstripes_coarse",
                   "vstripes_fine", "checker", "diagonal", "split", "jacket",
@@ -81,10 +86,14 @@ SYSU_THERMAL_CAMS = (3, 6)
 # per-camera (width, height) scale factors: real cameras differ in resolution
 _SYSU_CAM_SCALE = {1: 1.0, 2: 1.125, 3: 1.0, 4: 0.875, 5: 1.25, 6: 1.125}
 
+LLCM_VISIBLE_CAMS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # no near-infrared camera 3, as in the real set
+_LLCM_CAM_SCALE = {1: 1.0, 2: 1.125, 3: 0.875, 4: 1.0, 5: 1.25, 6: 1.0, 7: 0.875, 8: 1.125, 9: 1.0}
+
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 # Identifiers for seeding independent random streams.
-_STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_SPLIT, _STREAM_SYSU = 11, 23, 37, 41
+_STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_SPLIT, _STREAM_SYSU, _STREAM_LLCM = 11, 23, 37, 41, 53
 
 
 def _rng(*keys):
@@ -738,6 +747,127 @@ def make_sysu_demo(root, num_ids=40, seed=0, img_w=64, img_h=128, n_val=4, n_tes
 
 
 # --------------------------------------------------------------------------
+# LLCM layout
+# --------------------------------------------------------------------------
+
+def _shuffled(rng, items):
+    """A random order of ``items`` that is not the sorted one (when there are two or more)."""
+    out = [items[i] for i in rng.permutation(len(items))]
+    if len(out) > 1 and out == sorted(out):
+        out[0], out[1] = out[1], out[0]
+    return out
+
+
+def llcm_plan(num_ids, seed):
+    """Identities, orders and cameras of the LLCM demo.
+
+    Returns (pids, test_order, train_order, cams): ``pids`` sorted, with a few
+    gaps like the real set's; the test identities are the pids divisible by 3,
+    listed in ``test_order`` (the unsorted order of idx/test_id.txt); the others
+    train, ``train_order[label]`` being the pid of each label (first-appearance
+    order, not sorted by pid); ``cams[pid]`` maps "visible" / "thermal" to
+    {camera: number of images (2..4)}.  Every identity has 1-3 cameras per
+    modality; a camera records one modality per identity (as in the real set),
+    except the first test identity, which has two cameras in each modality and
+    one camera in both (so the same-identity same-camera exclusion applies).
+    """
+    if num_ids < 6:
+        raise ValueError("num_ids must be >= 6 (test ids are those divisible by 3)")
+    rng = _rng(_STREAM_LLCM, seed)
+    n_gaps = max(1, num_ids // 10)
+    top = num_ids + n_gaps
+    gaps = set(int(g) for g in rng.choice(np.arange(1, top), n_gaps, replace=False))
+    pids = [p for p in range(top) if p not in gaps]
+    test = [p for p in pids if p % 3 == 0]
+    train = [p for p in pids if p % 3]
+    cams = {}
+    for pid in pids:
+        r = _rng(_STREAM_LLCM, seed, pid)
+        vis = [int(c) for c in r.choice(LLCM_VISIBLE_CAMS, r.choice([1, 2, 3], p=[0.6, 0.3, 0.1]), replace=False)]
+        free = [c for c in LLCM_NIR_CAMS if c not in vis]
+        nir = [int(c) for c in r.choice(free, r.choice([1, 2, 3], p=[0.4, 0.45, 0.15]), replace=False)]
+        if pid == test[0]:
+            vis = [int(c) for c in r.choice(LLCM_NIR_CAMS, 2, replace=False)]  # both have a NIR camera
+            free = [c for c in LLCM_NIR_CAMS if c not in vis]
+            nir = [vis[0], int(r.choice(free))]
+        cams[pid] = {mod: {c: int(r.integers(2, 5)) for c in sorted(lst)}
+                     for mod, lst in (("visible", vis), ("thermal", nir))}
+    return pids, _shuffled(rng, test), _shuffled(rng, train), cams
+
+
+def _llcm_names(pid, cam, n, mod, rng):
+    """File names of one identity's passage in front of one camera: PPPP_cNN_sHHMMSS_fF_vis.jpg
+    (frames of varying digit counts, so string order differs from numeric order)."""
+    hour = int(rng.choice([6, 7, 16, 17, 18, 19, 20, 21, 22]))
+    stamp = f"{hour:02d}{int(rng.integers(60)):02d}{int(rng.integers(60)):02d}"
+    frames = sorted(int(f) for f in rng.choice(np.arange(10, 100000), n, replace=False))
+    tag = "vis" if mod == "visible" else "nir"
+    return [f"{pid:04d}_c{cam:02d}_s{stamp}_f{f}_{tag}.jpg" for f in frames]
+
+
+def make_llcm_demo(root, num_ids=30, seed=0, img_w=64, img_h=128, force=False, workers=1):
+    """Write an LLCM-layout demo dataset to ``root`` and return ``root``.
+
+    ``root/vis/PPPP/PPPP_cNN_sHHMMSS_fF_vis.jpg`` and ``root/nir/PPPP/..._nir.jpg``
+    for every identity; the test identities' images again under
+    ``root/test_vis/camN/PPPP/`` (N = 1..9) and ``root/test_nir/camN/PPPP/``
+    (N = 1, 2, 4..9); ``root/idx/train_{vis,nir}.txt`` and
+    ``root/idx/test_{vis,nir}.txt`` (lines ``<vis|nir>/PPPP/<file> <label>``,
+    labels 0..C-1 in first-appearance order, the same for an identity in both
+    lists) and ``root/idx/test_id.txt`` (one unsorted line of comma-separated
+    4-digit ids, no newline).  See :func:`llcm_plan` for the identities and
+    cameras.  Near-infrared images are rendered by the thermal renderer and
+    stored as 3-channel JPEGs.
+    """
+    params = {"layout": "llcm", "version": GENERATOR_VERSION, "llcm_version": LLCM_LAYOUT_VERSION,
+              "num_ids": int(num_ids), "seed": int(seed), "img_w": int(img_w), "img_h": int(img_h)}
+    pids, test_order, train_order, cams = llcm_plan(num_ids, seed)
+
+    def writer(out):
+        ids = {a["pid"]: a for a in draw_identities(pids[-1] + 1, seed, first_pid=0)}
+        cam_rng = _rng(_STREAM_LLCM, seed, 0, 99)
+        styles = {c: cam_rng.uniform(-25, 25, 3) for c in LLCM_VISIBLE_CAMS}
+        folders = {"visible": ("vis", "test_vis", LLCM_VISIBLE_CAMS), "thermal": ("nir", "test_nir", LLCM_NIR_CAMS)}
+        files = {}  # (pid, modality) -> [(camera, name)]
+        jobs = []
+        for pid in pids:
+            for code, (mod, (top, _, _)) in enumerate(folders.items(), 1):
+                os.makedirs(os.path.join(out, top, f"{pid:04d}"))
+                entries = []
+                for cam, n in cams[pid][mod].items():
+                    names = _llcm_names(pid, cam, n, mod, _rng(_STREAM_LLCM, seed, pid, code, cam))
+                    w = int(round(img_w * _LLCM_CAM_SCALE[cam]))
+                    h = int(round(img_h * _LLCM_CAM_SCALE[cam]))
+                    jobs += [(os.path.join(out, top, f"{pid:04d}", name), ids[pid], mod,
+                              (_STREAM_LLCM, seed, pid, code, cam, k), w, h,
+                              styles[cam] if mod == "visible" else None, False)
+                             for k, name in enumerate(names, 1)]
+                    entries += [(cam, name) for name in names]
+                files[pid, mod] = entries
+        _run_jobs(jobs, workers)
+        for mod, (top, test_top, cam_list) in folders.items():
+            for cam in cam_list:
+                os.makedirs(os.path.join(out, test_top, f"cam{cam}"))
+            for pid in test_order:
+                for cam, name in files[pid, mod]:
+                    d = os.path.join(out, test_top, f"cam{cam}", f"{pid:04d}")
+                    os.makedirs(d, exist_ok=True)
+                    shutil.copyfile(os.path.join(out, top, f"{pid:04d}", name), os.path.join(d, name))
+        os.makedirs(os.path.join(out, "idx"))
+        for part, order in (("train", train_order), ("test", test_order)):
+            for mod, tag in (("visible", "vis"), ("thermal", "nir")):
+                with open(os.path.join(out, "idx", f"{part}_{tag}.txt"), "w") as f:
+                    f.writelines(f"{tag}/{pid:04d}/{name} {label}\n"
+                                 for label, pid in enumerate(order) for _, name in files[pid, mod])
+        with open(os.path.join(out, "idx", "test_id.txt"), "w") as f:
+            f.write(",".join(f"{pid:04d}" for pid in test_order))
+        with open(os.path.join(out, "identities.json"), "w") as f:
+            json.dump([ids[pid] for pid in pids], f, indent=0, sort_keys=True)
+
+    return _build_atomically(root, params, writer, force)
+
+
+# --------------------------------------------------------------------------
 # contact sheet / CLI
 # --------------------------------------------------------------------------
 
@@ -763,10 +893,10 @@ def contact_sheet(num_ids=12, per_modality=4, seed=0, img_w=64, img_h=128, path=
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="output folder")
-    p.add_argument("--layout", choices=("regdb", "sysu"), default="regdb")
+    p.add_argument("--layout", choices=("regdb", "sysu", "llcm"), default="regdb")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_ids", type=int, default=None,
-                   help="identities (default 120 for regdb, 40 for sysu)")
+                   help="identities (default 120 for regdb, 40 for sysu, 30 for llcm)")
     p.add_argument("--imgs_per_id", type=int, default=10, help="regdb: images per id per modality")
     p.add_argument("--num_trials", type=int, default=10, help="regdb: number of split trials")
     p.add_argument("--n_val", type=int, default=4, help="sysu: validation identities")
@@ -784,6 +914,9 @@ def main(argv=None):
                                imgs_per_id=args.imgs_per_id, seed=args.seed, img_w=args.img_w,
                                img_h=args.img_h, num_trials=args.num_trials, force=args.force,
                                workers=args.workers)
+    elif args.layout == "llcm":
+        root = make_llcm_demo(args.root, num_ids=args.num_ids or 30, seed=args.seed, img_w=args.img_w,
+                              img_h=args.img_h, force=args.force, workers=args.workers)
     else:
         root = make_sysu_demo(args.root, num_ids=args.num_ids or 40, seed=args.seed,
                               img_w=args.img_w, img_h=args.img_h, n_val=args.n_val,

@@ -1,10 +1,11 @@
-"""Retrieval metrics (CMC, mAP, mINP) for RegDB / SYSU-MM01, and two re-ranking methods.
+"""Retrieval metrics (CMC, mAP, mINP) for RegDB / SYSU-MM01 / LLCM, and two re-ranking methods.
 
 Everything is vectorised torch on the input's device (numpy inputs are computed on the CPU).
 Ranking is ascending distance with a stable sort: equal distances keep gallery order.
 
   eval_regdb(distmat, q_pids, g_pids, max_rank=20) -> (cmc, mAP, mINP)
   eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20) -> (cmc, mAP, mINP)
+  eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20) -> (cmc, mAP, mINP)
   k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3) -> distance [Q, G]
   random_walk(q_feat, g_feat, alpha=0.95) -> distance [Q, G]
 
@@ -14,7 +15,7 @@ fractions. Queries without a true match in the (kept) gallery are skipped.
 import numpy as np
 import torch
 
-__all__ = ["eval_regdb", "eval_sysu", "k_reciprocal", "random_walk"]
+__all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "k_reciprocal", "random_walk"]
 
 # eval_regdb counts, for each true match, how many gallery items rank before it: 2 * R
 # vectorised comparisons per matrix entry (R = matches per query). On CPU a stable row sort
@@ -156,21 +157,21 @@ def eval_regdb(distmat, q_pids, g_pids, max_rank=20):
     return _summarise(pos, num_rel, pos[:, 0], max_rank)
 
 
-def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
-    """SYSU-MM01 protocol: cam3 queries ignore cam2 gallery images (same room).
-
-    CMC follows the authors' code: rank among the distinct identities of the kept list (first
-    occurrence of each). mAP / mINP use the kept list without de-duplication."""
-    dist, q, g = _prepare(distmat, q_pids, g_pids, max_rank)
-    qc = _tensor(q_camids, dist.device).reshape(-1)
-    gc = _tensor(g_camids, dist.device).reshape(-1)
+def _camids(q_camids, g_camids, q, g):
+    qc = _tensor(q_camids, q.device).reshape(-1)
+    gc = _tensor(g_camids, q.device).reshape(-1)
     if qc.numel() != q.numel() or gc.numel() != g.numel():
         raise ValueError("camid arrays must match the query / gallery id arrays in length")
+    return qc, gc
+
+
+def _eval_kept(dist, q, g, removed, max_rank):
+    """The authors' SYSU-MM01 / LLCM evaluation on each query's ranked gallery minus `removed`
+    ([Q, G] bool, gallery order): CMC = rank among the distinct identities of the kept list (first
+    occurrence of each); mAP / mINP on the kept list without de-duplication."""
     num_q, num_g = dist.shape
     order = _rank(dist)
-    cam3 = qc == 3
-    removed = cam3[:, None] & (gc[order] == 2)  # ranked order
-    keep = ~removed
+    keep = ~removed.gather(1, order)  # ranked order
     matches = (g[order] == q[:, None]) & keep
     pos, num_rel = _padded_positions(matches, keep.cumsum(1) - 1)
 
@@ -179,7 +180,7 @@ def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
     # of identities whose first position is earlier than its own identity's.
     ranks = torch.arange(num_g, device=dist.device).expand(num_q, num_g)
     where = torch.empty_like(order).scatter_(1, order, ranks)
-    where = where.masked_fill(cam3[:, None] & (gc == 2)[None, :], num_g)
+    where = where.masked_fill(removed, num_g)
     ids, group = torch.unique(g, return_inverse=True)
     first = torch.full((num_q, ids.numel()), num_g, dtype=torch.long, device=dist.device)
     first.scatter_reduce_(1, group.expand(num_q, num_g), where, reduce="amin")
@@ -187,6 +188,26 @@ def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
     own = first.gather(1, qgroup[:, None])  # wrong group only for queries without matches (skipped)
     distinct_rank = _count(first < own, 1)
     return _summarise(pos, num_rel, distinct_rank, max_rank)
+
+
+def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
+    """SYSU-MM01 protocol: cam3 queries ignore cam2 gallery images (same room).
+
+    CMC follows the authors' code: rank among the distinct identities of the kept list (first
+    occurrence of each). mAP / mINP use the kept list without de-duplication."""
+    dist, q, g = _prepare(distmat, q_pids, g_pids, max_rank)
+    qc, gc = _camids(q_camids, g_camids, q, g)
+    return _eval_kept(dist, q, g, (qc == 3)[:, None] & (gc == 2)[None, :], max_rank)
+
+
+def eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
+    """LLCM protocol (official eval_llcm): a query ignores the gallery images of its own identity
+    taken by its own camera (camera ids are shared by both modalities).
+
+    CMC, mAP and mINP as in eval_sysu: distinct-identity CMC, mAP / mINP on the kept list."""
+    dist, q, g = _prepare(distmat, q_pids, g_pids, max_rank)
+    qc, gc = _camids(q_camids, g_camids, q, g)
+    return _eval_kept(dist, q, g, (g[None, :] == q[:, None]) & (gc[None, :] == qc[:, None]), max_rank)
 
 
 # ----------------------------------------------------------------------------- re-ranking
