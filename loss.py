@@ -1,4 +1,5 @@
-"""Losses: hetero-center triplet (the paper's), batch-hard triplet, weighted regularised triplet (AGW).
+"""Losses: hetero-center triplet (the paper's), batch-hard triplet, weighted regularised triplet (AGW),
+and the total losses built from them: ReIDLoss (the paper's) and DGTLLoss (DGTL, Liu et al. SPL 2021).
 
 Every triplet loss takes features [..., B, D] (a leading strip axis is allowed, so the PCB
 strips are one call) and returns (loss, n_correct): loss has the leading shape ([] for a plain
@@ -164,3 +165,59 @@ class ReIDLoss(nn.Module):
         else:
             loss_tri = loss_tri + self.w_center * self._tri(local, labels, modal)[0].sum()
         return loss_id + loss_tri, loss_id, loss_tri, correct / n
+
+
+HCLOSSES = ("HcTri", "OriTri", "no")
+
+
+class DGTLLoss(nn.Module):
+    """DGTL's total loss (Liu et al. SPL 2021; SPEC-DGTL §2.6), all terms weighted 1:
+
+    CE(W1 b) + TriBH(f; margin)                                   fine granularity, always
+    + CE(W2 h) + HcTri(h; margin + margin_hc)                     coarse granularity, hcloss 'HcTri'
+    + CE(W2 h) + TriBH(h; margin)                                 coarse granularity, hcloss 'OriTri'
+    + CE(W2 h)                                                    coarse granularity, hcloss 'no'
+    The coarse terms exist when the model has a coarse branch (a 4-tuple out); with cpool 'no' the
+    model gives (f, W1 b), and hcloss has nothing to apply to. forward returns (total, ID losses,
+    triplet losses, accuracy), accuracy being the fraction of anchors of the sample triplet whose
+    hardest negative is no nearer than their hardest positive.
+    """
+
+    def __init__(self, margin=0.3, margin_hc=0.0, hcloss="HcTri", label_smooth="off"):
+        super().__init__()
+        if hcloss not in HCLOSSES:
+            raise ValueError(f"--hcloss must be one of {', '.join(HCLOSSES)}, got {hcloss}")
+        if label_smooth not in ("on", "off"):
+            raise ValueError(f"--label_smooth must be 'on' or 'off', got {label_smooth}")
+        self.id_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if label_smooth == "on" else 0.0)
+        self.sample_tri = TripletLoss(margin=margin)
+        # margin_hc is added for the center triplet only (the reference's train.py does the same)
+        self.coarse_tri = {"HcTri": CenterTripletLoss(margin=margin + margin_hc),
+                           "OriTri": TripletLoss(margin=margin), "no": None}[hcloss]
+
+    def _terms(self, out, labels, modal):
+        if len(out) == 4:
+            f, logits, h, logits_coarse = out
+        elif len(out) == 2:
+            (f, logits), h = out, None
+        else:
+            raise ValueError(f"DGTLLoss expects the DGTL head's training output (f, W1 b[, h, W2 h]), "
+                             f"got a {len(out)}-tuple")
+        tri, correct = self.sample_tri(f, labels)
+        terms = {"id_fine": self.id_loss(logits.float(), labels), "tri_fine": tri}
+        if h is not None:
+            terms["id_coarse"] = self.id_loss(logits_coarse.float(), labels)
+            if self.coarse_tri is not None:
+                terms["tri_coarse"] = self.coarse_tri(h, labels, modal)[0]
+        return terms, correct / labels.numel()
+
+    def terms(self, out, labels, modal=None):
+        """The individual loss terms: id_fine, tri_fine and, with a coarse branch, id_coarse and
+        (unless hcloss is 'no') tri_coarse."""
+        return self._terms(out, labels, modal)[0]
+
+    def forward(self, out, labels, modal=None):
+        terms, acc = self._terms(out, labels, modal)
+        loss_id = sum(v for k, v in terms.items() if k.startswith("id_"))
+        loss_tri = sum(v for k, v in terms.items() if k.startswith("tri_"))
+        return loss_id + loss_tri, loss_id, loss_tri, acc

@@ -1,10 +1,13 @@
-"""embed_net: the two-stream ResNet-50 of Liu et al. (TMM 2021) with a configurable share point.
+"""embed_net: the two-stream ResNet of Liu et al. (TMM 2021) with a configurable share point, and
+the heads on top of it: PCB strips, a global feature, or DGTL's fine + coarse branches (Liu et al.,
+SPL 2021).
 
-share_net = s splits ResNet-50 into modality-specific and shared parts:
+share_net = s splits the ResNet (50 or 18) into modality-specific and shared parts:
   s = 0  everything shared;  s = 1  specific stem, shared layer1..4;
   s = 2..4  specific stem + layer1..layer(s-1), shared layer s..4;  s = 5  nothing shared.
 The module tree mirrors the authors' code (visible_module.visible.*, thermal_module.thermal.*,
-base_resnet.base.*) so that their checkpoints load as they are.
+base_resnet.base.*, and DGTL's bottleneck, classifier, classifier_att, cpool_layer.bottleneck) so
+that their checkpoints load as they are.
 """
 import copy
 import os
@@ -17,53 +20,89 @@ import torchvision
 
 STEM = ("conv1", "bn1", "relu", "maxpool")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
-RESNET50_URL = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+STAGES = ("conv1", "bn1") + LAYERS  # the stages that hold weights
+STREAMS = ("visible_module.visible.", "thermal_module.thermal.")
+BASE = "base_resnet.base."
+# --arch -> (torchvision constructor, its ImageNet-1k weights, name in messages)
+ARCHS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "ResNet-18"),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "ResNet-50"),
+}
+RESNET50_URL = ARCHS["resnet50"][1].url
+HEADS = ("pcb", "global", "dgtl")
+POOLS = ("avg", "max", "gem")
 
 
-def imagenet_state_dict():
-    """ImageNet ResNet-50 weights from torch's hub cache, downloading them if possible."""
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(RESNET50_URL))
+def check_arch(arch):
+    if arch not in ARCHS:
+        raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch}")
+    return ARCHS[arch]
+
+
+def imagenet_state_dict(arch="resnet50"):
+    """ImageNet weights of arch from torch's hub cache, downloading them if possible."""
+    _, weights, name = check_arch(arch)
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     try:
-        return torch.hub.load_state_dict_from_url(RESNET50_URL, progress=True, map_location="cpu")
+        return torch.hub.load_state_dict_from_url(weights.url, progress=True, map_location="cpu")
     except Exception as e:  # no network, proxy, disk: one clear message for all of them
-        raise RuntimeError(
-            f"--pretrained imagenet: cannot load ImageNet ResNet-50 weights ({type(e).__name__}: {e}). "
-            f"Download {RESNET50_URL} and put it at {cache}, or pass --pretrained PATH_TO_FILE "
+        raise OSError(  # OSError: the scripts print it as one line
+            f"--pretrained imagenet: cannot load ImageNet {name} weights ({type(e).__name__}: {e}). "
+            f"Download {weights.url} and put it at {cache}, or pass --pretrained PATH_TO_FILE "
             f"(or --pretrained none to train from scratch)") from None
 
 
-def load_backbone_weights(pretrained):
-    """None for 'none', else a torchvision ResNet-50 state dict from 'imagenet' or a file path."""
+def load_backbone_weights(pretrained, arch="resnet50"):
+    """None for 'none', else a torchvision state dict of arch from 'imagenet' or a file path."""
+    name = check_arch(arch)[2]
     if pretrained in (None, "none"):
         return None
     if pretrained == "imagenet":
-        return imagenet_state_dict()
+        return imagenet_state_dict(arch)
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {pretrained} (expected 'imagenet', 'none' "
-                                f"or the path of a torchvision ResNet-50 state dict)")
-    sd = torch.load(pretrained, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd)
+                                f"or the path of a torchvision {name} state dict)")
+    try:
+        sd = torch.load(pretrained, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, a pickle with code in it, ...
+        raise ValueError(f"--pretrained {pretrained}: cannot read it as a {name} state dict "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"--pretrained {pretrained}: expected a {name} state dict (names -> tensors)")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def resnet50_last_stride1(state_dict=None):
-    """torchvision ResNet-50 whose layer4 keeps the resolution (288x144 input -> 18x9 map).
+def resnet_last_stride1(arch="resnet50", state_dict=None):
+    """torchvision ResNet whose layer4 keeps the resolution (288x144 input -> 18x9 map).
 
     Without weights to load, each residual block's last batch norm starts at zero (Goyal et al.
     2017, torchvision's zero_init_residual), so that every block starts as the identity: without
-    it a ResNet-50 trained from scratch on a small set barely leaves its initial point.
+    it a ResNet trained from scratch on a small set barely leaves its initial point.
     """
-    net = torchvision.models.resnet50(weights=None, zero_init_residual=state_dict is None)
+    build, _, name = check_arch(arch)
+    net = build(weights=None, zero_init_residual=state_dict is None)
     if state_dict is not None:
-        missing, unexpected = net.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        unexpected = [k for k in unexpected if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(f"--pretrained: not a ResNet-50 state dict (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
-    net.layer4[0].conv2.stride = (1, 1)
-    net.layer4[0].downsample[0].stride = (1, 1)
+        # checked here, not by load_state_dict: it raises on a shape mismatch even with strict=False
+        own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        given = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        shapes = [k for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shapes:
+            raise ValueError(f"--pretrained: not a torchvision {name} state dict, as --arch {arch} needs "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {shapes[:5]})")
+        net.load_state_dict(given, strict=False)
+    block = net.layer4[0]
+    # the strided conv: the 3x3 of a Bottleneck (torchvision's "v1.5"), the first of a BasicBlock
+    strided = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+    strided.stride = (1, 1)
+    block.downsample[0].stride = (1, 1)
     return net
+
+
+def resnet50_last_stride1(state_dict=None):
+    return resnet_last_stride1("resnet50", state_dict)
 
 
 def _part(net, names):
@@ -92,6 +131,33 @@ def gem(x, p, dims):
         m = x.detach().amax(dim=dims, keepdim=True).clamp(min=1.0)
         scale = m.squeeze(dims)
         return (x.div(m).pow(p).mean(dim=dims) + 1e-12 / scale.pow(p)).pow(1.0 / p) * scale
+
+
+def global_pool(x, mode, p=3.0):
+    """[B, C, H, W] -> [B, C] float32: 'avg', 'max' or 'gem' (power p) over all positions."""
+    if mode == "gem":
+        return gem(x, p, dims=(2, 3))
+    if mode == "avg":
+        return x.float().mean(dim=(2, 3))
+    if mode == "max":
+        return x.float().amax(dim=(2, 3))
+    raise ValueError(f"pooling must be one of {', '.join(POOLS)}, got {mode}")
+
+
+def bn_neck(dim):
+    """BatchNorm1d with its bias frozen at 0 (the authors' "no shift"), weight N(1, 0.01)."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    nn.init.normal_(bn.weight, 1.0, 0.01)
+    nn.init.zeros_(bn.bias)
+    return bn
+
+
+def id_classifier(dim, class_num):
+    """Bias-free linear classifier, weight N(0, 0.001^2)."""
+    fc = nn.Linear(dim, class_num, bias=False)
+    nn.init.normal_(fc.weight, std=0.001)
+    return fc
 
 
 class PCBHead(nn.Module):
@@ -162,28 +228,102 @@ class PCBHead(nn.Module):
         return torch.stack(feats, 1), torch.stack(logits, 1)
 
 
-class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
-    """The two-stream ResNet-50 of the paper (SPEC §4): share_net 0..5, PCB strips or a global head.
+class CoarsePool(nn.Module):
+    """DGTL's coarse branch before its classifier (the reference's cpool_layer): h = BN2(g) with
+    g = pool(X) + b ('sum') or [pool(X); b] ('cat'), b being the BN-ed fine feature."""
 
+    def __init__(self, in_dim, mode, fuse, gem_p):
+        super().__init__()
+        self.mode, self.fuse, self.gem_p = mode, fuse, gem_p
+        self.bottleneck = bn_neck(2 * in_dim if fuse == "cat" else in_dim)
+
+    def forward(self, x, b):
+        y = global_pool(x, self.mode, self.gem_p)
+        return self.bottleneck(y + b if self.fuse == "sum" else torch.cat((y, b), 1))
+
+
+def resolve_head(head, pcb):
+    """(head, pcb) from the two ways of naming a head: pcb 'on' is the PCB head, 'off' a global one."""
+    if pcb not in (None, "on", "off"):
+        raise ValueError(f"--pcb must be 'on' or 'off', got {pcb}")
+    if head is None:
+        head = "pcb" if pcb in (None, "on") else "global"
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head}")
+    want = "on" if head == "pcb" else "off"
+    if pcb not in (None, want):
+        if head == "dgtl":
+            raise ValueError("--pcb on: the DGTL head uses global features, not part strips (pass --pcb off "
+                             "or leave it out)")
+        raise ValueError(f"head {head} needs --pcb {want}, got --pcb {pcb}")
+    return head, want
+
+
+def dgtl_options(head, bpool, cpool, fuse, gm_pool):
+    """(bpool, cpool, fuse) checked; (None, None, None) for the other heads, which have no such options."""
+    if head != "dgtl":
+        # their defaults ('no' coarse branch, 'sum') are inert and may be passed along; anything else is not
+        given = [f"--{n} {v}" for n, v, inert in (("bpool", bpool, (None,)), ("cpool", cpool, (None, "no")),
+                                                  ("fuse", fuse, (None, "sum"))) if v not in inert]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only the DGTL head has this option (head {head})")
+        return None, None, None
+    bpool = "avg" if bpool is None else bpool
+    cpool = "no" if cpool is None else cpool
+    fuse = "sum" if fuse is None else fuse
+    if bpool not in POOLS:
+        raise ValueError(f"--bpool must be one of {', '.join(POOLS)}, got {bpool}")
+    if cpool == "wpa":
+        raise ValueError("--cpool wpa (IWPA) is not implemented: use avg, max, gem or no")
+    if cpool not in POOLS + ("no",):
+        raise ValueError(f"--cpool must be one of {', '.join(POOLS)} or no, got {cpool}")
+    if fuse not in ("sum", "cat"):
+        raise ValueError(f"--fuse must be sum or cat, got {fuse}")
+    if fuse == "cat" and cpool == "no":
+        raise ValueError("--fuse cat builds the coarse branch's feature, which --cpool no removes: "
+                         "use --cpool avg, max or gem, or --fuse sum")
+    if gm_pool != "on":
+        raise ValueError(f"--gm_pool {gm_pool}: the DGTL head pools with --bpool and --cpool (gem is --bpool gem)")
+    return bpool, cpool, fuse
+
+
+class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
+    """The two-stream ResNet of the paper (SPEC §4): share_net 0..5, and one of three heads:
+
+    'pcb'    part strips (pcb 'on', the default);
+    'global' one GeM/average-pooled feature with a BN neck (pcb 'off');
+    'dgtl'   DGTL's fine branch f = bpool(X), b = BN1(f), W1 b and, unless cpool is 'no', its coarse
+             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h (SPEC-DGTL §1).
+
+    arch: 'resnet50' (the paper's) or 'resnet18', both with last stride 1.
     pretrained: 'imagenet' (the paper's initialisation; what train_mine.py uses for SYSU-MM01 and
     RegDB), 'none' (the default, like torchvision's weights=None: nothing is downloaded, residual
-    blocks start as identities) or the path of a torchvision ResNet-50 state dict.
+    blocks start as identities) or the path of a torchvision state dict of arch.
     """
 
-    def __init__(self, class_num, no_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb="on",
-                 local_feat_dim=256, num_strips=6, gem_p=None, pretrained="none"):
+    def __init__(self, class_num, no_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb=None,
+                 local_feat_dim=256, num_strips=6, gem_p=None, pretrained="none", head=None, bpool=None,
+                 cpool=None, fuse=None):
         super().__init__()
-        if arch != "resnet50":
-            raise ValueError(f"--arch: only resnet50 is supported, got {arch}")
-        if pcb not in ("on", "off"):
-            raise ValueError(f"--pcb must be 'on' or 'off', got {pcb}")
-        self.share_net, self.pcb, self.gm_pool = share_net, pcb, gm_pool
-        self.gem_p = float(gem_p if gem_p is not None else (10.0 if pcb == "on" else 3.0))
-        self.config = dict(class_num=class_num, gm_pool=gm_pool, share_net=share_net, pcb=pcb,
-                           local_feat_dim=local_feat_dim, num_strips=num_strips, gem_p=self.gem_p)
+        if no_local != "off":
+            raise ValueError(f"--no_local {no_local}: non-local blocks are not implemented (use --no_local off)")
+        check_arch(arch)
+        gm_pool = "on" if gm_pool is None else gm_pool  # None: left out, as for the other options
+        if gm_pool not in ("on", "off"):
+            raise ValueError(f"--gm_pool must be 'on' or 'off', got {gm_pool}")
+        head, pcb = resolve_head(head, pcb)
+        bpool, cpool, fuse = dgtl_options(head, bpool, cpool, fuse, gm_pool)
+        self.kind, self.share_net, self.pcb, self.gm_pool = head, share_net, pcb, gm_pool
+        self.bpool, self.cpool, self.fuse = bpool, cpool, fuse
+        self.gem_p = float(gem_p if gem_p is not None else (10.0 if head == "pcb" else 3.0))
+        # everything embed_net(**config) needs to rebuild this model (the weights are loaded after)
+        self.config = dict(class_num=class_num, share_net=share_net, pcb=pcb, local_feat_dim=local_feat_dim,
+                           num_strips=num_strips, arch=arch, head=head, gm_pool=gm_pool, gem_p=self.gem_p,
+                           bpool=bpool, cpool=cpool, fuse=fuse)
 
         specific, shared = split_names(share_net)
-        base = resnet50_last_stride1(load_backbone_weights(pretrained))
+        base = resnet_last_stride1(arch, load_backbone_weights(pretrained, arch))
+        dim = base.fc.in_features
         # Each stream starts from its own copy of the same weights.
         self.visible_module = nn.Module()
         self.thermal_module = nn.Module()
@@ -192,22 +332,24 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         self.thermal_module.thermal = _part(copy.deepcopy(base), specific)
         self.base_resnet.base = _part(base, shared)
 
-        if pcb == "on":
-            self.head = PCBHead(2048, class_num, num_strips, local_feat_dim, self.gem_p, gm_pool)
-        else:
-            self.bottleneck = nn.BatchNorm1d(2048)
-            self.bottleneck.bias.requires_grad_(False)
-            nn.init.normal_(self.bottleneck.weight, 1.0, 0.01)
-            nn.init.zeros_(self.bottleneck.bias)
-            self.classifier = nn.Linear(2048, class_num, bias=False)
-            nn.init.normal_(self.classifier.weight, std=0.001)
+        if head == "pcb":
+            self.head = PCBHead(dim, class_num, num_strips, local_feat_dim, self.gem_p, gm_pool)
+        else:  # the global head and DGTL's fine branch are the same modules, in the reference's order
+            self.bottleneck = bn_neck(dim)
+            self.classifier = id_classifier(dim, class_num)
+        if head == "dgtl" and cpool != "no":
+            self.classifier_att = id_classifier(2 * dim if fuse == "cat" else dim, class_num)
+            self.cpool_layer = CoarsePool(dim, cpool, fuse, self.gem_p)
         self._register_load_state_dict_pre_hook(_original_pcb_keys_hook)
 
     def head_parameters(self):
         """The parameters trained at the full learning rate (the rest, the backbone, at 0.1x)."""
-        if self.pcb == "on":
+        if self.kind == "pcb":
             return list(self.head.parameters())
-        return list(self.bottleneck.parameters()) + list(self.classifier.parameters())
+        params = list(self.bottleneck.parameters()) + list(self.classifier.parameters())
+        if self.kind == "dgtl" and self.cpool != "no":
+            params += list(self.classifier_att.parameters()) + list(self.cpool_layer.parameters())
+        return params
 
     def backbone(self, x1, x2, modal=0):
         if modal == 0:
@@ -226,23 +368,37 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         # divide by the spread of the pooled features across the batch, which bf16 rounding can
         # swamp (early in training that spread is tiny).
         with torch.autocast(x.device.type, enabled=False):
-            return self._head(x.float(), looped_head)
+            x = x.float()
+            if self.kind == "pcb":
+                return self._pcb(x, looped_head)
+            if self.kind == "global":
+                return self._global(x)
+            return self._dgtl(x)
 
-    def _head(self, x, looped_head):
-        if self.pcb == "on":
-            feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
-            feat_all = feat.flatten(1)
-            if self.training:
-                return list(feat.unbind(1)), list(logits.unbind(1)), feat_all
-            return F.normalize(feat_all, dim=1)
-        if self.gm_pool == "on":
-            x_pool = gem(x, self.gem_p, dims=(2, 3))
-        else:
-            x_pool = x.mean(dim=(2, 3))
+    def _pcb(self, x, looped_head):
+        feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
+        feat_all = feat.flatten(1)
+        if self.training:
+            return list(feat.unbind(1)), list(logits.unbind(1)), feat_all
+        return F.normalize(feat_all, dim=1)
+
+    def _global(self, x):
+        x_pool = global_pool(x, "gem" if self.gm_pool == "on" else "avg", self.gem_p)
         feat = self.bottleneck(x_pool)
         if self.training:
             return x_pool, self.classifier(feat)
         return F.normalize(x_pool, dim=1), F.normalize(feat, dim=1)
+
+    def _dgtl(self, x):
+        """train: (f, W1 b, h, W2 h), or (f, W1 b) without a coarse branch; eval: (L2 b, L2 h), or L2 b."""
+        f = global_pool(x, self.bpool, self.gem_p)
+        b = self.bottleneck(f)
+        if self.cpool == "no":
+            return (f, self.classifier(b)) if self.training else F.normalize(b, dim=1)
+        h = self.cpool_layer(x, b)
+        if self.training:
+            return f, self.classifier(b), h, self.classifier_att(h)
+        return F.normalize(b, dim=1), F.normalize(h, dim=1)
 
 
 def _original_pcb_keys_hook(state_dict, prefix, *args):
@@ -292,3 +448,68 @@ def to_original_state_dict(model):
             sd[f"fc_list.{i}.weight"] = h.fc_weight[i].detach().clone()
             sd[f"fc_list.{i}.bias"] = h.fc_bias[i].detach().clone()
     return sd
+
+
+def _stage(key, prefix):
+    """The stage (conv1, bn1, layer1..4) of a backbone key under prefix, else None."""
+    return key[len(prefix):].split(".", 1)[0] if key.startswith(prefix) else None
+
+
+def drop_unused_stages(state_dict, share_net):
+    """(state dict, ignored keys) of a checkpoint of the DGTL reference code, which stores its three
+    ResNets whole: the stages that share point does not run (the streams' shared stages, the base's
+    specific ones) are dropped, since no gradient ever reached them.
+
+    Only a state dict holding every stage under all three prefixes is that layout; any other is
+    returned as it is, so that a share point that does not fit it still fails the strict load.
+    That layout has every key at any share point, so the share point is checked from the values:
+    the reference builds its three ResNets from the same weights and never updates a stage it does
+    not run, so both streams hold the same copy of a stage they do not run, and the base holds
+    that same copy of a stage it does not run.
+    """
+    specific, shared = split_names(share_net)
+    present = {p: {_stage(k, p) for k in state_dict} for p in STREAMS + (BASE,)}
+    if not all(set(STAGES) <= stages for stages in present.values()):
+        return state_dict, []
+
+    def same(stage, a, b):
+        xa = {k[len(a):]: v for k, v in state_dict.items() if _stage(k, a) == stage}
+        xb = {k[len(b):]: v for k, v in state_dict.items() if _stage(k, b) == stage}
+        return xa.keys() == xb.keys() and all(torch.equal(xa[k], xb[k]) for k in xa)
+
+    for stage in STAGES:
+        if stage in shared and not same(stage, *STREAMS):
+            raise ValueError(f"--share_net {share_net}: this checkpoint of the DGTL reference code has different "
+                             f"{stage} weights in its two streams, so it ran {stage} per modality: it needs a "
+                             f"larger --share_net (the reference's is 2)")
+        if stage in specific and same(stage, *STREAMS) and not same(stage, STREAMS[0], BASE):
+            raise ValueError(f"--share_net {share_net}: this checkpoint of the DGTL reference code trained {stage} "
+                             f"in the shared base only, so it shared {stage}: it needs a smaller --share_net "
+                             f"(the reference's is 2)")
+    unused = {p: set(shared) for p in STREAMS}
+    unused[BASE] = set(specific)
+    kept, ignored = OrderedDict(), []
+    for k, v in state_dict.items():
+        if any(_stage(k, p) in u for p, u in unused.items()):
+            ignored.append(k)
+        else:
+            kept[k] = v
+    return kept, ignored
+
+
+def to_dgtl_state_dict(model):
+    """This model's weights in the DGTL reference's layout: three whole ResNets (thermal, visible,
+    base) then the head. The stages the model does not run are filled with copies of the ones it
+    does (their values never matter: drop_unused_stages removes them again)."""
+    sd = to_original_state_dict(model)
+    specific, _ = split_names(model.share_net)
+    out = OrderedDict()
+    for prefix in (STREAMS[1], STREAMS[0], BASE):
+        for stage in STAGES:
+            used = (stage in specific) == (prefix != BASE)
+            owner = prefix if used else (BASE if prefix != BASE else STREAMS[0])
+            for k, v in sd.items():
+                if _stage(k, owner) == stage:
+                    out[prefix + k[len(owner):]] = v if used else v.clone()
+    out.update((k, v) for k, v in sd.items() if not k.startswith(STREAMS + (BASE,)))
+    return out

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torchvision
 
 import model_mine
 import utils
@@ -158,10 +159,130 @@ def test_imagenet_offline_says_where_to_put_the_weights(monkeypatch):
     def offline(*a, **k):
         raise OSError("network is unreachable")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"resnet50-0676ba61\.pth.*--pretrained PATH"):
+    with pytest.raises(OSError, match=r"resnet50-0676ba61\.pth.*--pretrained PATH"):
         model_mine.embed_net(3, pretrained="imagenet")
 
 
 def test_pretrained_path_must_exist():
     with pytest.raises(FileNotFoundError, match="--pretrained"):
         model_mine.embed_net(3, pretrained="/no/such/weights.pth")
+
+
+# ---------------------------------------------------------------- --arch resnet18, --no_local
+
+@pytest.mark.parametrize("share_net,specific,shared", [
+    (0, [], ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]),
+    (2, ["conv1", "bn1", "layer1"], ["layer2", "layer3", "layer4"]),
+    (5, ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"], []),
+])
+def test_resnet18_share_net_split_and_original_key_names(share_net, specific, shared):
+    keys = model_mine.embed_net(3, arch="resnet18", share_net=share_net).state_dict().keys()
+
+    def tops(prefix):
+        return sorted({k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix)})
+
+    assert tops("visible_module.visible.") == sorted(specific)
+    assert tops("thermal_module.thermal.") == sorted(specific)
+    assert tops("base_resnet.base.") == sorted(shared)
+    assert not any(".fc." in k or "conv3" in k for k in keys)  # BasicBlocks: two convs each
+    assert any(k.endswith("layer4.1.conv2.weight") for k in keys)
+
+
+def test_resnet18_last_stride_one_and_zero_init_residual():
+    m = model_mine.embed_net(3, arch="resnet18").eval()
+    with torch.no_grad():
+        x = m.backbone(images(1, 288, 144), None, modal=1)
+    assert x.shape == (1, 512, 18, 9)
+    bn2 = [mod.bn2.weight for mod in m.modules() if isinstance(mod, torchvision.models.resnet.BasicBlock)]
+    assert len(bn2) == 2 + 2 + 6 and all(torch.count_nonzero(w) == 0 for w in bn2)  # two layer1s, layer2..4
+
+
+@pytest.mark.parametrize("kw,train_shapes,eval_shapes", [
+    (dict(pcb="on", num_strips=2, local_feat_dim=16), [(4, 16), (4, 7), (4, 32)], [(4, 32)]),
+    (dict(pcb="off"), [(4, 512), (4, 7)], [(4, 512), (4, 512)]),
+    (dict(head="dgtl", cpool="max"), [(4, 512), (4, 7), (4, 512), (4, 7)], [(4, 512), (4, 512)]),
+    (dict(head="dgtl", cpool="gem", fuse="cat"), [(4, 512), (4, 7), (4, 1024), (4, 7)], [(4, 512), (4, 1024)]),
+    (dict(head="dgtl", cpool="no"), [(4, 512), (4, 7)], [(4, 512)]),
+])
+def test_resnet18_outputs_for_each_head(kw, train_shapes, eval_shapes):
+    m = model_mine.embed_net(7, arch="resnet18", **kw)
+    m.train()
+    out = m(images(2, 32, 16), images(2, 32, 16, seed=1))
+    if kw.get("pcb") == "on":
+        assert m.head.conv_weight.shape == (2, 16, 512)
+        out = (out[0][0], out[1][0], out[2])
+    assert [tuple(t.shape) for t in out] == train_shapes
+    m.eval()
+    with torch.no_grad():
+        out = m(images(2, 32, 16), images(2, 32, 16, seed=1))
+    out = out if isinstance(out, tuple) else (out,)
+    assert [tuple(t.shape) for t in out] == eval_shapes
+
+
+@pytest.mark.parametrize("kw", [dict(pcb="on", num_strips=2), dict(head="dgtl", bpool="max", cpool="avg")])
+def test_resnet18_checkpoint_round_trip(tmp_path, kw):
+    torch.manual_seed(0)
+    m = model_mine.embed_net(7, arch="resnet18", share_net=3, **kw).eval()
+    path = tmp_path / "r18.pth"
+    torch.save({"model": m.state_dict(), "arch": m.config}, path)
+    loaded, _ = utils.model_from_checkpoint(str(path))
+    assert loaded.config == m.config and loaded.config["arch"] == "resnet18"
+    loaded.eval()
+    x = images(2, 32, 16, seed=4)
+    with torch.no_grad():
+        a, b = loaded(x, x, 2), m(x, x, 2)
+    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("old", [
+    dict(class_num=4, gm_pool="on", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0),
+    dict(class_num=4, gm_pool="off", share_net=3, pcb="off", local_feat_dim=256, num_strips=6, gem_p=3.0),
+])
+def test_configs_saved_before_arch_and_head_still_build(old):
+    m = model_mine.embed_net(**old)
+    assert m.config["arch"] == "resnet50" and m.config["head"] == ("pcb" if old["pcb"] == "on" else "global")
+    assert {k: m.config[k] for k in old} == old
+    assert model_mine.embed_net(**m.config).config == m.config
+
+
+def test_pretrained_resnet18_file_loads_and_must_match_the_arch(tmp_path):
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "r18.pth"
+    torch.save(sd, path)
+    m = model_mine.embed_net(3, arch="resnet18", pretrained=str(path))
+    assert torch.equal(m.visible_module.visible.conv1.weight, sd["conv1.weight"])
+    assert torch.equal(m.base_resnet.base.layer4[1].bn2.weight, sd["layer4.1.bn2.weight"])
+    with pytest.raises(ValueError, match=r"--pretrained: not a torchvision ResNet-50 state dict, as --arch resnet50"):
+        model_mine.embed_net(3, arch="resnet50", pretrained=str(path))
+    path50 = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path50)
+    with pytest.raises(ValueError, match=r"--pretrained: not a torchvision ResNet-18 state dict, as --arch resnet18"):
+        model_mine.embed_net(3, arch="resnet18", pretrained=str(path50))
+
+
+def test_imagenet_resnet18_offline_says_where_to_put_the_weights(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match=r"ImageNet ResNet-18 weights.*resnet18-f37072fd\.pth.*--pretrained PATH"):
+        model_mine.embed_net(3, arch="resnet18", pretrained="imagenet")
+
+
+def test_imagenet_weights_are_torchvisions_for_each_arch(monkeypatch):
+    urls = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **k: urls.append(url) or
+                        {"resnet18-f37072fd.pth": torchvision.models.resnet18,
+                         "resnet50-0676ba61.pth": torchvision.models.resnet50}[url.rsplit("/", 1)[1]]().state_dict())
+    model_mine.embed_net(3, arch="resnet18", pretrained="imagenet")
+    model_mine.embed_net(3, arch="resnet50", pretrained="imagenet")
+    assert urls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url,
+                    torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url]
+
+
+def test_unknown_arch_and_no_local_are_errors():
+    with pytest.raises(ValueError, match="--arch must be one of resnet18, resnet50, got resnet34"):
+        model_mine.embed_net(3, arch="resnet34")
+    with pytest.raises(ValueError, match="--no_local on: non-local blocks are not implemented"):
+        model_mine.embed_net(3, no_local="on")
