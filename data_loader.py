@@ -449,3 +449,38 @@ def _gather(array, idx):
     out[order] = array[np.asarray(idx)[order]]
     return out
 
+
+class ResidentBatches:
+    """The whole uint8 training set on the training device, each batch gathered there from the
+    sampler's indices: no loader workers and no image copies from the host in the loop (an epoch's
+    indices cross once). Yields exactly what DataLoader(BatchData(data), sampler) yields, in the
+    same order, already on the device."""
+
+    def __init__(self, data, sampler, device, chunk_bytes=1 << 28):
+        self.sampler, self.device = sampler, torch.device(device)
+        self.visible = _to_device(data.visible, self.device, chunk_bytes)
+        self.thermal = _to_device(data.thermal, self.device, chunk_bytes)
+        self.labels_v = torch.from_numpy(np.asarray(data.labels_v, dtype=np.int64)).to(self.device)
+        self.labels_t = torch.from_numpy(np.asarray(data.labels_t, dtype=np.int64)).to(self.device)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        batches = list(self.sampler)
+        if not batches:
+            return
+        idx_v = torch.from_numpy(np.stack([b[0] for b in batches]).astype(np.int64)).to(self.device)
+        idx_t = torch.from_numpy(np.stack([b[1] for b in batches]).astype(np.int64)).to(self.device)
+        for iv, it in zip(idx_v, idx_t):
+            yield self.visible[iv], self.thermal[it], torch.cat((self.labels_v[iv], self.labels_t[it]))
+
+
+def _to_device(array, device, chunk_bytes):
+    """A (memory-mapped) uint8 array as a tensor on device, copied in chunks so that host memory never
+    holds a second full copy."""
+    out = torch.empty(array.shape, dtype=torch.uint8, device=device)
+    rows = max(1, chunk_bytes // max(1, int(np.prod(array.shape[1:]))))
+    for s in range(0, len(array), rows):
+        out[s:s + rows].copy_(torch.from_numpy(np.ascontiguousarray(array[s:s + rows])))
+    return out

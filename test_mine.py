@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -24,40 +25,55 @@ import visualize
 METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
               "both": ("visible->thermal", "thermal->visible")}
+# LLCM (SPEC-LLCM §3.2): A, B (the official test script's role swap: what the published table's second
+# column group reports) and C (the literal reading).
+LLCM_LABELS = {"ir2vis": "infrared->visible", "vis2ir": "visible->infrared (official: roles swapped)",
+               "vis2ir_literal": "visible->infrared (literal)"}
+LLCM_DIRECTIONS = {"ir2vis": ("ir2vis",), "vis2ir": ("vis2ir",), "vis2ir_literal": ("vis2ir_literal",),
+                   "both": ("ir2vis", "vis2ir"), "all": ("ir2vis", "vis2ir", "vis2ir_literal")}
+RE_RANK = ("no", "k_reciprocal", "random_walk")
 
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Evaluate a VT Re-ID checkpoint", add_help=add_help)
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="sysu", help="sysu | regdb | demo")
+    g.add_argument("--dataset", default="sysu", help="sysu | regdb | llcm | demo")
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
     g.add_argument("--mode", default="all", help="SYSU search mode: all | indoor")
     g.add_argument("--gall_mode", default="single", help="SYSU gallery: single-shot | multi-shot (10 per camera)")
-    g.add_argument("--trials", default=None,
-                   help="SYSU gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in --resume, "
-                        "else the checkpoint's own)")
+    g.add_argument("--trials", default=None, nargs="+",
+                   help="SYSU/LLCM gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in "
+                        "--resume, else the checkpoint's own); e.g. 0-9, 1,3,5 or 0 1 2")
     g.add_argument("--trial", default=None, type=int, help="RegDB split, when --trials is not given")
     g.add_argument("--tvsearch", nargs="?", const="on", default="off", choices=("off", "on", "both"),
                    help="RegDB direction: visible->thermal (default), --tvsearch thermal->visible, 'both'")
+    g.add_argument("--direction", default="ir2vis", choices=tuple(LLCM_DIRECTIONS),
+                   help="LLCM: ir2vis (infrared->visible, default), vis2ir (visible->infrared as the official "
+                        "test script computes it: roles swapped, the published second column group), "
+                        "vis2ir_literal, both (ir2vis + vis2ir) or all")
     g.add_argument("--img_w", default=None, type=int, help="default: the checkpoint's, else the dataset's")
     g.add_argument("--img_h", default=None, type=int)
     g.add_argument("--workers", default=4, type=int, help="threads reading images")
     g = parser.add_argument_group("checkpoint")
     g.add_argument("--resume", default="", help="checkpoint file; for RegDB may contain {trial}")
     g.add_argument("--model_path", default="save_model/", help="folder tried when --resume is not found as given")
-    g = parser.add_argument_group("architecture of the original code's checkpoints")
-    g.add_argument("--arch", default="resnet50")
-    g.add_argument("--share_net", default=2, type=int)
-    g.add_argument("--pcb", default="on")
-    g.add_argument("--local_feat_dim", default=256, type=int)
-    g.add_argument("--num_strips", default=6, type=int)
-    g.add_argument("--gm_pool", default="on")
+    g = parser.add_argument_group("architecture of the original code's checkpoints (ours carry theirs)")
+    g.add_argument("--method", default=None, help="hctri (PCB / global head) | dgtl (default hctri)")
+    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50)")
+    g.add_argument("--share_net", default=None, type=int, help="default 2")
+    g.add_argument("--pcb", default=None, help="on | off (default on; DGTL off)")
+    g.add_argument("--local_feat_dim", default=None, type=int, help="default 256")
+    g.add_argument("--num_strips", default=None, type=int, help="default 6")
+    g.add_argument("--gm_pool", default=None, help="default on")
     g.add_argument("--gem_p", default=None, type=float, help="default: PCB 10 (RegDB), 3 (SYSU); --pcb off 3")
+    g.add_argument("--bpool", default=None, help="DGTL fine pooling (default RegDB max, SYSU avg)")
+    g.add_argument("--cpool", default=None, help="DGTL coarse pooling (default max)")
+    g.add_argument("--fuse", default=None, help="DGTL fusion: sum | cat (default sum)")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--re_rank", default="no", help="no | k_reciprocal | random_walk")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--half", action="store_true", help="extract features under bf16/fp16 autocast")
-    g.add_argument("--gpu", default="0", help="CUDA device index, or 'cpu'")
+    g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
     g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here")
     g.add_argument("--log_path", default="log/", help="results.csv (one row per run) is appended here")
     g = parser.add_argument_group("pictures and searching your own images")
@@ -72,31 +88,50 @@ def get_args_parser(add_help=True):
     return parser
 
 
+ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p", "bpool",
+              "cpool", "fuse")
+
+
 def amp_dtype(device):
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
 
 
+def feature_names(model):
+    """The features a model is evaluated on, the reported one first: DGTL's coarse h and fine b;
+    one feature for the others (PCB: the strips' concatenation; global head: the bottleneck's)."""
+    cfg = getattr(model, "config", {})
+    if cfg.get("head") == "dgtl" and cfg.get("cpool", "no") != "no":
+        return ("coarse", "fine")
+    return ("",)
+
+
 @torch.no_grad()
-def extract_features(model, images, modal, device, batch_size=128, half=False):
-    """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3].
-    modal 1 = visible stream, 2 = thermal stream."""
+def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False):
+    """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
+    visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
+    feature of feature_names(model)."""
     model.eval()
-    feats = []
+    names = feature_names(model)
+    feats = {n: [] for n in names}
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype(device), enabled=half):
             out = model(x, x, modal)
-        if isinstance(out, tuple):  # global head: (pool, bottleneck); the bottleneck feature is evaluated
-            out = out[1]
-        feats.append(torch.nn.functional.normalize(out.float(), dim=1))
-    feats = torch.cat(feats)
-    if not torch.isfinite(feats).all():  # never rank with NaN distances: that gives a silent wrong result
+        if names == ("coarse", "fine"):  # DGTL: (L2(b), L2(h))
+            parts = {"coarse": out[1], "fine": out[0]}
+        else:  # global head: (pool, bottleneck); the bottleneck feature is evaluated
+            parts = {"": out[1] if isinstance(out, tuple) else out}
+        for n in names:
+            feats[n].append(torch.nn.functional.normalize(parts[n].float(), dim=1))
+    feats = {n: torch.cat(v) for n, v in feats.items()}
+    # never rank with NaN distances: that gives a silent wrong result
+    if not all(torch.isfinite(f).all() for f in feats.values()):
         raise ValueError("the model gives non-finite (NaN/inf) features: its weights are broken "
                          "(a diverged training run?)")
-    return feats
+    return feats if all_features else feats[names[0]]
 
 
 def distance(qf, gf, re_rank="no"):
@@ -126,58 +161,135 @@ def summarize(rows):
     return {k: float(v.mean()) for k, v in values.items()}, {k: float(v.std()) for k, v in values.items()}
 
 
-class SYSUEval:
-    """SYSU-MM01 query features once, gallery features once for the union of the trials' galleries."""
+class Evaluator:
+    """Features once per image, then every (setting, trial) search; run() returns one record per
+    (setting, feature, trial): {'setting', 'feature', 'trial', 'cmc', 'mAP', 'mINP'}."""
 
-    def __init__(self, data_path, mode="all", trials=(0,), gall_mode="single", img_w=144, img_h=288, workers=4):
-        q_paths, self.q_pids, self.q_camids = data_manager.process_query_sysu(data_path, mode)
-        galleries = [data_manager.process_gallery_sysu(data_path, mode, t, gall_mode) for t in trials]
-        union = sorted({p for g in galleries for p in g[0]})
-        where = {p: i for i, p in enumerate(union)}
-        self.trials = [(t, np.array([where[p] for p in g[0]]), g[1], g[2]) for t, g in zip(trials, galleries)]
-        self.q_paths, self.g_paths = q_paths, union
-        self.q_images = data_loader.load_images(q_paths, img_w, img_h, workers)
-        self.g_images = data_loader.load_images(union, img_w, img_h, workers)
+    def searches(self):
+        """[(setting, trial, query (modal, indices), gallery (modal, indices), metric)] to run."""
+        raise NotImplementedError
 
     def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None):
-        """[(trial, cmc, mAP, mINP)] for every trial; on_distance(setting, trial, distmat, query paths,
-        gallery paths, query labels, gallery labels) sees each trial's distances."""
-        qf = extract_features(model, self.q_images, 2, device, batch_size, half)
-        gf_all = extract_features(model, self.g_images, 1, device, batch_size, half)
-        results = []
-        for t, idx, g_pids, g_camids in self.trials:
-            gf = gf_all[torch.as_tensor(idx, device=device)]
-            dist = distance(qf, gf, re_rank)
-            if on_distance is not None:
-                on_distance("search", t, dist, self.q_paths, [self.g_paths[i] for i in idx], self.q_pids, g_pids)
-            results.append((t, *eval_metrics.eval_sysu(dist, self.q_pids, g_pids, self.q_camids, g_camids)))
-        return results
+        """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels)
+        sees every search of the reported feature."""
+        feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
+                                     all_features=True) for m in self.images}
+        names = feature_names(model)
+        records = []
+        for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
+            qi_t, gi_t = torch.as_tensor(qi, device=device), torch.as_tensor(gi, device=device)
+            for feature in names:
+                dist = distance(feats[qm][feature][qi_t], feats[gm][feature][gi_t], re_rank)
+                if on_distance is not None and feature == names[0]:
+                    on_distance(setting, trial, dist, [self.paths[qm][i] for i in qi],
+                                [self.paths[gm][i] for i in gi], self.pids[qm][qi], self.pids[gm][gi])
+                cmc, mAP, mINP = metric(dist, qi, gi)
+                records.append({"setting": setting, "feature": feature, "trial": trial, "cmc": cmc, "mAP": mAP,
+                                "mINP": mINP})
+        return records
+
+    def run_first(self, model, device, batch_size=128):
+        """{feature: (cmc, mAP, mINP)} of the first search (what training evaluates and selects on)."""
+        records = self.run(model, device, batch_size)
+        first = (records[0]["setting"], records[0]["trial"])
+        return {r["feature"]: (r["cmc"], r["mAP"], r["mINP"]) for r in records
+                if (r["setting"], r["trial"]) == first}
+
+    def _index(self, lists):
+        """Read every image once: lists is {modality: [(paths, pids, camids), ...]}; sets self.paths,
+        self.pids, self.camids, self.images per modality and returns each list's indices into them."""
+        self.paths, self.pids, self.camids, self.images = {}, {}, {}, {}
+        out = {}
+        for m, entries in lists.items():
+            meta = {}
+            for paths, pids, camids in entries:
+                meta.update(zip(paths, zip(np.asarray(pids).tolist(), np.asarray(camids).tolist())))
+            self.paths[m] = sorted(meta)
+            where = {p: i for i, p in enumerate(self.paths[m])}
+            self.pids[m] = np.array([meta[p][0] for p in self.paths[m]], dtype=np.int64)
+            self.camids[m] = np.array([meta[p][1] for p in self.paths[m]], dtype=np.int64)
+            self.images[m] = data_loader.load_images(self.paths[m], self.img_w, self.img_h, self.workers)
+            out[m] = [np.array([where[p] for p in paths], dtype=np.int64) for paths, _, _ in entries]
+        return out
 
 
-class RegDBEval:
+class SYSUEval(Evaluator):
+    """SYSU-MM01: thermal queries against each trial's visible gallery; every image read once."""
+
+    def __init__(self, data_path, mode="all", trials=(0,), gall_mode="single", img_w=144, img_h=288, workers=4):
+        self.img_w, self.img_h, self.workers, self.setting = img_w, img_h, workers, f"{mode} search"
+        query = data_manager.process_query_sysu(data_path, mode)
+        galleries = [data_manager.process_gallery_sysu(data_path, mode, t, gall_mode) for t in trials]
+        idx = self._index({"thermal": [query], "visible": galleries})
+        self.query = idx["thermal"][0]
+        self.trials = list(zip(trials, idx["visible"]))
+
+    def searches(self):
+        def metric(dist, qi, gi):
+            return eval_metrics.eval_sysu(dist, self.pids["thermal"][qi], self.pids["visible"][gi],
+                                          self.camids["thermal"][qi], self.camids["visible"][gi])
+        return [(self.setting, t, ("thermal", self.query), ("visible", gi), metric) for t, gi in self.trials]
+
+
+class RegDBEval(Evaluator):
     """One RegDB split's test images (visible and thermal), read once."""
 
-    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4):
-        self.trial = trial
-        v_paths, self.v_labels = data_manager.process_test_regdb(data_path, trial, "visible")
-        t_paths, self.t_labels = data_manager.process_test_regdb(data_path, trial, "thermal")
-        self.v_paths, self.t_paths = v_paths, t_paths
-        self.v_images = data_loader.load_images(v_paths, img_w, img_h, workers)
-        self.t_images = data_loader.load_images(t_paths, img_w, img_h, workers)
+    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",)):
+        self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
+        lists = {}
+        for m in ("visible", "thermal"):
+            paths, labels = data_manager.process_test_regdb(data_path, trial, m)
+            lists[m] = [(paths, labels, np.zeros(len(paths), dtype=np.int64))]
+        idx = self._index(lists)
+        self.all = {m: idx[m][0] for m in idx}
 
-    def run(self, model, device, batch_size=128, re_rank="no", half=False, directions=("visible->thermal",),
-            on_distance=None):
-        """{direction: (cmc, mAP, mINP)}; on_distance as in SYSUEval.run."""
-        vf = extract_features(model, self.v_images, 1, device, batch_size, half)
-        tf = extract_features(model, self.t_images, 2, device, batch_size, half)
-        out = {}
-        for d in directions:
-            q, g, ql, gl, qp, gp = (vf, tf, self.v_labels, self.t_labels, self.v_paths, self.t_paths) \
-                if d == "visible->thermal" else (tf, vf, self.t_labels, self.v_labels, self.t_paths, self.v_paths)
-            dist = distance(q, g, re_rank)
-            if on_distance is not None:
-                on_distance(d, self.trial, dist, qp, gp, ql, gl)
-            out[d] = eval_metrics.eval_regdb(dist, ql, gl)
+    def searches(self):
+        def metric(q, g):
+            return lambda dist, qi, gi: eval_metrics.eval_regdb(dist, self.pids[q][qi], self.pids[g][gi])
+        out = []
+        for d in self.directions:
+            q, g = ("visible", "thermal") if d == "visible->thermal" else ("thermal", "visible")
+            out.append((d, self.trial, (q, self.all[q]), (g, self.all[g]), metric(q, g)))
+        return out
+
+
+class LLCMEval(Evaluator):
+    """LLCM (SPEC-LLCM §3): for each trial, one image per (identity, camera) of the gallery modality;
+    every query image; the metric of eval_llcm (same identity and camera excluded, de-duplicated CMC).
+    Directions: ir2vis (A), vis2ir (B: the official script's swap, the sampled infrared images probe
+    every visible image) and vis2ir_literal (C)."""
+
+    def __init__(self, data_path, trials=(0,), directions=("ir2vis",), img_w=144, img_h=288, workers=4):
+        self.img_w, self.img_h, self.workers = img_w, img_h, workers
+        self.trials, self.directions = list(trials), list(directions)
+        lists = {"visible": [], "thermal": []}
+        if "ir2vis" in directions:
+            lists["thermal"].append(data_manager.process_query_llcm(data_path, "thermal"))
+            lists["visible"] += [data_manager.process_gallery_llcm(data_path, "visible", t) for t in trials]
+        if set(directions) - {"ir2vis"}:
+            lists["visible"].append(data_manager.process_query_llcm(data_path, "visible"))
+            lists["thermal"] += [data_manager.process_gallery_llcm(data_path, "thermal", t) for t in trials]
+        idx = self._index({m: v for m, v in lists.items() if v})
+        n = len(self.trials)
+        if "ir2vis" in directions:
+            self.nir_all, self.vis_gallery = idx["thermal"][0], idx["visible"][:n]
+        if set(directions) - {"ir2vis"}:
+            self.vis_all, self.nir_gallery = idx["visible"][-1], idx["thermal"][-n:]
+
+    def searches(self):
+        def metric(q, g):
+            return lambda dist, qi, gi: eval_metrics.eval_llcm(dist, self.pids[q][qi], self.pids[g][gi],
+                                                               self.camids[q][qi], self.camids[g][gi])
+        out = []
+        for d in self.directions:
+            for i, t in enumerate(self.trials):
+                if d == "ir2vis":
+                    q, g = ("thermal", self.nir_all), ("visible", self.vis_gallery[i])
+                elif d == "vis2ir":
+                    q, g = ("thermal", self.nir_gallery[i]), ("visible", self.vis_all)
+                else:
+                    q, g = ("visible", self.vis_all), ("thermal", self.nir_gallery[i])
+                out.append((LLCM_LABELS[d], t, q, g, metric(q[0], g[0])))
         return out
 
 
@@ -216,30 +328,43 @@ def image_size(args, ckpt):
             args.img_h or saved.get("img_h") or defaults["img_h"])
 
 
+def load_model(path, args, device):
+    model, ckpt = utils.model_from_checkpoint(path, args, explicit=getattr(args, "explicit", ()))
+    return model.to(device).to(memory_format=torch.channels_last), ckpt
+
+
 def evaluate_sysu(args, device, log, on_distance=None):
     trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
-    model, ckpt = utils.model_from_checkpoint(resolve_checkpoint(args.resume, args.model_path), args)
-    model.to(device).to(memory_format=torch.channels_last)
+    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
     img_w, img_h = image_size(args, ckpt)
     log(f"SYSU-MM01 {args.mode} search, {args.gall_mode}-shot, trials {trials}, {img_h}x{img_w}")
     evaluator = SYSUEval(args.data_path, args.mode, trials, args.gall_mode, img_w, img_h, args.workers)
-    log(f"query {len(evaluator.q_pids)} images; gallery {len(evaluator.trials[0][1])} images per trial")
-    rows = []
-    for t, cmc, mAP, mINP in evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance):
-        rows.append({"trial": t, **metrics_row(cmc, mAP, mINP), "cmc": (100 * np.asarray(cmc)).tolist()})
-        log(f"trial {t}: {format_row(rows[-1])}")
-    return {f"{args.mode} search": rows}, model.config
+    log(f"query {len(evaluator.query)} images; gallery {len(evaluator.trials[0][1])} images per trial")
+    return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
 
 
-def evaluate_regdb(args, device, log, on_distance=None):
-    path = resolve_checkpoint(args.resume, args.model_path)
+def evaluate_llcm(args, device, log, on_distance=None):
+    trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
+    directions = LLCM_DIRECTIONS[args.direction]
+    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
+    img_w, img_h = image_size(args, ckpt)
+    log(f"LLCM {', '.join(LLCM_LABELS[d] for d in directions)}, trials {trials}, {img_h}x{img_w}")
+    evaluator = LLCMEval(args.data_path, trials, directions, img_w, img_h, args.workers)
+    for setting, _, (qm, qi), (gm, gi), _ in evaluator.searches()[::len(trials)]:
+        log(f"{setting}: {len(qi)} {qm} queries against {len(gi)} {gm} gallery images per trial")
+    return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
+
+
+def regdb_trials(args, path, log):
+    """The RegDB splits to test and the checkpoint of each, every file checked before any work."""
     per_trial = "{trial}" in path
     if args.trials is not None:
         trials = utils.parse_trials(args.trials)
     elif per_trial:
         trials = list(range(1, 11))
     else:
-        recorded = args.trial or utils.load_checkpoint(path).get("args", {}).get("trial")
+        ckpt = utils.load_checkpoint(path)
+        recorded = args.trial or (ckpt.get("args", {}) if isinstance(ckpt, dict) else {}).get("trial")
         if recorded is None:  # the original code's files do not say which split they were trained on
             log(f"note: {path} does not record its RegDB split: testing split 1; pass --trials N if it was "
                 f"trained on split N (else its training identities are in the test set)")
@@ -247,22 +372,55 @@ def evaluate_regdb(args, device, log, on_distance=None):
     if len(trials) > 1 and not per_trial:
         raise ValueError(f"--resume {path}: RegDB trial t needs the model trained on split t; put {{trial}} in "
                          f"--resume (e.g. regdb_trial{{trial}}_best.pth) or pass a single --trials")
-    directions = DIRECTIONS[args.tvsearch]
-    rows = {d: [] for d in directions}
-    for t in trials:
-        model, ckpt = utils.model_from_checkpoint(path.format(trial=t) if per_trial else path, args)
-        model.to(device).to(memory_format=torch.channels_last)
+    files = {t: path.format(trial=t) if per_trial else path for t in trials}
+    missing = [f for f in files.values() if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"--resume: no such checkpoint file: {', '.join(missing)}")
+    for t in trials:  # the lists of every split, before the first split is evaluated
+        for m in ("visible", "thermal"):
+            data_manager.process_test_regdb(args.data_path, t, m)
+    return files
+
+
+def evaluate_regdb(args, device, log, on_distance=None):
+    files = regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log)
+    records = []
+    for t, path in files.items():
+        model, ckpt = load_model(path, args, device)
         img_w, img_h = image_size(args, ckpt)
-        evaluator = RegDBEval(args.data_path, t, img_w, img_h, args.workers)
-        for d, (cmc, mAP, mINP) in evaluator.run(model, device, args.test_batch, args.re_rank,
-                                                 args.half, directions, on_distance).items():
-            rows[d].append({"trial": t, **metrics_row(cmc, mAP, mINP), "cmc": (100 * np.asarray(cmc)).tolist()})
-            log(f"trial {t} {d}: {format_row(rows[d][-1])}")
-    return rows, model.config
+        evaluator = RegDBEval(args.data_path, t, img_w, img_h, args.workers, DIRECTIONS[args.tvsearch])
+        records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance)
+    return records, model
+
+
+def collect(records, model, log, labels=None):
+    """{setting: {'trials', 'mean', 'std', 'model'[, other feature: {'trials', 'mean', 'std'}]}} from
+    the evaluators' records, the reported feature at the top level; each trial is logged as it comes."""
+    names = feature_names(model)
+    results = {}
+    for r in records:
+        entry = results.setdefault(r["setting"], {"trials": [], "model": model.config})
+        target = entry if r["feature"] == names[0] else entry.setdefault(r["feature"], {"trials": []})
+        target["trials"].append({"trial": r["trial"], **metrics_row(r["cmc"], r["mAP"], r["mINP"]),
+                                 "cmc": (100 * np.asarray(r["cmc"])).tolist()})
+        what = f"{r['feature']} feature, " if len(names) > 1 else ""
+        log(f"{r['setting']}, {what}trial {r['trial']}: {format_row(target['trials'][-1])}")
+    for setting, entry in results.items():
+        for feature in names:
+            target = entry if feature == names[0] else entry[feature]
+            target["mean"], target["std"] = summarize(target["trials"])
+            what = f" ({feature} feature{', reported' if feature == names[0] else ''})" if len(names) > 1 else ""
+            n = len(target["trials"])
+            log(f"{setting}{what}, mean over {n} trial(s): {format_row(target['mean'])}")
+            log(f"{setting}{what}, std  over {n} trial(s): {format_row(target['std'])}")
+        if labels:
+            entry["direction"] = labels.get(setting)
+    return results
 
 
 def append_results_csv(log_path, args, results):
-    """One row per direction/mode of this run in <log_path>/results.csv, so sweeps become one table."""
+    """One row per setting (and, for DGTL, per feature) of this run in <log_path>/results.csv, so
+    sweeps become one table."""
     path = os.path.join(log_path, "results.csv")
     os.makedirs(log_path, exist_ok=True)
     fields = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
@@ -273,12 +431,18 @@ def append_results_csv(log_path, args, results):
         if new:
             writer.writeheader()
         for setting, r in results.items():
-            row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
-                   "setting": setting, "trials": " ".join(str(x["trial"]) for x in r["trials"]),
-                   "share_net": r["model"]["share_net"], "pcb": r["model"]["pcb"], "re_rank": args.re_rank}
-            row.update({f"{k}_mean": f"{r['mean'][k]:.2f}" for k in METRICS})
-            row.update({f"{k}_std": f"{r['std'][k]:.2f}" for k in METRICS})
-            writer.writerow(row)
+            model = r["model"]
+            features = [(r, "")]
+            if model.get("head") == "dgtl":
+                features = [(r, " [dgtl coarse]")] + [(v, f" [dgtl {k}]") for k, v in r.items()
+                                                      if isinstance(v, dict) and "mean" in v]
+            for entry, tag in features:
+                row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
+                       "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
+                       "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
+                row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in METRICS})
+                row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in METRICS})
+                writer.writerow(row)
     return path
 
 
@@ -292,7 +456,8 @@ class RankedListWriter:
         if setting in self.done:
             return
         self.done.add(setting)
-        folder = os.path.join(self.vis_dir, f"{setting.replace('->', '_to_')}_trial{trial}")
+        slug = re.sub(r"[^A-Za-z0-9_]+", "_", setting.replace("->", "_to_")).strip("_")
+        folder = os.path.join(self.vis_dir, f"{slug}_trial{trial}")
         visualize.write_ranked_lists(folder, q_paths, g_paths, dist.cpu().numpy(), q_labels, g_labels,
                                      num=self.num, top_k=self.top_k, order=self.order)
 
@@ -302,9 +467,10 @@ def image_files(folder, flag):
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f"{flag}: no such folder: {folder}")
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
-                   if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")))
+                   if data_manager.is_image_file(f))
     if not files:
-        raise FileNotFoundError(f"{flag}: no image files (.jpg, .png, .bmp, .tif, .webp) under {folder}")
+        raise FileNotFoundError(f"{flag}: no image files ({', '.join(data_manager.IMAGE_EXTENSIONS)}) under "
+                                f"{folder}")
     return files
 
 
@@ -312,9 +478,11 @@ def search_folders(args, device, log):
     """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures."""
     if args.query_modal not in ("thermal", "visible"):
         raise ValueError(f"--query_modal must be thermal or visible, got {args.query_modal}")
+    if not (args.query_dir and args.gallery_dir):
+        raise ValueError("--query_dir and --gallery_dir go together: give both folders to search one against "
+                         "the other")
     q_paths, g_paths = image_files(args.query_dir, "--query_dir"), image_files(args.gallery_dir, "--gallery_dir")
-    model, ckpt = utils.model_from_checkpoint(resolve_checkpoint(args.resume, args.model_path), args)
-    model.to(device).to(memory_format=torch.channels_last)
+    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
     img_w, img_h = image_size(args, ckpt)
     q_modal, g_modal = (2, 1) if args.query_modal == "thermal" else (1, 2)
     qf = extract_features(model, data_loader.load_images(q_paths, img_w, img_h, args.workers), q_modal, device,
@@ -332,10 +500,25 @@ def search_folders(args, device, log):
     return csv_path
 
 
+def validate_args(args):
+    for flag, allowed in (("re_rank", RE_RANK), ("mode", ("all", "indoor")), ("gall_mode", ("single", "multi")),
+                          ("vis_order", ("hardest", "random")), ("query_modal", ("thermal", "visible"))):
+        if getattr(args, flag) not in allowed:
+            raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(args, flag)!r}")
+    for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0)):
+        if getattr(args, flag) < low:
+            raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    if args.trials is not None:
+        utils.parse_trials(args.trials)
+
+
 def main(args):
     searching = bool(args.query_dir or args.gallery_dir)
+    # architecture flags given explicitly must agree with a checkpoint of ours (which carries its own)
+    args.explicit = sorted(k for k in ARCH_FLAGS if getattr(args, k) is not None)
     # the image size comes from the checkpoint first; a folder search needs no dataset
-    utils.fill_dataset_defaults(args, skip=("img_w", "img_h") + (("data_path",) if searching else ()))
+    utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial") + (("data_path",) if searching else ()))
+    validate_args(args)
     device = utils.select_device(args.gpu)
     torch.backends.cudnn.benchmark = True
     log = print
@@ -345,16 +528,10 @@ def main(args):
     ensure_demo(args, log)
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k) if args.visualize else None
-    if args.dataset == "sysu":
-        rows, config = evaluate_sysu(args, device, log, writer)
-    else:
-        rows, config = evaluate_regdb(args, device, log, writer)
-    results = {}
-    for setting, r in rows.items():
-        mean, std = summarize(r)
-        results[setting] = {"trials": r, "mean": mean, "std": std, "model": config}
-        log(f"{setting}, mean over {len(r)} trial(s): {format_row(mean)}")
-        log(f"{setting}, std  over {len(r)} trial(s): {format_row(std)}")
+    evaluate = {"sysu": evaluate_sysu, "llcm": evaluate_llcm}.get(args.dataset, evaluate_regdb)
+    records, model = evaluate(args, device, log, writer)
+    labels = {v: k for k, v in LLCM_LABELS.items()} if args.dataset == "llcm" else None
+    results = collect(records, model, log, labels)
     log(f"evaluated in {time.time() - start:.1f} s on {device}")
     if writer is not None:
         curves = {setting: np.mean([row["cmc"] for row in r["trials"]], 0) for setting, r in results.items()}

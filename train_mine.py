@@ -1,14 +1,21 @@
-"""Train the two-stream network with the ID + hetero-center triplet loss (Liu et al., TMM 2021).
+"""Train the two-stream network with the ID + hetero-center triplet loss (Liu et al., TMM 2021),
+or the authors' follow-up DGTL (Liu et al., SPL 2021).
 
     python train_mine.py --dataset sysu --data_path /data/SYSU-MM01          # the paper's SYSU setting
     python train_mine.py --dataset regdb --data_path /data/RegDB --trial 3   # the paper's RegDB setting
+    python train_mine.py --dataset llcm --data_path /data/LLCM               # LLCM (the SYSU setting)
+    python train_mine.py --method dgtl --dataset regdb --data_path ...       # DGTL's published setting
     python train_mine.py --dataset demo                                      # generated data, CPU, minutes
     torchrun --nproc_per_node=4 train_mine.py --dataset sysu --data_path ... # all GPUs of a node
 
-Every flag left out takes the published value of the chosen dataset (utils.DATASET_DEFAULTS).
+Every flag left out takes the published value of the chosen dataset and method (utils.DATASET_DEFAULTS,
+utils.METHOD_DEFAULTS); the first log line shows every value in effect.
 """
 import argparse
+import hashlib
+import json
 import os
+import shlex
 import time
 
 import numpy as np
@@ -23,81 +30,274 @@ import model_mine
 import test_mine
 import utils
 
-# Flags that define the experiment: a resumed run takes them from its checkpoint.
-EXPERIMENT_FLAGS = ("dataset", "trial", "img_w", "img_h", "arch", "share_net", "pcb", "local_feat_dim",
-                    "num_strips", "gm_pool", "gem_p", "method", "margin", "w_center", "label_smooth", "optim",
-                    "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs", "lr_steps", "batch_size",
-                    "num_pos", "seed", "pad", "erasing_p", "channel_aug", "eval_start", "eval_every", "mode")
+# Flags that define the experiment: they name the run, and a resumed run takes those not given
+# explicitly from its checkpoint. LOCKED ones cannot change on resume (the weights depend on them).
+EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "pad", "erasing_p", "channel_aug",
+                    "cpu_aug", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
+                    "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
+                    "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
+                    "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
+                    "eval_every", "amp")
+LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "cpool", "fuse")
+METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
+# Flags that only some models or losses read: given explicitly where they are not read, they are an
+# error rather than silently ignored.
+PCB_ONLY = ("local_feat_dim", "num_strips")
+HCTRI_ONLY = ("w_center", "gm_pool") + PCB_ONLY
+DGTL_ONLY = ("bpool", "cpool", "fuse", "hcloss", "margin_hc")
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(description="Train a VT Re-ID model (HcTri / PCB / share_net)",
+    parser = argparse.ArgumentParser(description="Train a VT Re-ID model (HcTri / PCB / share_net, or DGTL)",
                                      add_help=add_help)
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="sysu", help="sysu | regdb | demo")
+    g.add_argument("--dataset", default=None, help="sysu | regdb | llcm | demo (default sysu)")
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
-    g.add_argument("--trial", default=1, type=int, help="RegDB split 1..10")
-    g.add_argument("--mode", default="all", help="SYSU evaluation during training: all | indoor")
+    g.add_argument("--trial", default=None, type=int, help="RegDB split 1..10 (default 1)")
+    g.add_argument("--mode", default=None, help="SYSU evaluation during training: all | indoor (default all)")
     g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 48)")
-    g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 96); a multiple of 16 x strips")
+    g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 96); PCB: a multiple of 16 x strips")
     g.add_argument("--workers", default=None, type=int,
-                   help="data loading processes (default 4 on a GPU; 0 on the CPU, where batches are cheap)")
+                   help="data loading processes (default 4 on a GPU; 0 on the CPU, where batches are cheap, "
+                        "and with the training set resident on the device)")
+    g.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
+                   help="keep the uint8 training set on the training device and gather each batch there "
+                        "(auto: on a CUDA device where it takes at most 25%% of its memory)")
     g.add_argument("--pad", default=None, type=int,
                    help="zero padding before the random crop, px (default 10; demo 3: the same fraction of a "
                         "96x48 image, so that parts stay in their strips)")
-    g.add_argument("--erasing_p", default=0.0, type=float, help="random erasing probability (off: 0)")
-    g.add_argument("--channel_aug", default=0.0, type=float,
-                   help="probability of the channel augmentation of Ye et al. ICCV 2021 (off: 0)")
-    g.add_argument("--cpu_aug", action="store_true",
+    g.add_argument("--erasing_p", default=None, type=float, help="random erasing probability (default 0: off)")
+    g.add_argument("--channel_aug", default=None, type=float,
+                   help="probability of the channel augmentation of Ye et al. ICCV 2021 (default 0: off)")
+    g.add_argument("--cpu_aug", default=None, action="store_true",
                    help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="resnet50")
-    g.add_argument("--share_net", default=2, type=int, help="0 all shared ... 5 nothing shared")
-    g.add_argument("--pcb", default="on", help="on: part strips; off: global feature")
-    g.add_argument("--local_feat_dim", default=256, type=int)
-    g.add_argument("--num_strips", default=6, type=int)
-    g.add_argument("--gm_pool", default="on", help="GeM pooling on | off")
+    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50)")
+    g.add_argument("--share_net", default=None, type=int, help="0 all shared ... 5 nothing shared (default 2)")
+    g.add_argument("--pcb", default=None, help="on: part strips; off: global feature (default on; DGTL off)")
+    g.add_argument("--local_feat_dim", default=None, type=int, help="PCB strip feature size (default 256)")
+    g.add_argument("--num_strips", default=None, type=int, help="PCB strips (default 6)")
+    g.add_argument("--gm_pool", default=None, help="GeM pooling on | off (default on)")
     g.add_argument("--gem_p", default=None, type=float,
-                   help="GeM power (default: PCB 10 RegDB, 3 SYSU; --pcb off 3)")
+                   help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
+    g.add_argument("--bpool", default=None, help="DGTL fine-branch pooling: avg | max | gem")
+    g.add_argument("--cpool", default=None, help="DGTL coarse-branch pooling: no | avg | max | gem")
+    g.add_argument("--fuse", default=None, help="DGTL coarse fusion with the BN-ed fine feature: sum | cat")
     g = parser.add_argument_group("loss")
-    g.add_argument("--method", default="hctri", help="hctri | batch-hard | agw | id-only")
-    g.add_argument("--margin", default=0.3, type=float)
+    g.add_argument("--method", default=None, help="hctri | batch-hard | agw | id-only | dgtl (default hctri)")
+    g.add_argument("--margin", default=None, type=float, help="triplet margin (default 0.3)")
     g.add_argument("--w_center", default=None, type=float, help="weight of the strips' triplet losses")
     g.add_argument("--label_smooth", default=None, help="on | off")
+    g.add_argument("--hcloss", default=None, help="DGTL center-granularity loss: HcTri | OriTri | no")
+    g.add_argument("--margin_hc", default=None, type=float, help="DGTL: added to --margin for HcTri")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--optim", default=None, help="sgd | adam (default sgd; demo adam)")
     g.add_argument("--lr", default=None, type=float,
                    help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 2e-3; "
                         "a default is multiplied by the number of processes)")
-    g.add_argument("--weight_decay", default=5e-4, type=float)
+    g.add_argument("--weight_decay", default=None, type=float, help="default 5e-4")
     g.add_argument("--backbone_lr_mult", default=None, type=float,
                    help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
     g.add_argument("--warmup_epochs", default=None, type=int, help="linear warm-up epochs (default 10)")
     g.add_argument("--lr_steps", default=None, help="epochs where the rate drops x0.1 (default 20,50)")
-    g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60)")
+    g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60; DGTL RegDB 31)")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
                    help="P identities per batch")
     g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
-    g.add_argument("--steps_per_epoch", default=0, type=int, help="cap on steps per epoch (0: a full epoch)")
+    g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (default 0: a full epoch)")
     g = parser.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; demo 19)")
-    g.add_argument("--eval_every", default=2, type=int, help="evaluate every N epochs from eval_start")
+    g.add_argument("--eval_every", default=None, type=int, help="evaluate every N epochs from eval_start (default 2)")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
-    g.add_argument("--model_path", default="save_model/", help="checkpoint folder")
+    g.add_argument("--model_path", default=None,
+                   help="checkpoint folder (default save_model/; a resumed run: its checkpoint's folder)")
     g.add_argument("--log_path", default="log/", help="log folder")
-    g.add_argument("--resume", default="", help="continue from this checkpoint (its _last.pth)")
+    g.add_argument("--resume", default="", help="continue the run of this checkpoint (its _last.pth)")
     g = parser.add_argument_group("speed and hardware")
-    g.add_argument("--gpu", default="0", help="CUDA device index, or 'cpu'")
-    g.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, "
-                                                  "else fp16; on the CPU bf16 where it is native, else off)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
+    g.add_argument("--amp", default=None, help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, else "
+                                                "fp16; full precision on the CPU)")
+    g.add_argument("--compile", default="auto", nargs="?", const="default",
+                   choices=("auto", "off", "default", "reduce-overhead"),
+                   help="torch.compile the model (auto: mode reduce-overhead, i.e. CUDA graphs, on a single "
+                        "CUDA device; eager elsewhere)")
     g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
-    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--seed", default=None, type=int, help="default 0")
     g.add_argument("--print_freq", default=10, type=int, help="steps between progress updates")
     return parser
 
+
+# ----------------------------------------------------------------------------- settings
+
+def parse_lr_steps(text):
+    try:
+        steps = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--lr_steps: expected comma-separated epochs such as 20,50, got {text!r}") from None
+    if list(steps) != sorted(steps) or any(s < 0 for s in steps):
+        raise ValueError(f"--lr_steps: expected ascending non-negative epochs such as 20,50, got {text!r}")
+    return steps
+
+
+def validate_args(args, explicit):
+    """Every flag checked before any work, each error naming its flag."""
+    def choice(flag, allowed):
+        if getattr(args, flag) not in allowed:
+            raise ValueError(f"--{flag} must be one of {', '.join(map(str, allowed))}, got {getattr(args, flag)!r}")
+
+    def at_least(flag, low):
+        value = getattr(args, flag)
+        if value is None or value < low:
+            raise ValueError(f"--{flag} must be >= {low}, got {value}")
+
+    choice("method", METHODS)
+    choice("arch", model_mine.ARCHS)
+    choice("share_net", range(6))
+    for flag in ("pcb", "gm_pool", "label_smooth"):
+        choice(flag, ("on", "off"))
+    choice("optim", ("sgd", "adam"))
+    choice("amp", ("auto", "bf16", "fp16", "off"))
+    choice("mode", ("all", "indoor"))
+    for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
+                 "local_feat_dim", "num_strips", "trial"):
+        at_least(flag, 1)
+    for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
+                 "backbone_lr_mult", "w_center", "seed"):
+        at_least(flag, 0)
+    if args.workers is not None:
+        at_least("workers", 0)
+    for flag in ("erasing_p", "channel_aug"):
+        if not 0 <= getattr(args, flag) <= 1:
+            raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
+    for flag in ("lr", "gem_p"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
+    parse_lr_steps(args.lr_steps)
+    if args.method == "dgtl":
+        if args.pcb == "on":
+            raise ValueError("--pcb on: DGTL uses global features (leave --pcb out with --method dgtl)")
+        choice("bpool", ("avg", "max", "gem"))
+        if args.cpool == "wpa":
+            raise ValueError("--cpool wpa (IWPA, unpublished in the reference code) is not implemented: "
+                             "use no, avg, max or gem")
+        choice("cpool", ("no", "avg", "max", "gem"))
+        choice("fuse", ("sum", "cat"))
+        choice("hcloss", ("HcTri", "OriTri", "no"))
+        at_least("margin_hc", 0)
+        unused = [f for f in HCTRI_ONLY if f in explicit]
+        if "gem_p" in explicit and "gem" not in (args.bpool, args.cpool):
+            unused.append("gem_p")
+        owner = "--method dgtl"
+    else:
+        unused = [f for f in DGTL_ONLY if f in explicit]
+        if args.pcb == "off":
+            unused += [f for f in PCB_ONLY if f in explicit]
+        if args.gm_pool == "off" and "gem_p" in explicit:
+            unused.append("gem_p")
+        if args.method == "id-only" and "w_center" in explicit:
+            unused.append("w_center")
+        owner = f"--method {args.method} --pcb {args.pcb} --gm_pool {args.gm_pool}"
+    if unused:
+        raise ValueError(f"{', '.join('--' + f for f in unused)}: not used by {owner}; leave "
+                         f"{'it' if len(unused) == 1 else 'them'} out")
+    if args.pcb == "on" and args.method != "dgtl" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
+        raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
+                         f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")
+
+
+def check_writable(folder, flag):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
+
+
+def run_name(args):
+    """A readable name plus a hash of every experiment flag: different experiments never share files."""
+    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS}
+    values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    trial = f"_trial{args.trial}" if args.dataset in ("regdb", "demo") else ""
+    arch = "" if args.arch == "resnet50" else f"_{args.arch}"
+    head = f"dgtl-{args.bpool}-{args.cpool}" if args.method == "dgtl" else f"{args.method}_pcb-{args.pcb}"
+    return f"{args.dataset}{trial}_{head}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
+           f"_seed{args.seed}_{digest}"
+
+
+def resume_flags(args, explicit, ckpt):
+    """Take the experiment flags left out from the checkpoint; return notes on those given explicitly."""
+    saved, notes = ckpt.get("args", {}), []
+    for key in EXPERIMENT_FLAGS:
+        if key not in saved or saved[key] is None:
+            continue
+        if key not in explicit:
+            setattr(args, key, saved[key])
+        elif getattr(args, key) != saved[key]:
+            if key in LOCKED:
+                raise ValueError(f"--{key} {getattr(args, key)}: the checkpoint {args.resume} was trained with "
+                                 f"--{key} {saved[key]}, and a resumed run keeps its dataset and architecture "
+                                 f"(leave --{key} out)")
+            notes.append(f"resume: --{key} {getattr(args, key)} as given (the checkpoint's run had {saved[key]!r})")
+    return notes
+
+
+def prepare_run(args):
+    """Resolve and check every setting before any work: (checkpoint or None, run name, notes to log)."""
+    explicit = {k for k in EXPERIMENT_FLAGS if getattr(args, k, None) is not None}
+    ckpt, notes = None, []
+    if args.resume:
+        ckpt = utils.load_checkpoint(args.resume)
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "arch" not in ckpt:
+            raise ValueError(f"--resume {args.resume}: not a training checkpoint of this project (checkpoints "
+                             f"of the original code can be evaluated with test_mine.py, not resumed)")
+        notes = resume_flags(args, explicit, ckpt)
+    args.dataset = args.dataset or "sysu"
+    lr_given = args.lr is not None
+    utils.fill_dataset_defaults(args)
+    args.amp = args.amp or "auto"
+    if args.lr is None:
+        args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
+    if not lr_given:
+        args.lr *= args.world_size  # the linear scaling rule, for a default learning rate only
+    args.cpu_aug = bool(args.cpu_aug)
+    validate_args(args, explicit)
+    # flags the chosen model and loss do not read are shown (and hashed) as None, not as a default
+    unused = HCTRI_ONLY if args.method == "dgtl" else DGTL_ONLY + (PCB_ONLY if args.pcb == "off" else ())
+    for flag in unused + (("w_center",) if args.method == "id-only" else ()):
+        setattr(args, flag, None)
+    name = run_name(args)
+    if ckpt is not None:
+        name = ckpt.get("name") or os.path.basename(args.resume).rsplit("_", 1)[0]
+        if args.model_path is None:
+            args.model_path = os.path.dirname(args.resume) or "."
+    args.model_path = args.model_path or "save_model/"
+    for folder, flag in ((args.model_path, "--model_path"), (args.log_path, "--log_path")):
+        if folder:
+            check_writable(folder, flag)
+    own = ckpt is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(args.model_path)
+    taken = [p for p in checkpoint_paths(args.model_path, name).values() if os.path.exists(p)]
+    if taken and not own:
+        hint = (f"continue it with --resume {shlex.quote(checkpoint_paths(args.model_path, name)['last'])}, "
+                if ckpt is None else "")
+        raise ValueError(f"{taken[0]} already holds a run with these settings: {hint}or write elsewhere with "
+                         f"--model_path DIR (nothing was overwritten)")
+    if ckpt is not None and ckpt["epoch"] + 1 >= args.epochs:
+        raise ValueError(f"--resume {args.resume}: its run has finished epoch {ckpt['epoch']} of --epochs "
+                         f"{args.epochs}; pass a larger --epochs to train on")
+    return ckpt, name, notes
+
+
+def checkpoint_paths(folder, name):
+    return {k: os.path.join(folder, f"{name}_{k}.pth") for k in ("best", "last")}
+
+
+# ----------------------------------------------------------------------------- schedule and optimiser
 
 def learning_rate(epoch, lr, warmup=10, steps=(20, 50)):
     """The paper's schedule: linear warm-up over 10 epochs, then x0.1 at epoch 20 and again at 50."""
@@ -117,8 +317,7 @@ def adjust_learning_rate(optimizer, epoch, lr, warmup=10, steps=(20, 50), backbo
 
 def schedule(args):
     """adjust_learning_rate's keyword arguments from the flags."""
-    steps = tuple(int(x) for x in str(args.lr_steps).split(",") if x.strip())
-    return dict(warmup=args.warmup_epochs, steps=steps, backbone_mult=args.backbone_lr_mult)
+    return dict(warmup=args.warmup_epochs, steps=parse_lr_steps(args.lr_steps), backbone_mult=args.backbone_lr_mult)
 
 
 def build_optimizer(model, args):
@@ -129,21 +328,40 @@ def build_optimizer(model, args):
     mult = 0.1 if mult is None else mult  # an explicit 0 (a frozen backbone) stays 0
     groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
     optim = args.optim or "sgd"
+    weight_decay = 5e-4 if args.weight_decay is None else args.weight_decay
     if optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     if optim == "adam":
-        return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
+        return torch.optim.Adam(groups, lr=args.lr, weight_decay=weight_decay)
     raise ValueError(f"--optim must be sgd or adam, got {args.optim}")
 
 
+def build_criterion(args):
+    if args.method == "dgtl":
+        return losses.DGTLLoss(args.margin, args.margin_hc, args.hcloss, args.label_smooth)
+    return losses.ReIDLoss(args.method, args.margin, args.w_center, args.label_smooth)
+
+
+def build_model(num_classes, args, pretrained):
+    if args.method == "dgtl":
+        kwargs = dict(head="dgtl", bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
+    else:
+        kwargs = dict(pcb=args.pcb, gm_pool=args.gm_pool, local_feat_dim=args.local_feat_dim,
+                      num_strips=args.num_strips)
+    return model_mine.embed_net(num_classes, arch=args.arch, share_net=args.share_net, gem_p=args.gem_p,
+                                pretrained=pretrained, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- precision and speed
+
 def amp_dtype(amp, device):
-    """The autocast dtype for --amp, or None for full precision."""
-    if amp == "auto":
+    """The autocast dtype for --amp, or None for full precision. auto: bf16 (fp16 where bf16 is missing)
+    on GPUs; full precision on CPUs, where bf16 was seen to give NaN losses from the first steps
+    (oneDNN's AMX kernels) and, without native bf16, is slower than float32 anyway."""
+    if amp in ("auto", None):
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # bf16 on CPUs with native bf16 arithmetic (about 1.5x faster on a Zen 4 core); elsewhere it
-        # would be emulated, slower than float32
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+        return None
     if amp == "off":
         return None
     if amp in ("bf16", "fp16"):
@@ -151,33 +369,90 @@ def amp_dtype(amp, device):
     raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {amp}")
 
 
-def cpu_has_bf16():
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); False on torch builds that cannot tell."""
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-              getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(probe is not None and probe() for probe in probes)
+def cpu_has_amx():
+    """Whether this CPU has AMX tiles (where oneDNN's bf16 kernels gave NaN losses); False where torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
 
 
-def run_name(args):
-    trial = f"_trial{args.trial}" if args.dataset != "sysu" else ""
-    return (f"{args.dataset}{trial}_{args.method}_share{args.share_net}_pcb-{args.pcb}_p{args.batch_size}"
-            f"k{args.num_pos}_w{args.w_center:g}_{args.optim}_lr{args.lr:g}_seed{args.seed}")
+def compile_mode(args, device):
+    """(torch.compile mode or None for eager, a line for the log)."""
+    if args.compile == "off":
+        return None, "eager (--compile off)"
+    if args.compile != "auto":
+        return args.compile, f"torch.compile mode {args.compile}"
+    if device.type != "cuda":
+        return None, "eager (CUDA graphs need a CUDA device)"
+    if args.world_size > 1:
+        return None, "eager (CUDA graphs are used in single-process runs; --compile reduce-overhead to try)"
+    try:
+        from torch.utils._triton import has_triton
+        triton = has_triton()
+    except ImportError:
+        triton = False
+    if not triton:
+        return None, "eager (torch.compile needs Triton on CUDA, and it is not installed)"
+    return "reduce-overhead", "CUDA graphs (torch.compile mode reduce-overhead)"
 
+
+def compiler_error(e):
+    """Whether e comes from torch.compile (dynamo/inductor), as opposed to the model or the data."""
+    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(e).__mro__)
+
+
+class CompiledModel:
+    """The model under torch.compile, falling back to the eager model (with a one-line note) if
+    compilation fails: a missing compiler never stops a run. train()/eval() reach the eager model."""
+
+    def __init__(self, model, mode, log=print):
+        self.eager, self.mode, self.log = model, mode, log
+        self.compiled = torch.compile(model, mode=mode)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier outputs may be reused
+        return self.compiled(*args, **kwargs)
+
+    def fall_back(self, error):
+        self.compiled = None
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        self.log(f"note: torch.compile failed ({type(error).__name__}: {first}); training eager from here on")
+
+    def train(self, mode=True):
+        self.eager.train(mode)
+        return self
+
+
+# ----------------------------------------------------------------------------- training
 
 def epoch_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+def forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args):
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = model(v, t, looped_head=args.looped_head) if args.looped_head else model(v, t)
+    loss, loss_id, loss_tri, acc = criterion(out, labels)  # losses in float32, outside autocast
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    return loss, loss_id, loss_tri, acc
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args, dtype,
-                    show=True, tb=None):
-    """One epoch; returns the mean loss, ID loss, triplet loss, triplet accuracy and images/s."""
+                    show=True, tb=None, log=print):
+    """One epoch; returns the mean loss, ID loss, triplet loss, triplet accuracy, images/s and seconds."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
     torch.manual_seed(epoch_seed(args.seed, epoch, args.rank))
+    if getattr(loader, "generator", None) is not None:  # the workers' seeds (per-image augmentation)
+        loader.generator.manual_seed(epoch_seed(args.seed, epoch, args.rank, 1))
     meters = {k: utils.AverageMeter() for k in ("loss", "id", "tri", "acc")}
     pending, images, start = [], 0, time.time()
     steps = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not show, mininterval=1.0, dynamic_ncols=True)
+    compiling = isinstance(model, CompiledModel) and model.compiled is not None and not getattr(model, "timed", 0)
     for step, (v, t, labels) in enumerate(loader):
         if step >= steps:
             break
@@ -187,15 +462,22 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
             v, t = augment(v, t)
         v = v.contiguous(memory_format=torch.channels_last)
         t = t.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(v, t, looped_head=args.looped_head) if args.looped_head else model(v, t)
-        loss, loss_id, loss_tri, acc = criterion(out, labels)  # losses in float32, outside autocast
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        try:
+            values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
+        except Exception as e:
+            if not (isinstance(model, CompiledModel) and model.compiled is not None and compiler_error(e)):
+                raise
+            model.fall_back(e)
+            values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
         scaler.step(optimizer)
         scaler.update()
-        pending.append(torch.stack([loss.detach(), loss_id.detach(), loss_tri.detach(), acc.detach().float()]))
+        pending.append(torch.stack([x.detach().float() for x in values]))
         images += labels.numel()
+        if compiling and step == min(2, steps - 1):  # compilation, then graph capture in the next steps
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            model.timed = time.time() - start
+            log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per run)")
         if len(pending) == args.print_freq or step == steps - 1:
             values = torch.stack(pending).cpu()  # the only synchronisation with the device
             bad = (~torch.isfinite(values[:, :3])).any(1).nonzero()
@@ -213,7 +495,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
             pending = []
     bar.close()
     stats = {k: m.avg for k, m in meters.items()}
-    stats["img_s"] = images / max(time.time() - start, 1e-9)
+    stats["seconds"] = max(time.time() - start, 1e-9)
+    stats["img_s"] = images / stats["seconds"]
     if tb is not None:
         for k, x in stats.items():
             tb.add_scalar(f"train/{k}", x, epoch)
@@ -222,23 +505,51 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
 
 
 def build_train_data(args):
-    if args.dataset == "sysu":
-        return data_loader.sysu_train_data(args.data_path, args.img_w, args.img_h)
+    if args.dataset in ("sysu", "llcm"):
+        load = data_loader.sysu_train_data if args.dataset == "sysu" else data_loader.llcm_train_data
+        return load(args.data_path, args.img_w, args.img_h)
     return data_loader.regdb_train_data(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
+
+
+def build_batches(data, sampler, args, device):
+    """(iterable of (visible, thermal, labels) batches, a line for the log): gathered on the device
+    from a resident copy of the training set, or read by DataLoader workers into pinned memory."""
+    size = (data.visible.nbytes + data.thermal.nbytes) / 2 ** 30
+    if args.resident_data == "auto":
+        resident, why = False, "the CPU gathers batches in memory itself"
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            resident = size <= 0.25 * total / 2 ** 30 and size + 8 <= free / 2 ** 30
+            why = f"rule: at most 25% of the device's {total / 2 ** 30:.0f} GiB, leaving 8 GiB free"
+    else:
+        resident, why = args.resident_data == "on", f"--resident_data {args.resident_data}"
+    if resident:
+        return data_loader.ResidentBatches(data, sampler, device), \
+            f"training set resident on {device} ({size:.2f} GiB; {why})"
+    transform = data_loader.per_image_train_transform(args.img_h, args.img_w, args.pad) if args.cpu_aug else None
+    # its own generator (reseeded every epoch by train_one_epoch): the loader then draws nothing from the
+    # global one, whose stream the device-side augmentation uses, so both data paths crop alike
+    loader = DataLoader(data_loader.BatchData(data, transform), sampler=sampler, batch_size=None,
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None,
+                        generator=torch.Generator())
+    return loader, f"loader with {args.workers} worker(s) ({size:.2f} GiB of images; {why})"
 
 
 def build_evaluator(args):
     if args.dataset == "sysu":
         return test_mine.SYSUEval(args.data_path, args.mode, (0,), "single", args.img_w, args.img_h,
                                   max(args.workers, 1))
+    if args.dataset == "llcm":
+        return test_mine.LLCMEval(args.data_path, (0,), ("ir2vis",), args.img_w, args.img_h, max(args.workers, 1))
     return test_mine.RegDBEval(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
 
 
 def evaluate(model, evaluator, device, args):
-    """(cmc, mAP, mINP) on SYSU gallery trial 0 or the RegDB split's visible->thermal search."""
-    if isinstance(evaluator, test_mine.SYSUEval):
-        return evaluator.run(model, device, args.test_batch)[0][1:]
-    return evaluator.run(model, device, args.test_batch)["visible->thermal"]
+    """{feature: (cmc, mAP, mINP)} on the in-training search (SYSU gallery trial 0, the RegDB split's
+    visible->thermal, LLCM infrared->visible trial 0); the first feature is the one that selects the
+    kept checkpoint (DGTL: the coarse one)."""
+    return evaluator.run_first(model, device, args.test_batch)
 
 
 def init_distributed(args):
@@ -255,46 +566,36 @@ def init_distributed(args):
     return args
 
 
-def resume_state(args, log):
-    """Load a training checkpoint and take its experiment flags."""
-    ckpt = utils.load_checkpoint(args.resume)
-    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "arch" not in ckpt:
-        raise ValueError(f"--resume {args.resume}: not a training checkpoint of this project (checkpoints "
-                         f"of the original code can be evaluated with test_mine.py, not resumed)")
-    saved = ckpt.get("args", {})
-    for key in EXPERIMENT_FLAGS:
-        if key in saved and getattr(args, key, None) != saved[key]:
-            if getattr(args, key, None) is not None:
-                log(f"resume: {key} = {saved[key]!r} from the checkpoint (not {getattr(args, key)!r})")
-            setattr(args, key, saved[key])
-    return ckpt
-
-
 def main(args):
     init_distributed(args)
     main_process = args.rank == 0
-    log = print if main_process else (lambda *a, **k: None)
-    ckpt = resume_state(args, log) if args.resume else None
-    lr_given = args.lr is not None
-    utils.fill_dataset_defaults(args)
-    if args.lr is None:
-        args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
-    if not lr_given:
-        args.lr *= args.world_size  # the linear scaling rule, for a default learning rate only
-    if args.pcb == "on" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
-        raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
-                         f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")
-    name = run_name(args)
-    if main_process:
-        logger = utils.get_logger(os.path.join(args.log_path, name + ".log"))
-        log = logger.info
-    log("settings: " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
-
+    ckpt, name, notes = prepare_run(args)
     device = utils.select_device(args.gpu)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
+    log = print if main_process else (lambda *a, **k: None)
+    if main_process:
+        log = utils.get_logger(os.path.join(args.log_path, name + ".log") if args.log_path else None).info
+    try:
+        return train(args, ckpt, name, notes, device, log)
+    except Exception as e:
+        log(f"error: {e}")  # the log file says why the run stopped
+        raise
+    finally:
+        if args.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, ckpt, name, notes, device, log):
+    main_process = args.rank == 0
+    log("settings: " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items()) if v is not None))
+    for note in notes:
+        log(note)
     torch.backends.cudnn.benchmark = True
     dtype = amp_dtype(args.amp, device)
+    if device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_amx():
+        log("warning: bf16 on a CPU with AMX: oneDNN's AMX kernels were seen to give NaN losses from the "
+            "first steps; --amp off is the safe choice")
     utils.set_seed(args.seed)
     if main_process:
         test_mine.ensure_demo(args, log)
@@ -304,19 +605,9 @@ def main(args):
     data = build_train_data(args)
     sampler = utils.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
                                     args.seed, args.rank)
-    transform = data_loader.per_image_train_transform(args.img_h, args.img_w, args.pad) if args.cpu_aug else None
-    loader = DataLoader(data_loader.BatchData(data, transform), sampler=sampler, batch_size=None,
-                        num_workers=args.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
+    batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
-    log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
-        f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
-        f"{args.batch_size}x{args.num_pos}x2 per epoch; device {device}, amp {dtype}, "
-        f"{args.world_size} process(es)")
-
-    model = model_mine.embed_net(data.num_classes, gm_pool=args.gm_pool, arch=args.arch, share_net=args.share_net,
-                                 pcb=args.pcb, local_feat_dim=args.local_feat_dim, num_strips=args.num_strips,
-                                 gem_p=args.gem_p, pretrained="none" if ckpt else args.pretrained)
+    model = build_model(data.num_classes, args, "none" if ckpt else args.pretrained)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_epoch, best = 0, {"rank1": -1.0, "epoch": -1}
@@ -325,7 +616,7 @@ def main(args):
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best", best)
-        log(f"resumed from {args.resume} at epoch {start_epoch}")
+        log(f"resumed {name} from {args.resume} at epoch {start_epoch}")
     if args.sync_bn and args.world_size > 1:
         if device.type != "cuda":
             raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
@@ -339,35 +630,41 @@ def main(args):
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
-    if args.compile:
-        model = torch.compile(model)
-    criterion = losses.ReIDLoss(args.method, args.margin, args.w_center, args.label_smooth)
+    mode, step_line = compile_mode(args, device)
+    if mode is not None:
+        model = CompiledModel(model, mode, log)
+    log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
+        f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
+        f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
+    log(f"step: {step_line}; data: {data_line}; amp: {str(dtype).replace('torch.', '') if dtype else 'off (float32)'}")
+    criterion = build_criterion(args)
     evaluator = build_evaluator(args) if main_process else None
-    tb = tensorboard_writer(os.path.join(args.log_path, "tb", name)) if main_process else None
+    tb = tensorboard_writer(os.path.join(args.log_path or ".", "tb", name)) if main_process else None
 
-    paths = {k: os.path.join(args.model_path, f"{name}_{k}.pth") for k in ("best", "last")}
-    metrics = None
+    paths = checkpoint_paths(args.model_path, name)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
-        stats = train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args,
-                                dtype, show=main_process, tb=tb)
+        stats = train_one_epoch(model, criterion, optimizer, scaler, batches, augment, device, epoch, args,
+                                dtype, show=main_process, tb=tb, log=log)
         log(f"epoch {epoch}: loss {stats['loss']:.4f} id {stats['id']:.4f} tri {stats['tri']:.4f} "
-            f"acc {100 * stats['acc']:.1f}% lr {lr:.3g} {stats['img_s']:.1f} img/s")
+            f"acc {100 * stats['acc']:.1f}% lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
         last = epoch == args.epochs - 1
         due = (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0) or last
         if main_process:
             metrics = None
             if due:
-                cmc, mAP, mINP = evaluate(raw, evaluator, device, args)
-                metrics = test_mine.metrics_row(cmc, mAP, mINP)
-                log(f"epoch {epoch} eval: {test_mine.format_row(metrics)}")
+                results = evaluate(raw, evaluator, device, args)
+                for i, (feature, (cmc, mAP, mINP)) in enumerate(results.items()):
+                    row = test_mine.metrics_row(cmc, mAP, mINP)
+                    metrics = row if i == 0 else metrics
+                    log(f"epoch {epoch} eval{' ' + feature if feature else ''}: {test_mine.format_row(row)}")
                 if tb is not None:
                     for k, x in metrics.items():
                         tb.add_scalar(f"eval/{k}", x, epoch)
             state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch, "rng": utils.rng_state(), "args": vars(args),
-                     "metrics": metrics, "best": best}
+                     "metrics": metrics, "best": best, "name": name}
             if metrics is not None and metrics["rank1"] > best["rank1"]:
                 best = {**metrics, "epoch": epoch}
                 state["best"] = best
@@ -380,18 +677,16 @@ def main(args):
         log(f"best: epoch {best['epoch']}: {test_mine.format_row(best)}")
         log(f"checkpoint: {paths['best']}")
         log("re-evaluate with: " + test_command(args, paths["best"]))
-    if args.world_size > 1:
-        dist.destroy_process_group()
     return best
 
 
 def test_command(args, checkpoint):
-    cmd = f"python test_mine.py --dataset {args.dataset} --data_path {args.data_path} --resume {checkpoint}"
-    if args.dataset != "sysu":
-        cmd += f" --trials {args.trial}"
-    if str(args.gpu) != "0":
-        cmd += f" --gpu {args.gpu}"
-    return cmd
+    cmd = ["python", "test_mine.py", "--dataset", args.dataset, "--data_path", args.data_path, "--resume", checkpoint]
+    if args.dataset in ("regdb", "demo"):
+        cmd += ["--trials", str(args.trial)]
+    if args.gpu is not None:
+        cmd += ["--gpu", str(args.gpu)]
+    return shlex.join(cmd)
 
 
 def tensorboard_writer(folder):

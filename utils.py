@@ -11,14 +11,23 @@ from torch.utils.data import Sampler
 import model_mine
 
 
-# The published setting of each dataset (SPEC §6), filling every flag left at None; 'demo' is a
-# CPU-sized run of the same model on the generated data set (demo_data.py).
+# Every flag of the experiment defaults to None on the command line, so that a flag given explicitly
+# can be told from one left out: a resumed run takes the latter from its checkpoint, and a flag that
+# does not apply to the chosen method is an error only when it was given. fill_dataset_defaults then
+# sets what is left out, in this order: the method's published value for the dataset (DGTL), the
+# dataset's (SPEC §6), then COMMON_DEFAULTS.
+COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
+                       method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
+                       eval_every=2, mode="all", steps_per_epoch=0, trial=1)
 PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)
+SYSU_SETTING = dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
+                    epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE)
 DATASET_DEFAULTS = {
-    "sysu": dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
-                 epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE),
+    "sysu": SYSU_SETTING,
     "regdb": dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=144, img_h=288,
                   epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE),
+    # LLCM: no HcTri setting was published; this project uses the paper's SYSU-MM01 one (README)
+    "llcm": SYSU_SETTING,
     # demo: from scratch (no ImageNet weights offline) on a 2-core CPU: Adam, GeM p=3, a short schedule;
     # pad 3 moves a 96x48 image by the same fraction as pad 10 moves a 288x144 one (10 px would push
     # body parts into the neighbouring 16 px strip, and the strips' classifiers would hardly learn)
@@ -26,31 +35,56 @@ DATASET_DEFAULTS = {
                  epochs=20, pretrained="none", data_path=os.path.join("data", "demo"), optim="adam", lr=2e-3,
                  backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="16", eval_start=19, pad=3),
 }
+# DGTL (SPEC-DGTL §4-5): global features, 31 epochs on RegDB and 61 on SYSU-MM01, evaluated every
+# 5 epochs from epoch 5; LLCM takes the SYSU-MM01 setting, the demo the RegDB one on its own schedule.
+_DGTL_REGDB = dict(bpool="max", cpool="max", fuse="sum", margin_hc=0.0, hcloss="HcTri", pcb="off", gem_p=3.0,
+                   label_smooth="off", batch_size=8, num_pos=4)
+_DGTL_SYSU = dict(bpool="avg", cpool="max", fuse="sum", margin_hc=0.5, hcloss="HcTri", pcb="off", gem_p=3.0,
+                  label_smooth="off", batch_size=6, num_pos=8, epochs=61, eval_start=5, eval_every=5)
+METHOD_DEFAULTS = {
+    "dgtl": {"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
+             "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+}
 
 
 def fill_dataset_defaults(args, skip=()):
-    """Set every flag left at None (but those in skip) to the published value for args.dataset."""
+    """Set every flag left at None (but those in skip) to the published value for args.dataset
+    (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
     if args.dataset not in DATASET_DEFAULTS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, got {args.dataset}")
-    for key, value in DATASET_DEFAULTS[args.dataset].items():
-        if key == "gem_p" and getattr(args, "pcb", "on") == "off":
-            value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global head's is 3
-        if key not in skip and hasattr(args, key) and getattr(args, key) is None:
-            setattr(args, key, value)
+    method = getattr(args, "method", None) or COMMON_DEFAULTS["method"]
+    layers = (METHOD_DEFAULTS.get(method, {}).get(args.dataset, {}), DATASET_DEFAULTS[args.dataset],
+              COMMON_DEFAULTS)
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "gem_p" and getattr(args, "pcb", None) == "off":
+                value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
+            if key not in skip and hasattr(args, key) and getattr(args, key) is None:
+                setattr(args, key, value)
     if "data_path" not in skip and getattr(args, "data_path", "") is None:
         raise ValueError(f"--data_path is required for --dataset {args.dataset} (the dataset's root folder)")
     return args
 
 
 def parse_trials(text):
-    """'0-9' or '1,3,5' or '2' -> list of ints."""
+    """'0-9', '1,3,5', '0 1 2' or '2' -> list of ints (a list of such strings is joined)."""
+    if isinstance(text, (list, tuple)):
+        text = ",".join(str(t) for t in text)
     trials = []
     try:
-        for part in str(text).split(","):
+        for part in str(text).replace(" ", ",").split(","):
+            if not part.strip():
+                continue
             a, _, b = part.strip().partition("-")
-            trials.extend(range(int(a), int(b) + 1) if b else [int(a)])
+            a, b = int(a), int(b) if b else None
+            if b is not None and b < a:
+                raise ValueError
+            trials.extend(range(a, b + 1) if b is not None else [a])
     except ValueError:
-        raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '2', got {text!r}") from None
+        raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '0 1 2' (non-negative, ranges ascending), "
+                         f"got {text!r}") from None
+    if not trials or min(trials) < 0:
+        raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '0 1 2' (non-negative), got {text!r}")
     return trials
 
 
@@ -153,14 +187,24 @@ def get_logger(log_file=None, name="vtreid"):
     return logger
 
 
-def select_device(gpu):
-    """cuda:<gpu> when CUDA is available and --gpu is not 'cpu', else the CPU."""
-    if str(gpu).lower() != "cpu" and torch.cuda.is_available():
-        index = int(str(gpu).split(",")[0])
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device("cuda", index)
-    return torch.device("cpu")
+def select_device(gpu=None):
+    """--gpu: None or 'auto' -> the first CUDA device if there is one, else the CPU; 'cpu' -> the CPU;
+    an index -> that CUDA device, an error where it does not exist (never a silent fall-back)."""
+    text = "auto" if gpu is None else str(gpu).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        index = int(text.split(",")[0])
+    except ValueError:
+        raise ValueError(f"--gpu must be a CUDA device index, 'cpu' or 'auto', got {gpu!r}") from None
+    if not torch.cuda.is_available():
+        raise ValueError(f"--gpu {gpu}: this machine has no CUDA device; use --gpu cpu (or leave --gpu out)")
+    if not 0 <= index < torch.cuda.device_count():
+        raise ValueError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible "
+                         f"(0..{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", index)
 
 
 def atomic_save(obj, path):
@@ -220,24 +264,37 @@ def load_weights(model, state_dict, path):
         parts = [f"{name} ({len(v)}): {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
                  for name, v in (("missing keys", missing), ("unexpected keys", unexpected),
                                  ("shape mismatches", shapes)) if v]
-        raise ValueError(f"{path} does not fit the model (share_net={cfg['share_net']}, pcb={cfg['pcb']}, "
-                         f"local_feat_dim={cfg['local_feat_dim']}, num_strips={cfg['num_strips']}): "
-                         + "; ".join(parts) + ". For checkpoints of the original code pass the architecture "
-                         "flags they were trained with (--share_net, --pcb, --local_feat_dim, --num_strips)")
+        shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "class_num")
+        raise ValueError(f"{path} does not fit the model ({shown}): " + "; ".join(parts) + ". For checkpoints "
+                         "of the original code pass the architecture flags they were trained with (--share_net, "
+                         "--pcb, --local_feat_dim, --num_strips; DGTL: --method dgtl --bpool --cpool --fuse)")
     model.load_state_dict(state_dict)
 
 
-def model_from_checkpoint(path, args=None):
-    """embed_net with the weights of a checkpoint file; the architecture comes from the file (ours)
-    or from args (the original code's files, which do not record it)."""
+def model_from_checkpoint(path, args=None, explicit=()):
+    """embed_net with the weights of a checkpoint file; the architecture comes from the file (ours:
+    an architecture flag in `explicit` that disagrees with it is an error) or from args (the original
+    code's files, which do not record it)."""
     ckpt = load_checkpoint(path)
     sd, arch = checkpoint_weights(ckpt, path)
-    if arch is None:
+    if arch is not None:
+        saved = dict(arch, method="dgtl" if arch.get("head") == "dgtl" else None)
+        wrong = [f"--{k} {getattr(args, k)} (the file: {saved[k]})" for k in explicit
+                 if k in saved and saved[k] is not None and getattr(args, k) != saved[k]]
+        if wrong:
+            raise ValueError(f"{path} is a checkpoint of this project and records its architecture, which "
+                             f"differs from {', '.join(wrong)}: leave those flags out")
+    else:
         if args is None:
             raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
-        arch = dict(class_num=original_class_num(sd, path), share_net=args.share_net, pcb=args.pcb,
-                    local_feat_dim=args.local_feat_dim, num_strips=args.num_strips, gem_p=args.gem_p,
-                    gm_pool=args.gm_pool)
+        arch = dict(class_num=original_class_num(sd, path), share_net=args.share_net, gem_p=args.gem_p,
+                    gm_pool=args.gm_pool, arch=getattr(args, "arch", None) or "resnet50")
+        if getattr(args, "method", None) == "dgtl":
+            arch.update(head="dgtl", bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
+        else:
+            arch.update(pcb=args.pcb, local_feat_dim=args.local_feat_dim, num_strips=args.num_strips)
+        # the DGTL code stores its three ResNets whole: keep the stages this share point uses
+        sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
     model = model_mine.embed_net(**arch)
     load_weights(model, sd, path)
     return model, ckpt

@@ -36,7 +36,7 @@ def reference_step(data_path):
     grads = []
     for rank in (0, 1):
         sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 2, 2, args.seed, rank)
-        loader = DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None)
+        loader = DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None, generator=torch.Generator())
         torch.manual_seed(train_mine.epoch_seed(args.seed, 0, rank))
         v, t, labels = next(iter(loader))
         v, t = data_loader.BatchAugment(pad=args.pad)(v, t)

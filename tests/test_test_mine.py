@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+import data_manager
 import demo_data
+import eval_metrics
 import model_mine
 import test_mine
 import utils
@@ -53,9 +55,9 @@ def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
     assert saved["args"]["resume"] == checkpoint and results["all search"]["trials"][0]["rank20"] >= 0
     rows = open(tmp_path / "results.csv").read().splitlines()
     assert rows[0].startswith("time,dataset") and len(rows) == 2 and ",sysu," in rows[1]
-    pictures = sorted(os.listdir(tmp_path / "vis" / "search_trial0"))
+    pictures = sorted(os.listdir(tmp_path / "vis" / "all_search_trial0"))
     assert len(pictures) == 2
-    assert Image.open(tmp_path / "vis" / "search_trial0" / pictures[0]).format == "PNG"
+    assert Image.open(tmp_path / "vis" / "all_search_trial0" / pictures[0]).format == "PNG"
     assert Image.open(tmp_path / "vis" / "cmc.png").size == (640, 480)
 
 
@@ -134,3 +136,63 @@ def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, 
     (root / "demo.json").write_text(json.dumps({"params": {"version": demo_data.GENERATOR_VERSION}}))
     test_mine.ensure_demo(args)
     assert capsys.readouterr().out == ""
+
+
+@pytest.fixture(scope="module")
+def llcm_root(tmp_path_factory):
+    import pre_process_llcm
+    root = str(demo_data.make_llcm_demo(str(tmp_path_factory.mktemp("llcm") / "LLCM"), img_w=16, img_h=32))
+    pre_process_llcm.main(pre_process_llcm.get_args_parser().parse_args(
+        ["--data_path", root, "--img_w", "16", "--img_h", "32", "--workers", "1"]))
+    return root
+
+
+def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, checkpoint):
+    model, _ = utils.model_from_checkpoint(checkpoint)
+    ev = test_mine.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
+    searches = {(s, t): (q, g) for s, t, q, g, _ in ev.searches()}
+    nir_q = data_manager.process_query_llcm(llcm_root, "thermal")[0]
+    vis_q = data_manager.process_query_llcm(llcm_root, "visible")[0]
+    for t in (0, 1):
+        vis_g = data_manager.process_gallery_llcm(llcm_root, "visible", t)[0]
+        nir_g = data_manager.process_gallery_llcm(llcm_root, "thermal", t)[0]
+        paths = lambda side: [ev.paths[side[0]][i] for i in side[1]]  # noqa: E731
+        q, g = searches["infrared->visible", t]
+        assert (paths(q), paths(g)) == (nir_q, vis_g)  # A: every infrared image probes one visible per (id, cam)
+        q, g = searches["visible->infrared (official: roles swapped)", t]
+        assert (paths(q), paths(g)) == (nir_g, vis_q)  # B: the sampled infrared images probe every visible one
+        q, g = searches["visible->infrared (literal)", t]
+        assert (paths(q), paths(g)) == (vis_q, nir_g)  # C
+    records = {(r["setting"], r["trial"]): r for r in ev.run(model, torch.device("cpu"), 16)}
+    # B is C's distance matrix transposed, evaluated with the roles swapped, as the official script does
+    feats = {m: test_mine.extract_features(model, ev.images[m], 1 if m == "visible" else 2, torch.device("cpu"))
+             for m in ev.images}
+    q, g = searches["visible->infrared (literal)", 1]
+    literal = -(feats[q[0]][q[1]] @ feats[g[0]][g[1]].T)
+    want = eval_metrics.eval_llcm(literal.T, ev.pids[g[0]][g[1]], ev.pids[q[0]][q[1]], ev.camids[g[0]][g[1]],
+                                  ev.camids[q[0]][q[1]])
+    got = records["visible->infrared (official: roles swapped)", 1]
+    assert np.allclose(got["cmc"], want[0]) and got["mAP"] == pytest.approx(want[1])
+
+
+def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
+    import train_mine
+    args = train_mine.get_args_parser().parse_args([
+        "--dataset", "llcm", "--data_path", llcm_root, "--img_h", "32", "--img_w", "16", "--num_strips", "2",
+        "--local_feat_dim", "16", "--batch-size", "4", "--num_pos", "2", "--steps_per_epoch", "2", "--epochs", "2",
+        "--pretrained", "none", "--gpu", "cpu", "--amp", "off", "--workers", "0", "--eval_start", "1",
+        "--model_path", str(tmp_path / "models"), "--log_path", str(tmp_path / "log")])
+    best = train_mine.main(args)
+    name = train_mine.run_name(args)
+    ckpt = str(tmp_path / "models" / f"{name}_best.pth")
+    assert best["epoch"] == 1 and os.path.exists(ckpt)
+    out = tmp_path / "r.json"
+    results = run("--dataset", "llcm", "--data_path", llcm_root, "--resume", ckpt, "--trials", "0", "1",
+                  "--direction", "both", "--json", str(out), "--log_path", str(tmp_path))
+    assert list(results) == ["infrared->visible", "visible->infrared (official: roles swapped)"]
+    # the in-training figure is trial 0 of infrared->visible
+    assert results["infrared->visible"]["trials"][0]["rank1"] == pytest.approx(best["rank1"])
+    saved = json.load(open(out))
+    assert saved["infrared->visible"]["direction"] == "ir2vis"
+    assert saved["visible->infrared (official: roles swapped)"]["direction"] == "vis2ir"
+    assert [t["trial"] for t in saved["infrared->visible"]["trials"]] == [0, 1]

@@ -25,7 +25,8 @@ def tiny_args(data_path, out, *extra):
         "--dataset", "demo", "--data_path", data_path, "--img_h", "32", "--img_w", "16", "--num_strips", "2",
         "--local_feat_dim", "16", "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "2",
         "--workers", "0", "--gpu", "cpu", "--model_path", os.path.join(out, "models"),
-        "--log_path", os.path.join(out, "log"), "--eval_start", "100", "--seed", "3", "--optim", "sgd", *extra])
+        "--log_path", os.path.join(out, "log"), "--eval_start", "100", "--seed", "3", "--optim", "sgd",
+        "--amp", "off", *extra])
 
 
 def test_learning_rate_schedule_and_groups():
@@ -105,14 +106,22 @@ def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
 
     first = tiny_args(tiny_regdb, str(tmp_path / "cut"), "--epochs", "2")
     train_mine.main(first)
-    ckpt_path = tmp_path / "cut" / "models" / f"{name}_last.pth"
+    cut = train_mine.run_name(first)
+    assert cut != name  # --epochs is part of the experiment
+    ckpt_path = tmp_path / "cut" / "models" / f"{cut}_last.pth"
     assert torch.load(ckpt_path, weights_only=False)["epoch"] == 1
-    resumed = tiny_args(tiny_regdb, str(tmp_path / "cut"), "--epochs", "3", "--resume", str(ckpt_path))
+    # the resumed run continues the run it resumes: same files, flags from the checkpoint but --epochs
+    resumed = train_mine.get_args_parser().parse_args(["--resume", str(ckpt_path), "--epochs", "3",
+                                                       "--gpu", "cpu", "--log_path", str(tmp_path / "cut" / "log")])
     train_mine.main(resumed)
+    assert sorted(os.listdir(tmp_path / "cut" / "models")) == [f"{cut}_best.pth", f"{cut}_last.pth"]
     end = torch.load(ckpt_path, weights_only=False)
-    assert end["epoch"] == 2
+    assert end["epoch"] == 2 and end["args"]["epochs"] == 3 and end["args"]["steps_per_epoch"] == 2
+    assert end["args"]["data_path"] == tiny_regdb
     for k, v in last["model"].items():
         assert torch.equal(v, end["model"][k]), k
+    log = open(tmp_path / "cut" / "log" / f"{cut}.log").read()
+    assert "resume: --epochs 3 as given (the checkpoint's run had 2)" in log
 
 
 def test_missing_sysu_npy_is_a_clear_error(tmp_path):
@@ -160,12 +169,16 @@ def test_bf16_autocast_tracks_fp32():
     assert torch.nn.functional.cosine_similarity(emb[False], emb[True], dim=1).min() > 0.99
 
 
-def test_amp_auto_picks_bf16_only_on_cpus_that_compute_it(monkeypatch):
+def test_amp_auto_is_full_precision_on_cpus_and_bf16_on_amx_warns(tiny_regdb, tmp_path, monkeypatch, capsys):
     cpu = torch.device("cpu")
-    for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(train_mine, "cpu_has_bf16", lambda: native)
-        assert train_mine.amp_dtype("auto", cpu) is expected
-        assert train_mine.amp_dtype("off", cpu) is None
-        assert train_mine.amp_dtype("bf16", cpu) is torch.bfloat16
+    assert train_mine.amp_dtype("auto", cpu) is None  # whatever the CPU: bf16 only when asked
+    assert train_mine.amp_dtype("off", cpu) is None
+    assert train_mine.amp_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="--amp"):
         train_mine.amp_dtype("fp8", cpu)
+    monkeypatch.setattr(train_mine, "cpu_has_amx", lambda: True)
+    args = tiny_args(tiny_regdb, str(tmp_path), "--epochs", "1", "--steps_per_epoch", "1", "--amp", "bf16")
+    train_mine.main(args)
+    assert "warning: bf16 on a CPU with AMX" in capsys.readouterr().out
+    train_mine.main(tiny_args(tiny_regdb, str(tmp_path / "b"), "--epochs", "1", "--steps_per_epoch", "1"))
+    assert "AMX" not in capsys.readouterr().out

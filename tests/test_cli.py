@@ -1,0 +1,191 @@
+"""Faults and bad input as a new user meets them: every case gets a clear one-line error naming the flag
+or file and the way out, before any work, and a run never destroys another run's files."""
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import demo_data
+import test_mine
+import train_mine
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_regdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "regdb"
+    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=2))
+
+
+TINY = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
+        "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "1", "--workers", "0", "--gpu", "cpu",
+        "--amp", "off", "--eval_start", "100", "--optim", "sgd", "--epochs", "1"]
+
+
+def train_args(data_path, out, *extra):
+    return train_mine.get_args_parser().parse_args(TINY + [
+        "--data_path", data_path, "--model_path", os.path.join(out, "models"), "--log_path", os.path.join(out, "log"),
+        *extra])
+
+
+def resolved(*flags):
+    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", *flags])
+    train_mine.init_distributed(args)
+    args.model_path, args.log_path = None, ""
+    args.data_path = args.data_path or "data/demo"
+    explicit = {k for k in train_mine.EXPERIMENT_FLAGS if getattr(args, k, None) is not None}
+    utils.fill_dataset_defaults(args)
+    args.amp = args.amp or "auto"
+    train_mine.validate_args(args, explicit)
+    return args
+
+
+# 1. checkpoints are never silently overwritten
+
+@pytest.mark.parametrize("flag,value", [("--num_strips", "3"), ("--margin", "0.5"), ("--gem_p", "5"),
+                                        ("--img_h", "192"), ("--label_smooth", "on"), ("--pad", "5"),
+                                        ("--pretrained", "imagenet"), ("--epochs", "30"),
+                                        ("--local_feat_dim", "128"), ("--gm_pool", "off"),
+                                        ("--data_path", "elsewhere"), ("--amp", "bf16"), ("--lr_steps", "10")])
+def test_every_experiment_flag_changes_the_run_name(flag, value):
+    if flag == "--gm_pool":
+        base, changed = resolved("--pcb", "on"), resolved("--pcb", "on", flag, value)
+    else:
+        base, changed = resolved(), resolved(flag, value)
+    assert train_mine.run_name(base) != train_mine.run_name(changed)
+    assert train_mine.run_name(base) == train_mine.run_name(resolved())  # and the same one is stable
+
+
+def test_a_fresh_run_over_an_existing_run_is_refused_and_nothing_is_touched(tiny_regdb, tmp_path):
+    train_mine.main(train_args(tiny_regdb, str(tmp_path)))
+    models = tmp_path / "models"
+    before = {f: (models / f).read_bytes() for f in os.listdir(models)}
+    with pytest.raises(ValueError, match=r"already holds a run with these settings: continue it with --resume "
+                                         r".*_last.pth, or write elsewhere with --model_path"):
+        train_mine.main(train_args(tiny_regdb, str(tmp_path)))
+    assert {f: (models / f).read_bytes() for f in os.listdir(models)} == before
+    # another experiment in the same folder is a different run
+    train_mine.main(train_args(tiny_regdb, str(tmp_path), "--margin", "0.4"))
+    assert len(os.listdir(models)) == 4
+
+
+# 2. a resumed run continues its run; architecture flags cannot change under it
+
+def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, tmp_path):
+    train_mine.main(train_args(tiny_regdb, str(tmp_path)))
+    last = [f for f in os.listdir(tmp_path / "models") if f.endswith("_last.pth")][0]
+    path = str(tmp_path / "models" / last)
+    with pytest.raises(ValueError, match="--share_net 3: the checkpoint .* was trained with --share_net 2"):
+        train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--share_net", "3",
+                                                                 "--epochs", "3", "--gpu", "cpu", "--log_path", ""]))
+    with pytest.raises(ValueError, match="has finished epoch 0 of --epochs 1; pass a larger --epochs"):
+        train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--gpu", "cpu", "--log_path", ""]))
+
+
+# 6. bad settings are caught before any work, naming the flag
+
+@pytest.mark.parametrize("flags,message", [
+    (["--test-batch", "0"], "--test_batch must be >= 1, got 0"),
+    (["--eval_every", "0"], "--eval_every must be >= 1, got 0"),
+    (["--lr_steps", "20;50"], "--lr_steps: expected comma-separated epochs"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch_size must be >= 1"),
+    (["--erasing_p", "2"], "--erasing_p is a probability"),
+    (["--share_net", "7"], "--share_net must be one of 0, 1, 2, 3, 4, 5"),
+    (["--method", "dgtl", "--w_center", "2"], "--w_center.*: not used by --method dgtl"),
+    (["--bpool", "max"], "--bpool: not used by --method hctri"),
+    (["--method", "dgtl", "--cpool", "wpa"], "--cpool wpa .* is not implemented"),
+    (["--pcb", "off"], "--local_feat_dim, --num_strips: not used by --method hctri --pcb off"),
+])
+def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
+    data = tmp_path / "never-written"
+    args = train_args(str(data), str(tmp_path), *flags)
+    with pytest.raises(ValueError, match=message):
+        train_mine.main(args)
+    assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+
+def test_an_unwritable_model_path_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = train_args(str(tmp_path / "never-written"), str(tmp_path))
+    args.model_path = str(blocker / "models")
+    with pytest.raises(ValueError, match="--model_path .*a-file/models: cannot write there"):
+        train_mine.main(args)
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_errors_print_one_line_without_traceback(tmp_path):
+    for argv in (["--dataset", "demo", "--epochs", "0"], ["--dataset", "demo", "--lr_steps", "x"]):
+        res = subprocess.run([sys.executable, os.path.join(ROOT, "train_mine.py"), *argv, "--log_path", ""],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: --")
+
+
+def test_a_rejected_run_leaves_its_error_in_its_log(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = train_args(str(empty), str(tmp_path))
+    args.dataset = "regdb"
+    with pytest.raises(FileNotFoundError):
+        train_mine.main(args)
+    logs = os.listdir(tmp_path / "log")
+    assert len(logs) == 1 and "error: RegDB: missing" in open(tmp_path / "log" / logs[0]).read()
+
+
+# 8. tracebacks become one-line errors
+
+def test_a_checkpoint_that_holds_a_tensor_is_a_clear_error(tiny_regdb, tmp_path):
+    path = str(tmp_path / "tensor.pth")
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ValueError, match="not a training checkpoint of this project"):
+        train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--log_path", ""]))
+    with pytest.raises(ValueError, match="not a checkpoint of this project .* nor of the original code"):
+        test_mine.main(test_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", tiny_regdb,
+                                                               "--resume", path, "--gpu", "cpu", "--log_path", ""]))
+
+
+@pytest.mark.parametrize("text", ["2-1", "a", "-1", ""])
+def test_bad_trials_are_clear_errors(text):
+    with pytest.raises(ValueError, match="--trials"):
+        utils.parse_trials(text)
+
+
+def test_trials_accept_spaces_commas_and_ranges():
+    args = test_mine.get_args_parser().parse_args(["--trials", "0", "1", "2"])
+    assert utils.parse_trials(args.trials) == [0, 1, 2]
+    assert utils.parse_trials(["0,1,2"]) == utils.parse_trials("0-2") == utils.parse_trials("0 1 2") == [0, 1, 2]
+    assert utils.parse_trials(["1-3", "7"]) == [1, 2, 3, 7]
+
+
+# 9. small ones
+
+def test_the_printed_command_is_shell_quoted(tiny_regdb, tmp_path, capsys):
+    spaced = tmp_path / "with space"
+    train_mine.main(train_args(tiny_regdb, str(spaced)))
+    out = capsys.readouterr().out
+    command = shlex.split(out.split("re-evaluate with: ")[1].splitlines()[0])
+    assert os.path.exists(command[command.index("--resume") + 1])
+    first = out.splitlines()[0]
+    assert first.startswith("settings: ") and "--workers 0" in first and "None" not in first
+
+
+def test_query_dir_without_gallery_dir_says_so(tmp_path):
+    with pytest.raises(ValueError, match="--query_dir and --gallery_dir go together"):
+        test_mine.main(test_mine.get_args_parser().parse_args(["--query_dir", str(tmp_path), "--resume", "x.pth",
+                                                               "--gpu", "cpu"]))
+
+
+def test_a_gpu_that_is_not_there_is_an_error_not_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--gpu 1: this machine has no CUDA device; use --gpu cpu"):
+        utils.select_device("1")
+    assert utils.select_device(None) == utils.select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--gpu must be"):
+        utils.select_device("first")
