@@ -10,7 +10,7 @@ reference: the authors' train_mine.py step as it runs, rebuilt here with the sam
            the per-image PIL pad / crop / flip / ToTensor / Normalize; DataLoader(batch_size=P*K,
            4 workers, default collate, no pinned memory), batches copied to the device synchronously;
     model  fp32 (NCHW) two-stream ResNet with their per-strip head: local_conv_list[i] = Conv2d 1x1
-           + BatchNorm2d + ReLU, fc_list[i] = Linear, a Python loop over strips, GeM by the plain
+           + BatchNorm2d + ReLU, fc_list[i] = Linear, a Python loop over strips, GeM by the direct
            formula (the same module and key layout as their checkpoints);
     loss   per strip: ID cross-entropy and hetero-center loss, summed in a Python loop, + the
            hetero-center loss of the concatenation; each hetero-center call takes labels.unique(),
@@ -463,12 +463,15 @@ def eval_timing(args, device):
 
 # ----------------------------------------------------------------------------- main
 
-def write_training_set(folder, args):
-    """A stand-in training set in SYSU's files: memory-mapped uint8 npy images and int64 labels."""
-    n = 8 * args.batch_size * args.num_pos if args.quick else 4000
-    n_ids = min(args.classes, max(args.batch_size, n // (4 * args.num_pos)))
+def write_training_set(folder, args, device):
+    """A stand-in training set in SYSU's files: memory-mapped uint8 npy images and int64 labels; on a
+    GPU of SYSU-MM01's size (22,258 + 11,909 images), so that the resident-data rule and the peak
+    memory are those of a real run."""
+    sizes = (8 * args.batch_size * args.num_pos,) * 2 if args.quick else \
+        (22258, 11909) if device.type == "cuda" else (4000, 4000)
+    n_ids = min(args.classes, max(args.batch_size, min(sizes) // (4 * args.num_pos)))
     rng = np.random.default_rng(0)
-    for mod in ("rgb", "ir"):
+    for mod, n in zip(("rgb", "ir"), sizes):
         arr = np.lib.format.open_memmap(os.path.join(folder, f"train_{mod}_resized_img.npy"), mode="w+",
                                         dtype=np.uint8, shape=(n, args.img_h, args.img_w, 3))
         for s in range(0, n, 256):
@@ -489,10 +492,12 @@ def main(args):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
     quick = args.quick
-    args.steps = args.steps or (3 if quick else 30)
-    args.warmup = args.warmup or (1 if quick else 10)
+    args.steps = args.steps if args.steps is not None else (3 if quick else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 10)
     args.batch_size = args.batch_size or (2 if quick else 6)
     args.num_pos = args.num_pos or (2 if quick else 8)
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit(f"error: --steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     args.workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     if args.img_h % 16 or args.img_h // 16 % args.num_strips:
         raise SystemExit(f"error: --img_h {args.img_h}: the feature map (img_h/16 rows) must split into "
@@ -516,7 +521,7 @@ def main(args):
     rows = {}
     try:
         args.data_folder = folder
-        write_training_set(folder, args)
+        write_training_set(folder, args, device)
         configs = [("reference", measure_reference), ("fast", measure_fast)]
         for label, measure in configs:
             for source in ("synthetic", "pipeline"):

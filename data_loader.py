@@ -425,7 +425,7 @@ class BatchData(Dataset):
 
     Returns uint8 tensors (visible [PK, H, W, 3], thermal [PK, H, W, 3]) and the labels
     [2PK] in the loss's order (visible then thermal), or, with `transform`, the authors'
-    per-image float tensors (the plain path).
+    per-image float tensors (--cpu_aug, and bench.py's reference path).
     """
 
     def __init__(self, data, transform=None):
@@ -482,5 +482,5 @@ def _to_device(array, device, chunk_bytes):
     out = torch.empty(array.shape, dtype=torch.uint8, device=device)
     rows = max(1, chunk_bytes // max(1, int(np.prod(array.shape[1:]))))
     for s in range(0, len(array), rows):
-        out[s:s + rows].copy_(torch.from_numpy(np.ascontiguousarray(array[s:s + rows])))
+        out[s:s + rows].copy_(torch.from_numpy(np.array(array[s:s + rows])))  # a writable chunk
     return out

@@ -208,7 +208,7 @@ class PCBHead(nn.Module):
     def forward_looped(self, x):
         """Reference: the authors' loop over strips (Conv2d, BatchNorm2d, Linear per strip), same weights.
 
-        Used by tests and by bench.py's plain path; the batch-norm statistics it updates are the same.
+        Used by tests and by --looped_head; the batch-norm statistics it updates are the same.
         """
         pooled = self.pool(x)
         d = self.conv_weight.shape[1]

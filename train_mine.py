@@ -38,7 +38,8 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
                     "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
                     "eval_every", "amp")
-LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "cpool", "fuse")
+LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
+          "fuse")
 METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 # Flags that only some models or losses read: given explicitly where they are not read, they are an
 # error rather than silently ignored.
@@ -58,11 +59,12 @@ def get_args_parser(add_help=True):
     g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 48)")
     g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 96); PCB: a multiple of 16 x strips")
     g.add_argument("--workers", default=None, type=int,
-                   help="data loading processes (default 4 on a GPU; 0 on the CPU, where batches are cheap, "
-                        "and with the training set resident on the device)")
+                   help="data loading processes (default 4 on a GPU, 0 on the CPU, where batches are cheap; "
+                        "with the training set resident on the device they only read RegDB and test images)")
     g.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
                    help="keep the uint8 training set on the training device and gather each batch there "
-                        "(auto: on a CUDA device where it takes at most 25%% of its memory)")
+                        "(auto: on a CUDA device where it takes at most 25%% of its memory and leaves 8 GiB "
+                        "free, and not with --cpu_aug, whose per-image transform runs in the loader)")
     g.add_argument("--pad", default=None, type=int,
                    help="zero padding before the random crop, px (default 10; demo 3: the same fraction of a "
                         "96x48 image, so that parts stay in their strips)")
@@ -82,7 +84,9 @@ def get_args_parser(add_help=True):
                    help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
     g.add_argument("--bpool", default=None, help="DGTL fine-branch pooling: avg | max | gem")
-    g.add_argument("--cpool", default=None, help="DGTL coarse-branch pooling: no | avg | max | gem")
+    g.add_argument("--cpool", default=None,
+                   help="DGTL coarse-branch pooling: no | avg | max | gem (the reference's unpublished wpa is "
+                        "not implemented)")
     g.add_argument("--fuse", default=None, help="DGTL coarse fusion with the BN-ed fine feature: sum | cat")
     g = parser.add_argument_group("loss")
     g.add_argument("--method", default=None, help="hctri | batch-hard | agw | id-only | dgtl (default hctri)")
@@ -189,7 +193,12 @@ def validate_args(args, explicit):
         unused = [f for f in HCTRI_ONLY if f in explicit]
         if "gem_p" in explicit and "gem" not in (args.bpool, args.cpool):
             unused.append("gem_p")
-        owner = "--method dgtl"
+        # the center-granularity loss acts on the coarse branch; margin_hc is HcTri's only (SPEC-DGTL §2.5)
+        if args.cpool == "no":
+            unused += [f for f in ("hcloss", "margin_hc") if f in explicit]
+        elif args.hcloss != "HcTri" and "margin_hc" in explicit:
+            unused.append("margin_hc")
+        owner = f"--method dgtl --cpool {args.cpool} --hcloss {args.hcloss}"
     else:
         unused = [f for f in DGTL_ONLY if f in explicit]
         if args.pcb == "off":
@@ -202,6 +211,20 @@ def validate_args(args, explicit):
     if unused:
         raise ValueError(f"{', '.join('--' + f for f in unused)}: not used by {owner}; leave "
                          f"{'it' if len(unused) == 1 else 'them'} out")
+    if "mode" in explicit and args.dataset != "sysu":
+        raise ValueError(f"--mode: only SYSU-MM01 has search modes (all | indoor); leave it out for --dataset "
+                         f"{args.dataset}")
+    if "trial" in explicit and args.dataset not in ("regdb", "demo"):
+        raise ValueError(f"--trial: --dataset {args.dataset} has one training set (RegDB and the demo have "
+                         f"splits 1..10); leave it out")
+    if args.looped_head and (args.method == "dgtl" or args.pcb == "off"):
+        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
+    if args.sync_bn and args.world_size == 1:
+        raise ValueError("--sync_bn synchronises batch norm across the processes of a torchrun launch; a single "
+                         "process has nothing to synchronise: leave it out")
+    if args.cpu_aug and args.resident_data == "on":
+        raise ValueError("--cpu_aug runs the per-image transform in the loader's workers, which "
+                         "--resident_data on bypasses: use one of the two")
     if args.pcb == "on" and args.method != "dgtl" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
         raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
                          f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")
@@ -369,6 +392,10 @@ def amp_dtype(amp, device):
     raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {amp}")
 
 
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "") if dtype else "off (float32)"
+
+
 def cpu_has_amx():
     """Whether this CPU has AMX tiles (where oneDNN's bf16 kernels gave NaN losses); False where torch cannot tell."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -402,7 +429,8 @@ def compiler_error(e):
 
 class CompiledModel:
     """The model under torch.compile, falling back to the eager model (with a one-line note) if
-    compilation fails: a missing compiler never stops a run. train()/eval() reach the eager model."""
+    compilation fails: a missing compiler never stops a run. train()/eval() reach the eager model
+    (evaluation itself runs the eager model: its batch shapes differ from training's)."""
 
     def __init__(self, model, mode, log=print):
         self.eager, self.mode, self.log = model, mode, log
@@ -415,14 +443,37 @@ class CompiledModel:
             torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier outputs may be reused
         return self.compiled(*args, **kwargs)
 
-    def fall_back(self, error):
+    def graph_skips(self):
+        """'' or a note that inductor ran (part of) the step without CUDA graphs, and why: it decides
+        that itself, with only a debug log, so the log line alone could claim graphs that never ran."""
+        if self.mode != "reduce-overhead":
+            return ""
+        try:
+            from torch._dynamo.utils import counters
+            skips = dict(counters["inductor"]).get("cudagraph_skips", 0)
+        except (ImportError, KeyError, AttributeError):
+            return ""
+        return f"; note: CUDA graphs were skipped for {skips} graph(s) (TORCH_LOGS=perf_hints says why)" \
+            if skips else ""
+
+    def buffers_copy(self):
+        return {k: b.detach().clone() for k, b in self.eager.named_buffers()}
+
+    def fall_back(self, error, buffers=None):
         self.compiled = None
+        if buffers:
+            with torch.no_grad():
+                for k, b in self.eager.named_buffers():
+                    b.copy_(buffers[k])
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         self.log(f"note: torch.compile failed ({type(error).__name__}: {first}); training eager from here on")
 
     def train(self, mode=True):
         self.eager.train(mode)
         return self
+
+    def eval(self):
+        return self.train(False)
 
 
 # ----------------------------------------------------------------------------- training
@@ -462,22 +513,26 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
             v, t = augment(v, t)
         v = v.contiguous(memory_format=torch.channels_last)
         t = t.contiguous(memory_format=torch.channels_last)
+        # while compiling, a failure may come after the forward has updated the batch-norm statistics
+        # (the backward is compiled lazily): keep them to restore before the eager retry
+        saved = model.buffers_copy() if compiling and step <= 2 else None
         try:
             values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
         except Exception as e:
             if not (isinstance(model, CompiledModel) and model.compiled is not None and compiler_error(e)):
                 raise
-            model.fall_back(e)
+            model.fall_back(e, saved)
             values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
         scaler.step(optimizer)
         scaler.update()
         pending.append(torch.stack([x.detach().float() for x in values]))
         images += labels.numel()
-        if compiling and step == min(2, steps - 1):  # compilation, then graph capture in the next steps
+        if compiling and model.compiled is not None and step == min(2, steps - 1):  # compile, then capture
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             model.timed = time.time() - start
-            log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per run)")
+            log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per run)"
+                f"{model.graph_skips()}")
         if len(pending) == args.print_freq or step == steps - 1:
             values = torch.stack(pending).cpu()  # the only synchronisation with the device
             bad = (~torch.isfinite(values[:, :3])).any(1).nonzero()
@@ -517,7 +572,9 @@ def build_batches(data, sampler, args, device):
     size = (data.visible.nbytes + data.thermal.nbytes) / 2 ** 30
     if args.resident_data == "auto":
         resident, why = False, "the CPU gathers batches in memory itself"
-        if device.type == "cuda":
+        if args.cpu_aug:
+            why = "--cpu_aug transforms each image in the loader's workers"
+        elif device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             resident = size <= 0.25 * total / 2 ** 30 and size + 8 <= free / 2 ** 30
             why = f"rule: at most 25% of the device's {total / 2 ** 30:.0f} GiB, leaving 8 GiB free"
@@ -531,7 +588,10 @@ def build_batches(data, sampler, args, device):
     # global one, whose stream the device-side augmentation uses, so both data paths crop alike
     loader = DataLoader(data_loader.BatchData(data, transform), sampler=sampler, batch_size=None,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None,
+                        # workers draw their seeds when they start: with the per-image transform they must
+                        # restart every epoch for its reseeding (and an exact resume) to reach them
+                        persistent_workers=args.workers > 0 and transform is None,
+                        prefetch_factor=4 if args.workers > 0 else None,
                         generator=torch.Generator())
     return loader, f"loader with {args.workers} worker(s) ({size:.2f} GiB of images; {why})"
 
@@ -569,8 +629,8 @@ def init_distributed(args):
 def main(args):
     init_distributed(args)
     main_process = args.rank == 0
+    device = utils.select_device(args.gpu)  # before prepare_run creates any folder
     ckpt, name, notes = prepare_run(args)
-    device = utils.select_device(args.gpu)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
     log = print if main_process else (lambda *a, **k: None)
@@ -588,11 +648,15 @@ def main(args):
 
 def train(args, ckpt, name, notes, device, log):
     main_process = args.rank == 0
-    log("settings: " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items()) if v is not None))
+    dtype = amp_dtype(args.amp, device)
+    mode, step_line = compile_mode(args, device)
+    # the values in effect, 'auto' ones with what they resolved to on this machine
+    shown = dict(vars(args), gpu=f"{args.gpu or 'auto'} ({device})", amp=f"{args.amp} ({dtype_name(dtype)})",
+                 compile=f"{args.compile} ({mode or 'eager'})")
+    log("settings: " + " ".join(f"--{k} {v}" for k, v in sorted(shown.items()) if v is not None))
     for note in notes:
         log(note)
     torch.backends.cudnn.benchmark = True
-    dtype = amp_dtype(args.amp, device)
     if device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_amx():
         log("warning: bf16 on a CPU with AMX: oneDNN's AMX kernels were seen to give NaN losses from the "
             "first steps; --amp off is the safe choice")
@@ -630,13 +694,12 @@ def train(args, ckpt, name, notes, device, log):
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
-    mode, step_line = compile_mode(args, device)
     if mode is not None:
         model = CompiledModel(model, mode, log)
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
         f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
         f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
-    log(f"step: {step_line}; data: {data_line}; amp: {str(dtype).replace('torch.', '') if dtype else 'off (float32)'}")
+    log(f"step: {step_line}; data: {data_line}; amp: {dtype_name(dtype)}")
     criterion = build_criterion(args)
     evaluator = build_evaluator(args) if main_process else None
     tb = tensorboard_writer(os.path.join(args.log_path or ".", "tb", name)) if main_process else None
@@ -665,7 +728,9 @@ def train(args, ckpt, name, notes, device, log):
             state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch, "rng": utils.rng_state(), "args": vars(args),
                      "metrics": metrics, "best": best, "name": name}
-            if metrics is not None and metrics["rank1"] > best["rank1"]:
+            # DGTL's reference keeps the later of two epochs with equal Rank-1 (>=), the HcTri code the first
+            if metrics is not None and (metrics["rank1"] > best["rank1"] or
+                                        (args.method == "dgtl" and metrics["rank1"] == best["rank1"])):
                 best = {**metrics, "epoch": epoch}
                 state["best"] = best
                 utils.atomic_save(state, paths["best"])

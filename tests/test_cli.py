@@ -33,32 +33,52 @@ def train_args(data_path, out, *extra):
         *extra])
 
 
-def resolved(*flags):
-    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", *flags])
+def run_name(tmp_path, *flags):
+    """The name train_mine.prepare_run gives a fresh run of these flags (nothing is trained)."""
+    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", "--data_path", "data/demo",
+                                                    "--model_path", str(tmp_path), "--log_path", "", *flags])
     train_mine.init_distributed(args)
-    args.model_path, args.log_path = None, ""
-    args.data_path = args.data_path or "data/demo"
-    explicit = {k for k in train_mine.EXPERIMENT_FLAGS if getattr(args, k, None) is not None}
-    utils.fill_dataset_defaults(args)
-    args.amp = args.amp or "auto"
-    train_mine.validate_args(args, explicit)
-    return args
+    return train_mine.prepare_run(args)[1]
+
+
+DGTL = ("--method", "dgtl")
+SYSU = ("--dataset", "sysu")
+# for every experiment flag: (the flags of a base run it applies to, the flag with another value)
+CHANGES = {
+    "dataset": ((), ("--dataset", "regdb")), "data_path": ((), ("--data_path", "elsewhere")),
+    "trial": ((), ("--trial", "2")), "mode": (SYSU, ("--mode", "indoor")), "img_w": ((), ("--img_w", "24")),
+    "img_h": ((), ("--img_h", "192")), "pad": ((), ("--pad", "5")), "erasing_p": ((), ("--erasing_p", "0.5")),
+    "channel_aug": ((), ("--channel_aug", "0.5")), "cpu_aug": ((), ("--cpu_aug",)),
+    "arch": ((), ("--arch", "resnet18")), "share_net": ((), ("--share_net", "3")), "pcb": ((), ("--pcb", "off")),
+    "local_feat_dim": ((), ("--local_feat_dim", "128")), "num_strips": ((), ("--num_strips", "3")),
+    "gm_pool": ((), ("--gm_pool", "off")), "gem_p": ((), ("--gem_p", "5")),
+    "pretrained": ((), ("--pretrained", "imagenet")), "bpool": (DGTL, ("--bpool", "avg")),
+    "cpool": (DGTL, ("--cpool", "avg")), "fuse": (DGTL, ("--fuse", "cat")),
+    "method": ((), ("--method", "batch-hard")), "margin": ((), ("--margin", "0.5")),
+    "w_center": ((), ("--w_center", "2")), "label_smooth": ((), ("--label_smooth", "on")),
+    "hcloss": (DGTL, ("--hcloss", "OriTri")), "margin_hc": (DGTL, ("--margin_hc", "0.2")),
+    "optim": ((), ("--optim", "sgd")), "lr": ((), ("--lr", "0.01")), "weight_decay": ((), ("--weight_decay", "0.001")),
+    "backbone_lr_mult": ((), ("--backbone_lr_mult", "0.5")), "warmup_epochs": ((), ("--warmup_epochs", "3")),
+    "lr_steps": ((), ("--lr_steps", "10")), "epochs": ((), ("--epochs", "30")),
+    "batch_size": ((), ("--batch-size", "4")), "num_pos": ((), ("--num_pos", "2")),
+    "steps_per_epoch": ((), ("--steps_per_epoch", "5")), "seed": ((), ("--seed", "1")),
+    "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
+    "amp": ((), ("--amp", "bf16")),
+}
 
 
 # 1. checkpoints are never silently overwritten
 
-@pytest.mark.parametrize("flag,value", [("--num_strips", "3"), ("--margin", "0.5"), ("--gem_p", "5"),
-                                        ("--img_h", "192"), ("--label_smooth", "on"), ("--pad", "5"),
-                                        ("--pretrained", "imagenet"), ("--epochs", "30"),
-                                        ("--local_feat_dim", "128"), ("--gm_pool", "off"),
-                                        ("--data_path", "elsewhere"), ("--amp", "bf16"), ("--lr_steps", "10")])
-def test_every_experiment_flag_changes_the_run_name(flag, value):
-    if flag == "--gm_pool":
-        base, changed = resolved("--pcb", "on"), resolved("--pcb", "on", flag, value)
-    else:
-        base, changed = resolved(), resolved(flag, value)
-    assert train_mine.run_name(base) != train_mine.run_name(changed)
-    assert train_mine.run_name(base) == train_mine.run_name(resolved())  # and the same one is stable
+def test_every_experiment_flag_is_covered():
+    assert set(CHANGES) == set(train_mine.EXPERIMENT_FLAGS)
+
+
+@pytest.mark.parametrize("flag", sorted(CHANGES))
+def test_every_experiment_flag_changes_the_run_name(flag, tmp_path):
+    base, change = CHANGES[flag]
+    name = run_name(tmp_path, *base)
+    assert run_name(tmp_path, *base, *change) != name
+    assert run_name(tmp_path, *base) == name  # and the same settings give the same name
 
 
 def test_a_fresh_run_over_an_existing_run_is_refused_and_nothing_is_touched(tiny_regdb, tmp_path):
@@ -101,6 +121,14 @@ def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, 
     (["--bpool", "max"], "--bpool: not used by --method hctri"),
     (["--method", "dgtl", "--cpool", "wpa"], "--cpool wpa .* is not implemented"),
     (["--pcb", "off"], "--local_feat_dim, --num_strips: not used by --method hctri --pcb off"),
+    (["--method", "dgtl", "--cpool", "no", "--hcloss", "OriTri"], "--hcloss: not used by --method dgtl --cpool no"),
+    (["--method", "dgtl", "--hcloss", "OriTri", "--margin_hc", "0.5"],
+     "--margin_hc: not used by --method dgtl --cpool max --hcloss OriTri"),
+    (["--cpu_aug", "--resident_data", "on"], "--cpu_aug runs the per-image transform in the loader's workers"),
+    (["--sync_bn"], "--sync_bn synchronises batch norm across the processes of a torchrun launch"),
+    (["--mode", "indoor"], "--mode: only SYSU-MM01 has search modes"),
+    (["--dataset", "llcm", "--trial", "2"], "--trial: --dataset llcm has one training set"),
+    (["--gpu", "0,1"], "--gpu 0,1: one device per process; for several GPUs launch with torchrun"),
 ])
 def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
     data = tmp_path / "never-written"
@@ -108,6 +136,15 @@ def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_mine.main(args)
     assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+
+def test_the_per_strip_loop_is_refused_without_strips(tmp_path):
+    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", "--pcb", "off", "--looped_head",
+                                                    "--data_path", str(tmp_path / "never-written"), "--gpu", "cpu",
+                                                    "--model_path", str(tmp_path / "models"), "--log_path", ""])
+    with pytest.raises(ValueError, match="--looped_head: the per-strip loop exists for the PCB head only"):
+        train_mine.main(args)
+    assert not (tmp_path / "never-written").exists() and not (tmp_path / "models").exists()
 
 
 def test_an_unwritable_model_path_fails_before_any_work(tmp_path):
@@ -168,12 +205,15 @@ def test_trials_accept_spaces_commas_and_ranges():
 
 def test_the_printed_command_is_shell_quoted(tiny_regdb, tmp_path, capsys):
     spaced = tmp_path / "with space"
-    train_mine.main(train_args(tiny_regdb, str(spaced)))
+    args = train_args(tiny_regdb, str(spaced))
+    args.workers = None  # left out: the first line shows what it resolved to
+    train_mine.main(args)
     out = capsys.readouterr().out
     command = shlex.split(out.split("re-evaluate with: ")[1].splitlines()[0])
     assert os.path.exists(command[command.index("--resume") + 1])
     first = out.splitlines()[0]
     assert first.startswith("settings: ") and "--workers 0" in first and "None" not in first
+    assert "--gpu cpu (cpu)" in first and "--amp off (off (float32))" in first and "--compile auto (eager)" in first
 
 
 def test_query_dir_without_gallery_dir_says_so(tmp_path):
@@ -189,3 +229,8 @@ def test_a_gpu_that_is_not_there_is_an_error_not_the_cpu(monkeypatch):
     assert utils.select_device(None) == utils.select_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="--gpu must be"):
         utils.select_device("first")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--gpu 1: only 1 CUDA device\(s\) visible \(0..0\)"):
+        utils.select_device("1")
+    assert utils.select_device("0") == torch.device("cuda", 0)

@@ -21,7 +21,7 @@ def test_demo_train_then_printed_test_command(tmp_path):
     data = tmp_path / "demo"
     log = run([sys.executable, os.path.join(ROOT, "train_mine.py"), "--dataset", "demo", "--data_path", str(data),
                "--epochs", "1", "--steps_per_epoch", "2", "--img_h", "32", "--img_w", "16", "--num_strips", "2",
-               "--gpu", "cpu", "--model_path", str(tmp_path / "models"), "--log_path", str(tmp_path / "log")],
+               "--gpu", "cpu", "--amp", "off", "--model_path", str(tmp_path / "models"), "--log_path", str(tmp_path / "log")],
               cwd=tmp_path)
     assert (data / "demo.json").exists() and (data / "idx" / "test_thermal_1.txt").exists()
     assert "--dataset demo" in log.splitlines()[0]  # the settings come first

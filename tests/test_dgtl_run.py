@@ -68,6 +68,8 @@ def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
     name = train_mine.run_name(full)
     last = torch.load(tmp_path / "full" / "models" / f"{name}_last.pth", weights_only=False)
     assert last["arch"]["head"] == "dgtl" and last["epoch"] == 2
+    best = torch.load(tmp_path / "full" / "models" / f"{name}_best.pth", weights_only=False)
+    assert best["best"]["epoch"] == best["epoch"] and best["arch"] == last["arch"]
     log = open(tmp_path / "full" / "log" / f"{name}.log").read()
     assert "epoch 1 eval coarse: Rank-1" in log and "epoch 1 eval fine: Rank-1" in log
     cut, _ = run(tiny_regdb, str(tmp_path / "cut"), "--epochs", "2")
@@ -87,6 +89,37 @@ def test_the_kept_checkpoint_is_selected_on_the_coarse_feature(tiny_regdb, tmp_p
     monkeypatch.setattr(train_mine, "evaluate", lambda *a: next(results))
     _, best = run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")
     assert best["epoch"] == 1 and best["rank1"] == pytest.approx(50.0)
+
+
+def test_a_tie_keeps_the_later_epoch_as_the_reference_does(tiny_regdb, tmp_path, monkeypatch):
+    # SPEC-DGTL §4.6: the reference saves whenever the coarse Rank-1 is >= the best so far
+    results = iter([{"coarse": ([0.5] * 20, 0.1, 0.1), "fine": ([0.9] * 20, 0.9, 0.9)},
+                    {"coarse": ([0.5] * 20, 0.2, 0.2), "fine": ([0.1] * 20, 0.1, 0.1)},
+                    {"coarse": ([0.4] * 20, 0.3, 0.3), "fine": ([0.95] * 20, 0.9, 0.9)}])
+    monkeypatch.setattr(train_mine, "evaluate", lambda *a: next(results))
+    _, best = run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")
+    assert best["epoch"] == 1 and best["mAP"] == pytest.approx(20.0)
+
+
+def test_the_optimiser_has_the_reference_groups_and_rates(monkeypatch, tmp_path):
+    # SPEC-DGTL §4.1-4.3: SGD, Nesterov, momentum 0.9, weight decay 5e-4; the heads (BN1, W1, W2, the
+    # coarse layer's BN2) at lr, everything else at 0.1 lr; frozen BN biases are not optimised
+    args = prepared(monkeypatch, tmp_path, "--dataset", "sysu", "--data_path", "ROOT")
+    model = train_mine.build_model(5, args, "none")
+    opt = train_mine.build_optimizer(model, args)
+    names = {id(p): n for n, p in model.named_parameters()}
+    head = sorted(names[id(p)] for p in opt.param_groups[1]["params"])
+    assert head == sorted(["bottleneck.weight", "classifier.weight", "classifier_att.weight",
+                           "cpool_layer.bottleneck.weight"])
+    backbone = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert backbone == trainable - set(head) and all(n.startswith(("visible", "thermal", "base")) for n in backbone)
+    assert "bottleneck.bias" not in trainable and "cpool_layer.bottleneck.bias" not in trainable
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
+    for epoch, rate in {0: 0.01, 9: 0.1, 19: 0.1, 20: 0.01, 50: 0.001}.items():
+        train_mine.adjust_learning_rate(opt, epoch, args.lr, **train_mine.schedule(args))
+        assert opt.param_groups[1]["lr"] == pytest.approx(rate)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * rate)
 
 
 def evaluate(data_path, ckpt, out, *flags):

@@ -53,8 +53,40 @@ def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_pat
     assert "data: loader with 0 worker(s)" in log_l and "data: training set resident on cpu" in log_r
     for k, v in loaded["model"].items():
         assert torch.equal(v, resident["model"][k]), k
-    # and the run that resumes from the other path continues identically
     assert loaded["epoch"] == resident["epoch"] == 1
+
+
+def test_a_run_resumed_on_the_other_data_path_continues_identically(tiny_regdb, tmp_path):
+    full, _ = run(tiny_regdb, str(tmp_path / "full"), "--resident_data", "off", "--epochs", "3")
+    cut, _ = run(tiny_regdb, str(tmp_path / "cut"), "--resident_data", "off")  # epochs 0..1 through the loader
+    path = os.path.join(tmp_path, "cut", "models", cut["name"] + "_last.pth")
+    train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--epochs", "3", "--gpu", "cpu",
+                                                             "--resident_data", "on", "--log_path", ""]))
+    end = torch.load(path, weights_only=False)
+    assert end["epoch"] == 2
+    for k, v in full["model"].items():
+        assert torch.equal(v, end["model"][k]), k
+
+
+def test_the_per_image_transform_keeps_the_loader_and_restarts_its_workers(tiny_regdb, monkeypatch):
+    args = train_mine.get_args_parser().parse_args(["--cpu_aug", "--workers", "1", "--img_h", "32",
+                                                    "--img_w", "16", "--pad", "2"])
+    data = train_mine.build_train_data(argparse_namespace(args, dataset="demo", data_path=tiny_regdb, trial=1))
+    sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 2, 2)
+    # auto picks the loader even where the set would be resident (a CUDA device), and says why
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 << 30, 80 << 30), raising=False)
+    loader, line = train_mine.build_batches(data, sampler, args, torch.device("cpu"))
+    assert isinstance(loader, DataLoader) and "--cpu_aug transforms each image in the loader's workers" in line
+    # workers draw their seeds when they start: they restart every epoch, so its reseeding reaches them
+    assert not loader.persistent_workers
+    args.cpu_aug = False
+    assert train_mine.build_batches(data, sampler, args, torch.device("cpu"))[0].persistent_workers
+
+
+def argparse_namespace(args, **values):
+    for k, v in values.items():
+        setattr(args, k, v)
+    return args
 
 
 def test_graphs_are_off_on_the_cpu_and_the_log_says_which_path_runs(tiny_regdb, tmp_path):
@@ -93,8 +125,29 @@ def test_a_compiler_failure_falls_back_to_eager_with_a_note(monkeypatch):
     assert train_mine.compiler_error(e.value) and not train_mine.compiler_error(ValueError("data"))
     wrapped.fall_back(e.value)
     assert torch.equal(wrapped(x), model(x))
+    assert wrapped.eval() is wrapped and not model.training and wrapped.train() is wrapped and model.training
     assert notes == ["note: torch.compile failed (FakeCompilerError: no working C++ compiler); training eager "
                      "from here on"]
+
+
+def test_a_fall_back_restores_the_batch_norm_statistics_of_the_failed_step(monkeypatch):
+    model = torch.nn.BatchNorm1d(3)
+
+    def forward_then_fail(m, mode=None):  # as a backward compiled lazily fails after the forward ran
+        def call(*a, **k):
+            m(*a, **k)
+            raise FakeCompilerError("backward compilation failed")
+        return call
+
+    monkeypatch.setattr(torch, "compile", forward_then_fail)
+    wrapped = train_mine.CompiledModel(model, "default", lambda line: None)
+    before = wrapped.buffers_copy()
+    with pytest.raises(FakeCompilerError) as e:
+        wrapped(torch.randn(8, 3) + 5)
+    assert not torch.equal(model.running_mean, before["running_mean"])
+    wrapped.fall_back(e.value, before)
+    for k, b in model.named_buffers():
+        assert torch.equal(b, before[k]), k
 
 
 def test_training_through_a_failing_compiler_completes_eagerly(tiny_regdb, tmp_path, monkeypatch):
@@ -107,5 +160,6 @@ def test_training_through_a_failing_compiler_completes_eagerly(tiny_regdb, tmp_p
     eager, _ = run(tiny_regdb, str(tmp_path / "eager"), "--compile", "off")
     fell_back, log = run(tiny_regdb, str(tmp_path / "fallback"), "--compile", "default")
     assert "note: torch.compile failed (FakeCompilerError: inductor unavailable)" in log
+    assert "compilation and capture" not in log  # nothing was compiled
     for k, v in eager["model"].items():
         assert torch.equal(v, fell_back["model"][k]), k
