@@ -48,10 +48,15 @@ def read_id_line(path, what, layout):
         text = f.read().strip()
     try:
         ids = [int(tok) for tok in text.split(",") if tok.strip()]
-    except ValueError:  # also one id per line: "1\n2" is not an int
+    except ValueError:
         ids = None
     if not ids or not all(0 <= i <= 9999 for i in ids):
         raise ValueError(f"{path}: expected one line of comma-separated integer identities (0..9999)")
+    # int() reads "0003,\n0006" too; the official readers take the first line only and drop the rest
+    lines = len(text.splitlines())
+    if lines > 1:
+        raise ValueError(f"{path}: {lines} lines, of which the official reader takes only the first: expected "
+                         f"one line of comma-separated integer identities (expected layout: {layout})")
     return sorted("%04d" % i for i in ids)
 
 

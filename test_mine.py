@@ -4,7 +4,8 @@
     python test_mine.py --dataset regdb --data_path /data/RegDB --resume 'save_model/regdb_trial{trial}_best.pth'
 
 Checkpoints of this project carry their architecture; those of the authors' code ({'net': ...})
-are built from the architecture flags (--share_net, --pcb, --local_feat_dim, --num_strips, --gem_p).
+are built from the architecture flags (--share_net, --pcb, --local_feat_dim, --num_strips, --gem_p;
+DGTL: --bpool, --cpool, --fuse, which imply --method dgtl). A flag the file's head does not read is an error.
 """
 import argparse
 import csv
@@ -32,6 +33,9 @@ LLCM_LABELS = {"ir2vis": "infrared->visible", "vis2ir": "visible->infrared (offi
 LLCM_DIRECTIONS = {"ir2vis": ("ir2vis",), "vis2ir": ("vis2ir",), "vis2ir_literal": ("vis2ir_literal",),
                    "both": ("ir2vis", "vis2ir"), "all": ("ir2vis", "vis2ir", "vis2ir_literal")}
 RE_RANK = ("no", "k_reciprocal", "random_walk")
+# --method names the network: train_mine.py's losses other than dgtl all train the PCB / global-head one
+METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
+REGDB_SPLITS = range(1, 11)
 
 
 def get_args_parser(add_help=True):
@@ -58,7 +62,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--resume", default="", help="checkpoint file; for RegDB may contain {trial}")
     g.add_argument("--model_path", default="save_model/", help="folder tried when --resume is not found as given")
     g = parser.add_argument_group("architecture of the original code's checkpoints (ours carry theirs)")
-    g.add_argument("--method", default=None, help="hctri (PCB / global head) | dgtl (default hctri)")
+    g.add_argument("--method", default=None, help="hctri, batch-hard, agw, id-only (one network: PCB / global "
+                                                  "head) | dgtl (default hctri; dgtl where --bpool, --cpool or "
+                                                  "--fuse is given)")
     g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50)")
     g.add_argument("--share_net", default=None, type=int, help="default 2")
     g.add_argument("--pcb", default=None, help="on | off (default on; DGTL off)")
@@ -98,22 +104,22 @@ def amp_dtype(device):
     return torch.bfloat16
 
 
-def feature_names(model):
-    """The features a model is evaluated on, the reported one first: DGTL's coarse h and fine b;
-    one feature for the others (PCB: the strips' concatenation; global head: the bottleneck's)."""
-    cfg = getattr(model, "config", {})
-    if cfg.get("head") == "dgtl" and cfg.get("cpool", "no") != "no":
-        return ("coarse", "fine")
-    return ("",)
+def feature_names(config):
+    """The features a model of this config is evaluated on, the reported one first: DGTL's coarse h
+    and fine b (only b without a coarse branch); one unnamed feature for the others (PCB: the strips'
+    concatenation; global head: the bottleneck's)."""
+    if config.get("head") != "dgtl":
+        return ("",)
+    return ("fine",) if config.get("cpool", "no") == "no" else ("coarse", "fine")
 
 
 @torch.no_grad()
 def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False):
     """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
     visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
-    feature of feature_names(model)."""
+    feature of feature_names(model.config)."""
     model.eval()
-    names = feature_names(model)
+    names = feature_names(model.config)
     feats = {n: [] for n in names}
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
@@ -122,8 +128,8 @@ def extract_features(model, images, modal, device, batch_size=128, half=False, a
             out = model(x, x, modal)
         if names == ("coarse", "fine"):  # DGTL: (L2(b), L2(h))
             parts = {"coarse": out[1], "fine": out[0]}
-        else:  # global head: (pool, bottleneck); the bottleneck feature is evaluated
-            parts = {"": out[1] if isinstance(out, tuple) else out}
+        else:  # global head: (pool, bottleneck), the bottleneck feature evaluated; PCB, DGTL's fine: one
+            parts = {names[0]: out[1] if isinstance(out, tuple) else out}
         for n in names:
             feats[n].append(torch.nn.functional.normalize(parts[n].float(), dim=1))
     feats = {n: torch.cat(v) for n, v in feats.items()}
@@ -174,7 +180,7 @@ class Evaluator:
         sees every search of the reported feature."""
         feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
                                      all_features=True) for m in self.images}
-        names = feature_names(model)
+        names = feature_names(model.config)
         records = []
         for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
             qi_t, gi_t = torch.as_tensor(qi, device=device), torch.as_tensor(gi, device=device)
@@ -311,7 +317,7 @@ def ensure_demo(args, log=print):
     meta = demo_data.read_meta(args.data_path)
     if meta is None:
         start = time.time()
-        demo_data.make_regdb_demo(args.data_path)
+        demo_data.make_regdb_demo(args.data_path, workers=0)  # every core; the files do not depend on it
         log(f"demo data written to {args.data_path} in {time.time() - start:.0f} s (first use)")
         return
     version = meta.get("params", {}).get("version")
@@ -328,9 +334,13 @@ def image_size(args, ckpt):
             args.img_h or saved.get("img_h") or defaults["img_h"])
 
 
-def load_model(path, args, device):
-    model, ckpt = utils.model_from_checkpoint(path, args, explicit=getattr(args, "explicit", ()))
-    return model.to(device).to(memory_format=torch.channels_last), ckpt
+def on_device(model, device):
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def load_model(path, args, device, ckpt=None):
+    model, ckpt = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
+    return on_device(model, device), ckpt
 
 
 def evaluate_sysu(args, device, log, on_distance=None):
@@ -356,14 +366,16 @@ def evaluate_llcm(args, device, log, on_distance=None):
 
 
 def regdb_trials(args, path, log):
-    """The RegDB splits to test and the checkpoint of each, every file checked before any work."""
+    """{split: (checkpoint path, its contents)}: every split's lists checked and every checkpoint read
+    before any split is evaluated (a broken file of split 2 must not cost split 1's work)."""
     per_trial = "{trial}" in path
+    read = {}  # path: contents, each file read once
     if args.trials is not None:
         trials = utils.parse_trials(args.trials)
     elif per_trial:
-        trials = list(range(1, 11))
+        trials = [args.trial] if args.trial else list(REGDB_SPLITS)
     else:
-        ckpt = utils.load_checkpoint(path)
+        ckpt = read[path] = utils.load_checkpoint(path)
         recorded = args.trial or (ckpt.get("args", {}) if isinstance(ckpt, dict) else {}).get("trial")
         if recorded is None:  # the original code's files do not say which split they were trained on
             log(f"note: {path} does not record its RegDB split: testing split 1; pass --trials N if it was "
@@ -379,15 +391,23 @@ def regdb_trials(args, path, log):
     for t in trials:  # the lists of every split, before the first split is evaluated
         for m in ("visible", "thermal"):
             data_manager.process_test_regdb(args.data_path, t, m)
-    return files
+    for f in files.values():
+        if f not in read:
+            read[f] = utils.load_checkpoint(f)
+    return {t: (f, read[f]) for t, f in files.items()}
 
 
 def evaluate_regdb(args, device, log, on_distance=None):
-    files = regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log)
+    # every split's model built (on the CPU) before the first is evaluated, so that a file whose
+    # weights do not fit fails first too; each goes to the device only for its own split
+    models = {}
+    for t, (path, ckpt) in regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log).items():
+        model, _ = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
+        models[t] = model, image_size(args, ckpt)
     records = []
-    for t, path in files.items():
-        model, ckpt = load_model(path, args, device)
-        img_w, img_h = image_size(args, ckpt)
+    for t in list(models):
+        model, (img_w, img_h) = models.pop(t)
+        model = on_device(model, device)
         evaluator = RegDBEval(args.data_path, t, img_w, img_h, args.workers, DIRECTIONS[args.tvsearch])
         records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance)
     return records, model
@@ -396,7 +416,7 @@ def evaluate_regdb(args, device, log, on_distance=None):
 def collect(records, model, log, labels=None):
     """{setting: {'trials', 'mean', 'std', 'model'[, other feature: {'trials', 'mean', 'std'}]}} from
     the evaluators' records, the reported feature at the top level; each trial is logged as it comes."""
-    names = feature_names(model)
+    names = feature_names(model.config)
     results = {}
     for r in records:
         entry = results.setdefault(r["setting"], {"trials": [], "model": model.config})
@@ -432,11 +452,10 @@ def append_results_csv(log_path, args, results):
             writer.writeheader()
         for setting, r in results.items():
             model = r["model"]
-            features = [(r, "")]
-            if model.get("head") == "dgtl":
-                features = [(r, " [dgtl coarse]")] + [(v, f" [dgtl {k}]") for k, v in r.items()
-                                                      if isinstance(v, dict) and "mean" in v]
-            for entry, tag in features:
+            names = feature_names(model)
+            for feature in names:
+                entry = r if feature == names[0] else r[feature]
+                tag = f" [{model['head']} {feature}]" if feature else ""
                 row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
                        "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
                        "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
@@ -502,7 +521,8 @@ def search_folders(args, device, log):
 
 def validate_args(args):
     for flag, allowed in (("re_rank", RE_RANK), ("mode", ("all", "indoor")), ("gall_mode", ("single", "multi")),
-                          ("vis_order", ("hardest", "random")), ("query_modal", ("thermal", "visible"))):
+                          ("vis_order", ("hardest", "random")), ("query_modal", ("thermal", "visible")),
+                          ("method", METHODS), ("pcb", ("on", "off")), ("gm_pool", ("on", "off"))):
         if getattr(args, flag) not in allowed:
             raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(args, flag)!r}")
     for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0)):
@@ -510,18 +530,36 @@ def validate_args(args):
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
     if args.trials is not None:
         utils.parse_trials(args.trials)
+    if args.dataset in ("regdb", "demo"):
+        check_regdb_splits(args)
+
+
+def check_regdb_splits(args):
+    """RegDB's splits are 1..10; the demo's start at 1 too (it may have more: its idx files are checked
+    before any work)."""
+    flag, value = ("--trials", args.trials) if args.trials is not None else ("--trial", args.trial)
+    if value is None:
+        return
+    trials = utils.parse_trials(value)
+    if min(trials) < 1 or (args.dataset == "regdb" and max(trials) > REGDB_SPLITS[-1]):
+        span = "RegDB splits are 1..10" if args.dataset == "regdb" else "the demo's splits are numbered from 1"
+        raise ValueError(f"{flag} {' '.join(map(str, trials))}: {span}")
 
 
 def main(args):
+    log = print
     searching = bool(args.query_dir or args.gallery_dir)
     # architecture flags given explicitly must agree with a checkpoint of ours (which carries its own)
     args.explicit = sorted(k for k in ARCH_FLAGS if getattr(args, k) is not None)
+    dgtl_flags = [f"--{k}" for k in ("bpool", "cpool", "fuse") if k in args.explicit]
+    if dgtl_flags and args.method is None:  # the reference DGTL code's test commands have no --method
+        args.method = "dgtl"
+        log(f"note: {', '.join(dgtl_flags)} given without --method: evaluating as --method dgtl")
     # the image size comes from the checkpoint first; a folder search needs no dataset
     utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial") + (("data_path",) if searching else ()))
     validate_args(args)
     device = utils.select_device(args.gpu)
     torch.backends.cudnn.benchmark = True
-    log = print
     args.vis_dir = args.vis_dir or os.path.join(args.log_path or ".", "vis")
     if searching:
         return search_folders(args, device, log)

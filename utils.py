@@ -195,8 +195,11 @@ def select_device(gpu=None):
         return torch.device("cpu")
     if text == "auto":
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if "," in text:
+        raise ValueError(f"--gpu {gpu}: one device per process; for several GPUs launch with torchrun "
+                         f"--nproc_per_node=N (each process takes its own)")
     try:
-        index = int(text.split(",")[0])
+        index = int(text)
     except ValueError:
         raise ValueError(f"--gpu must be a CUDA device index, 'cpu' or 'auto', got {gpu!r}") from None
     if not torch.cuda.is_available():
@@ -271,30 +274,72 @@ def load_weights(model, state_dict, path):
     model.load_state_dict(state_dict)
 
 
-def model_from_checkpoint(path, args=None, explicit=()):
-    """embed_net with the weights of a checkpoint file; the architecture comes from the file (ours:
-    an architecture flag in `explicit` that disagrees with it is an error) or from args (the original
-    code's files, which do not record it)."""
-    ckpt = load_checkpoint(path)
-    sd, arch = checkpoint_weights(ckpt, path)
-    if arch is not None:
-        saved = dict(arch, method="dgtl" if arch.get("head") == "dgtl" else None)
-        wrong = [f"--{k} {getattr(args, k)} (the file: {saved[k]})" for k in explicit
-                 if k in saved and saved[k] is not None and getattr(args, k) != saved[k]]
-        if wrong:
+# Architecture flags only some heads read (train_mine.validate_args's rules): one given explicitly
+# for a head that does not read it is an error, never silently dropped.
+PCB_ONLY = ("local_feat_dim", "num_strips")
+DGTL_ONLY = ("bpool", "cpool", "fuse")
+
+
+def unused_arch_flags(config, explicit):
+    """The flags of explicit that a model of this config (embed_net's) does not read."""
+    if config["head"] == "dgtl":
+        unused = [f for f in PCB_ONLY + ("gm_pool",) if f in explicit]
+        if "gem_p" in explicit and "gem" not in (config["bpool"], config["cpool"]):
+            unused.append("gem_p")
+        return unused
+    unused = [f for f in DGTL_ONLY if f in explicit]
+    if config["head"] == "global":
+        unused += [f for f in PCB_ONLY if f in explicit]
+    if config["gm_pool"] == "off" and "gem_p" in explicit:
+        unused.append("gem_p")
+    return unused
+
+
+def check_arch_flags(path, config, args, explicit, recorded):
+    """Explicit architecture flags against the model built for path: a flag its head does not read is
+    an error, and so (recorded: one of our files, which carry their architecture) is one that differs."""
+    head = config["head"]
+    unused = unused_arch_flags(config, explicit)
+    if recorded:
+        saved = dict(config, method=f"{head} head")  # --method names the head family: dgtl or not
+        wrong = [k for k in explicit if k not in unused and k in saved and (
+            (args.method == "dgtl") != (head == "dgtl") if k == "method" else getattr(args, k) != saved[k])]
+        shown = [f"--{k} {getattr(args, k)} (the file's {head} head does not read it)" for k in unused] + \
+                [f"--{k} {getattr(args, k)} (the file: {saved[k]})" for k in wrong]
+        if shown:
             raise ValueError(f"{path} is a checkpoint of this project and records its architecture, which "
-                             f"differs from {', '.join(wrong)}: leave those flags out")
+                             f"differs from {', '.join(shown)}: leave those flags out")
+    elif unused:
+        raise ValueError(f"{', '.join('--' + f for f in unused)}: not read by the {head} head built for {path} "
+                         f"(--method {args.method}); leave {'it' if len(unused) == 1 else 'them'} out")
+
+
+def original_arch(state_dict, path, args):
+    """embed_net's arguments for a checkpoint of the original code, which does not record them: the flags."""
+    if args is None:
+        raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
+    arch = dict(class_num=original_class_num(state_dict, path), share_net=args.share_net, gem_p=args.gem_p,
+                gm_pool=args.gm_pool, arch=getattr(args, "arch", None) or "resnet50")
+    if getattr(args, "method", None) == "dgtl":
+        arch.update(head="dgtl", pcb=getattr(args, "pcb", None), bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
     else:
-        if args is None:
-            raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
-        arch = dict(class_num=original_class_num(sd, path), share_net=args.share_net, gem_p=args.gem_p,
-                    gm_pool=args.gm_pool, arch=getattr(args, "arch", None) or "resnet50")
-        if getattr(args, "method", None) == "dgtl":
-            arch.update(head="dgtl", bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
-        else:
-            arch.update(pcb=args.pcb, local_feat_dim=args.local_feat_dim, num_strips=args.num_strips)
+        arch.update(pcb=args.pcb, local_feat_dim=args.local_feat_dim, num_strips=args.num_strips)
+    return arch
+
+
+def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
+    """embed_net with the weights of a checkpoint file (ckpt: its contents, when already read); the
+    architecture comes from the file (ours) or from args (the original code's files, which do not
+    record it). An architecture flag in `explicit` that the model's head does not read, or that
+    disagrees with the file, is an error."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    sd, arch = checkpoint_weights(ckpt, path)
+    recorded = arch is not None
+    if not recorded:
+        arch = original_arch(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
     model = model_mine.embed_net(**arch)
+    check_arch_flags(path, model.config, args, explicit, recorded)
     load_weights(model, sd, path)
     return model, ckpt

@@ -324,6 +324,21 @@ def test_test_id_in_another_format_is_a_clear_error(llcm_root, tmp_path, text):
         data_manager.process_gallery_llcm(root, "visible")
 
 
+@pytest.mark.parametrize("text", ["0003,\n0006,\n0009", "0003,0006\n,0009", "0003,0006\r\n,0009\n"])
+def test_test_id_on_several_lines_is_refused_naming_the_file_and_layout(tmp_path, text):
+    # every token parses as an int here: only the line count tells this file from the official layout
+    os.makedirs(tmp_path / "idx")
+    path = tmp_path / "idx" / "test_id.txt"
+    path.write_bytes(text.encode())
+    with pytest.raises(ValueError, match=r"idx/test_id.txt: [23] lines, of which the official reader takes only "
+                                         r"the first: .*\(expected layout: ROOT/idx/\{train_vis") as e:
+        data_manager.process_query_llcm(str(tmp_path), "thermal")
+    assert "\n" not in str(e.value)
+    path.write_text("0003,0006,0009\n")  # one line (and its newline) is the official layout
+    with pytest.raises(FileNotFoundError, match="test_nir"):
+        data_manager.process_query_llcm(str(tmp_path), "thermal")
+
+
 def test_malformed_list_line_names_the_file_and_line(llcm_root, tmp_path):
     root = copy_tree(llcm_root, tmp_path / "LLCM")
     path = os.path.join(root, "idx", "train_vis.txt")

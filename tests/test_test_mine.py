@@ -1,6 +1,7 @@
 """test_mine.py as users run it: SYSU trials, RegDB per-trial checkpoints, JSON, CSV, pictures, search."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import data_loader
 import data_manager
 import demo_data
 import eval_metrics
@@ -173,6 +175,7 @@ def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, ch
                                   ev.camids[q[0]][q[1]])
     got = records["visible->infrared (official: roles swapped)", 1]
     assert np.allclose(got["cmc"], want[0]) and got["mAP"] == pytest.approx(want[1])
+    assert got["mINP"] == pytest.approx(want[2])
 
 
 def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
@@ -196,3 +199,238 @@ def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
     assert saved["infrared->visible"]["direction"] == "ir2vis"
     assert saved["visible->infrared (official: roles swapped)"]["direction"] == "vis2ir"
     assert [t["trial"] for t in saved["infrared->visible"]["trials"]] == [0, 1]
+
+
+def test_llcm_every_direction_through_the_cli_names_its_direction(llcm_root, checkpoint, tmp_path, capsys):
+    labels = list(test_mine.LLCM_LABELS.values())
+    results = run("--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint, "--trials", "0", "1",
+                  "--direction", "all", "--json", str(tmp_path / "all.json"), "--log_path", str(tmp_path))
+    assert list(results) == labels
+    printed = capsys.readouterr().out.splitlines()
+    for label in labels:
+        for what in ("trial 0", "trial 1", "mean over 2 trial(s)", "std  over 2 trial(s)"):
+            assert sum(line.startswith(f"{label}, {what}: Rank-1") for line in printed) == 1, (label, what)
+    saved = json.load(open(tmp_path / "all.json"))
+    assert [saved[label]["direction"] for label in labels] == ["ir2vis", "vis2ir", "vis2ir_literal"]
+    literal = labels[2]
+    alone = run("--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint, "--trials", "0", "1",
+                "--direction", "vis2ir_literal", "--json", str(tmp_path / "literal.json"), "--log_path", str(tmp_path))
+    assert list(alone) == [literal] and alone[literal]["mean"] == pytest.approx(results[literal]["mean"])
+    saved = json.load(open(tmp_path / "literal.json"))  # one setting: its figures at the top level
+    assert saved["direction"] == "vis2ir_literal" and saved["setting"] == literal
+    assert [t["trial"] for t in saved["trials"]] == [0, 1]
+    rows = open(tmp_path / "results.csv").read().splitlines()[1:]
+    assert [r.split(",")[3] for r in rows] == labels + [literal]
+
+
+# ---------------------------------------------------------------- RegDB: every input before any split
+
+def refuse_evaluation(monkeypatch):
+    def evaluated(*a, **k):
+        raise AssertionError("a split was evaluated before every input was checked")
+    monkeypatch.setattr(test_mine.Evaluator, "run", evaluated)
+
+
+def broken_input(case, regdb_root, checkpoint, folder):
+    """A RegDB root and a per-split checkpoint template, split 2 broken as case says."""
+    shutil.copy(checkpoint, folder / "m_trial1.pth")
+    trial2 = folder / "m_trial2.pth"
+    if case == "missing idx file":
+        regdb_root = str(shutil.copytree(regdb_root, folder / "RegDB"))
+        os.remove(os.path.join(regdb_root, "idx", "test_thermal_2.txt"))
+    if case != "missing checkpoint":
+        shutil.copy(checkpoint, trial2)
+    if case == "corrupt checkpoint":
+        trial2.write_bytes(b"not a checkpoint")
+    if case == "weights that do not fit":
+        ckpt = torch.load(checkpoint, weights_only=False)
+        ckpt["model"].pop("head.fc_weight")
+        torch.save(ckpt, trial2)
+    return regdb_root, str(folder / "m_trial{trial}.pth")
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("missing checkpoint", FileNotFoundError, r"no such checkpoint file: .*m_trial2\.pth$"),
+    ("missing idx file", FileNotFoundError, r"RegDB: missing .*idx/test_thermal_2\.txt"),
+    ("corrupt checkpoint", ValueError, r"cannot read .*m_trial2\.pth as a PyTorch checkpoint"),
+    ("weights that do not fit", ValueError, r"m_trial2\.pth does not fit the model .*missing keys \(1\)"),
+])
+def test_regdb_splits_fail_before_any_is_evaluated(regdb_root, checkpoint, tmp_path, monkeypatch, case, error,
+                                                   match):
+    root, template = broken_input(case, regdb_root, checkpoint, tmp_path)
+    refuse_evaluation(monkeypatch)
+    with pytest.raises(error, match=match):
+        run("--dataset", "regdb", "--data_path", root, "--resume", template, "--trials", "1-2", "--json",
+            str(tmp_path / "r.json"), "--log_path", str(tmp_path / "log"))
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "log" / "results.csv").exists()
+
+
+def test_regdb_splits_are_1_to_10(regdb_root, checkpoint, tmp_path):
+    template = str(tmp_path / "m_trial{trial}.pth")
+    for flags, match in ((("--trials", "0"), "--trials 0: RegDB splits are 1..10"),
+                         (("--trials", "9-11"), "--trials 9 10 11: RegDB splits are 1..10"),
+                         (("--trial", "0"), "--trial 0: RegDB splits are 1..10")):
+        with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
+            run("--dataset", "regdb", "--data_path", regdb_root, "--resume", template, *flags, "--log_path", "")
+    with pytest.raises(ValueError, match="^--trials 0: the demo's splits are numbered from 1$"):
+        run("--dataset", "demo", "--data_path", regdb_root, "--resume", template, "--trials", "0", "--log_path", "")
+
+
+def test_a_trial_template_with_trial_tests_that_split_only(regdb_root, checkpoint, tmp_path):
+    shutil.copy(checkpoint, tmp_path / "m_trial2.pth")  # only split 2's model exists
+    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", str(tmp_path / "m_trial{trial}.pth"),
+                  "--trial", "2", "--log_path", "")
+    assert [t["trial"] for t in results["visible->thermal"]["trials"]] == [2]
+
+
+# ---------------------------------------------------------------- DGTL checkpoints
+
+def save_ours(model, path):
+    utils.atomic_save({"model": model.state_dict(), "arch": model.config, "args": {"img_w": 16, "img_h": 32}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dgtl_files(tmp_path_factory):
+    """A small DGTL model (ResNet-18, --bpool max --cpool max) as our checkpoint and in the reference
+    code's layout ({'net': ...}, three whole ResNets)."""
+    torch.manual_seed(0)
+    model = model_mine.embed_net(5, arch="resnet18", head="dgtl", bpool="max", cpool="max")
+    folder = tmp_path_factory.mktemp("dgtl")
+    reference = str(folder / "regdb_bpool_max_cpool_max_best.t")
+    torch.save({"net": model_mine.to_dgtl_state_dict(model), "mAP": 0.0, "epoch": 3}, reference)
+    return save_ours(model, folder / "ours.pth"), reference
+
+
+def features(model, images, modal):
+    """The model's two eval features, (L2(b), L2(h)), of uint8 images: fine and coarse."""
+    model.eval()
+    x = data_loader.normalize(torch.from_numpy(images))
+    with torch.no_grad():
+        fine, coarse = model(x, x, modal)
+    return {"coarse": coarse, "fine": fine}
+
+
+def test_dgtl_json_holds_the_coarse_feature_at_the_top_and_the_fine_one_under_a_key(regdb_root, dgtl_files,
+                                                                                   tmp_path):
+    ours, _ = dgtl_files
+    run("--dataset", "regdb", "--data_path", regdb_root, "--resume", ours, "--trials", "1", "--json",
+        str(tmp_path / "r.json"), "--log_path", str(tmp_path))
+    saved = json.load(open(tmp_path / "r.json"))
+    assert saved["setting"] == "visible->thermal" and set(saved["fine"]) == {"trials", "mean", "std"}
+    model, _ = utils.model_from_checkpoint(ours)
+    want = {}
+    for m, modal in (("visible", 1), ("thermal", 2)):
+        paths, labels = data_manager.process_test_regdb(regdb_root, 1, m)
+        want[m] = features(model, data_loader.load_images(paths, 16, 32, 1), modal), labels
+    for feature, entry in (("coarse", saved), ("fine", saved["fine"])):
+        (q, q_labels), (g, g_labels) = [(f[feature], labels) for f, labels in (want["visible"], want["thermal"])]
+        cmc, mAP, mINP = eval_metrics.eval_regdb(-(q @ g.T), q_labels, g_labels)
+        assert entry["trials"][0]["mAP"] == pytest.approx(100 * mAP) == entry["mean"]["mAP"]
+        assert entry["mean"]["mINP"] == pytest.approx(100 * mINP) and entry["std"]["mAP"] == 0
+    assert saved["mean"] != saved["fine"]["mean"]  # the two features are told apart
+    rows = [r.split(",") for r in open(tmp_path / "results.csv").read().splitlines()[1:]]
+    assert [r[3] for r in rows] == ["visible->thermal [dgtl coarse]", "visible->thermal [dgtl fine]"]
+    assert float(rows[0][12]) == pytest.approx(saved["mean"]["mAP"], abs=0.005)  # mAP_mean
+    assert float(rows[1][12]) == pytest.approx(saved["fine"]["mean"]["mAP"], abs=0.005)
+
+
+def test_dgtl_without_coarse_branch_is_tagged_by_its_fine_feature(regdb_root, tmp_path):
+    torch.manual_seed(0)
+    path = save_ours(model_mine.embed_net(5, arch="resnet18", head="dgtl", bpool="max", cpool="no"),
+                     tmp_path / "fine.pth")
+    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", path, "--trials", "1",
+                  "--log_path", str(tmp_path))
+    assert set(results["visible->thermal"]) == {"trials", "mean", "std", "model"}
+    rows = open(tmp_path / "results.csv").read().splitlines()[1:]
+    assert [r.split(",")[3] for r in rows] == ["visible->thermal [dgtl fine]"]
+
+
+def test_dgtl_on_sysu_indoor_over_several_trials(sysu_root, dgtl_files, tmp_path, capsys):
+    ours, _ = dgtl_files
+    results = run("--dataset", "sysu", "--data_path", sysu_root, "--resume", ours, "--mode", "indoor",
+                  "--trials", "0", "3", "--log_path", "")
+    entry = results["indoor search"]
+    printed = capsys.readouterr().out
+    for line in ("indoor search, coarse feature, trial 3: Rank-1", "indoor search, fine feature, trial 0: Rank-1",
+                 "indoor search (coarse feature, reported), mean over 2 trial(s)",
+                 "indoor search (fine feature), std  over 2 trial(s)"):
+        assert line in printed
+    model, _ = utils.model_from_checkpoint(ours)
+    q_paths, q_pids, q_cams = data_manager.process_query_sysu(sysu_root, "indoor")
+    q = features(model, data_loader.load_images(q_paths, 16, 32, 1), 2)
+    for i, trial in enumerate((0, 3)):
+        g_paths, g_pids, g_cams = data_manager.process_gallery_sysu(sysu_root, "indoor", trial)
+        assert set(g_cams.tolist()) == {1, 2}
+        g = features(model, data_loader.load_images(g_paths, 16, 32, 1), 1)
+        for feature, got in (("coarse", entry), ("fine", entry["fine"])):
+            _, mAP, mINP = eval_metrics.eval_sysu(-(q[feature] @ g[feature].T), q_pids, g_pids, q_cams, g_cams)
+            assert got["trials"][i]["trial"] == trial
+            assert got["trials"][i]["mAP"] == pytest.approx(100 * mAP)
+            assert got["trials"][i]["mINP"] == pytest.approx(100 * mINP)
+    for got in (entry, entry["fine"]):
+        assert got["mean"]["mAP"] == pytest.approx(np.mean([t["mAP"] for t in got["trials"]]))
+        assert got["std"]["mAP"] == pytest.approx(np.std([t["mAP"] for t in got["trials"]]))
+
+
+def test_reference_dgtl_commands_without_method_evaluate_dgtl(regdb_root, dgtl_files, capsys):
+    # the reference's own command: test.py --dataset regdb --bpool max --cpool max --fuse sum
+    ours, reference = dgtl_files
+    results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", reference, "--trials", "1",
+                  "--bpool", "max", "--cpool", "max", "--fuse", "sum", "--arch", "resnet18", "--img_h", "32",
+                  "--img_w", "16", "--log_path", "")
+    assert "note: --bpool, --cpool, --fuse given without --method: evaluating as --method dgtl" in \
+        capsys.readouterr().out
+    want = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", ours, "--trials", "1", "--log_path", "")
+    for setting, entry in want.items():
+        assert results[setting]["mean"] == pytest.approx(entry["mean"])
+        assert results[setting]["fine"]["mean"] == pytest.approx(entry["fine"]["mean"])
+
+
+def test_method_must_be_one_test_mine_knows(regdb_root, checkpoint):
+    import train_mine
+    assert test_mine.METHODS == train_mine.METHODS  # one network for every method but dgtl
+    with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, agw, id-only, dgtl, got 'pcb'$"):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--method", "pcb")
+    args = test_mine.get_args_parser().parse_args(["--method", "agw"])
+    utils.model_from_checkpoint(checkpoint, args, ["method"])  # a loss of the hctri family: the same network
+
+
+@pytest.mark.parametrize("which,flags,match", [
+    # our PCB-head file: DGTL's options are not silently dropped
+    ("pcb", ("--method", "dgtl", "--bpool", "max"),
+     r"records its architecture, which differs from --bpool max \(the file's pcb head does not read it\), "
+     r"--method dgtl \(the file: pcb head\): leave those flags out"),
+    ("pcb", ("--cpool", "max"), r"differs from --cpool max \(the file's pcb head does not read it\)"),
+    # our DGTL file: flags it does not read, even where their value is the recorded default
+    ("ours", ("--num_strips", "6"), r"differs from --num_strips 6 \(the file's dgtl head does not read it\)"),
+    ("ours", ("--gem_p", "3"), r"differs from --gem_p 3.0 \(the file's dgtl head does not read it\)"),
+    ("ours", ("--method", "hctri"), r"differs from --method hctri \(the file: dgtl head\)"),
+    # the reference's file, built from the flags
+    ("reference", ("--method", "dgtl", "--pcb", "on"), r"--pcb on: the DGTL head uses global features"),
+    ("reference", ("--bpool", "max", "--cpool", "max", "--gem_p", "3"),
+     r"^--gem_p: not read by the dgtl head built for .*\.t \(--method dgtl\); leave it out$"),
+    ("reference", ("--method", "dgtl", "--num_strips", "6", "--local_feat_dim", "256"),
+     r"^--local_feat_dim, --num_strips: not read by the dgtl head .*; leave them out$"),
+    ("reference", ("--method", "dgtl", "--gm_pool", "on"), r"^--gm_pool: not read by the dgtl head"),
+])
+def test_architecture_flags_the_head_does_not_read_are_errors(regdb_root, checkpoint, dgtl_files, tmp_path, which,
+                                                             flags, match):
+    path = {"pcb": checkpoint, "ours": dgtl_files[0], "reference": dgtl_files[1]}[which]
+    size = ("--arch", "resnet18", "--img_h", "32", "--img_w", "16") if which == "reference" else ()
+    with pytest.raises(ValueError, match=match):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", path, "--trials", "1", *size, *flags,
+            "--log_path", str(tmp_path))
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_gem_p_is_read_where_a_dgtl_branch_pools_with_gem(tmp_path):
+    torch.manual_seed(0)
+    model = model_mine.embed_net(5, arch="resnet18", head="dgtl", bpool="max", cpool="gem", gem_p=4.0)
+    ours = save_ours(model, tmp_path / "gem.pth")
+    args = test_mine.get_args_parser().parse_args(["--gem_p", "4", "--cpool", "gem"])
+    assert utils.model_from_checkpoint(ours, args, ["cpool", "gem_p"])[0].config["gem_p"] == 4.0
+    assert utils.unused_arch_flags(model.config, ["gem_p", "bpool", "fuse"]) == []
+    global_head = model_mine.embed_net(5, arch="resnet18", pcb="off", gm_pool="off").config
+    assert utils.unused_arch_flags(global_head, ["gem_p", "num_strips", "bpool", "share_net"]) == \
+        ["bpool", "num_strips", "gem_p"]
