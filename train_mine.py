@@ -43,9 +43,9 @@ LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips",
 METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 # Flags that only some models or losses read: given explicitly where they are not read, they are an
 # error rather than silently ignored.
-PCB_ONLY = ("local_feat_dim", "num_strips")
+PCB_ONLY = utils.PCB_ONLY
 HCTRI_ONLY = ("w_center", "gm_pool") + PCB_ONLY
-DGTL_ONLY = ("bpool", "cpool", "fuse", "hcloss", "margin_hc")
+DGTL_ONLY = utils.DGTL_ONLY + ("hcloss", "margin_hc")
 
 
 def get_args_parser(add_help=True):
@@ -56,8 +56,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
     g.add_argument("--trial", default=None, type=int, help="RegDB split 1..10 (default 1)")
     g.add_argument("--mode", default=None, help="SYSU evaluation during training: all | indoor (default all)")
-    g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 48)")
-    g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 96); PCB: a multiple of 16 x strips")
+    g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 32)")
+    g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 64); PCB: a multiple of 16 x strips")
     g.add_argument("--workers", default=None, type=int,
                    help="data loading processes (default 4 on a GPU, 0 on the CPU, where batches are cheap; "
                         "with the training set resident on the device they only read RegDB and test images)")
@@ -66,19 +66,19 @@ def get_args_parser(add_help=True):
                         "(auto: on a CUDA device where it takes at most 25%% of its memory and leaves 8 GiB "
                         "free, and not with --cpu_aug, whose per-image transform runs in the loader)")
     g.add_argument("--pad", default=None, type=int,
-                   help="zero padding before the random crop, px (default 10; demo 3: the same fraction of a "
-                        "96x48 image, so that parts stay in their strips)")
+                   help="zero padding before the random crop, px (default 10; demo 2: the same fraction of a "
+                        "64x32 image, so that parts stay in their strips)")
     g.add_argument("--erasing_p", default=None, type=float, help="random erasing probability (default 0: off)")
     g.add_argument("--channel_aug", default=None, type=float,
                    help="probability of the channel augmentation of Ye et al. ICCV 2021 (default 0: off)")
     g.add_argument("--cpu_aug", default=None, action="store_true",
                    help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50)")
+    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50; demo resnet18)")
     g.add_argument("--share_net", default=None, type=int, help="0 all shared ... 5 nothing shared (default 2)")
     g.add_argument("--pcb", default=None, help="on: part strips; off: global feature (default on; DGTL off)")
     g.add_argument("--local_feat_dim", default=None, type=int, help="PCB strip feature size (default 256)")
-    g.add_argument("--num_strips", default=None, type=int, help="PCB strips (default 6)")
+    g.add_argument("--num_strips", default=None, type=int, help="PCB strips (default 6; demo 4)")
     g.add_argument("--gm_pool", default=None, help="GeM pooling on | off (default on)")
     g.add_argument("--gem_p", default=None, type=float,
                    help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
@@ -98,20 +98,20 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("optimisation")
     g.add_argument("--optim", default=None, help="sgd | adam (default sgd; demo adam)")
     g.add_argument("--lr", default=None, type=float,
-                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 2e-3; "
+                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3; "
                         "a default is multiplied by the number of processes)")
     g.add_argument("--weight_decay", default=None, type=float, help="default 5e-4")
     g.add_argument("--backbone_lr_mult", default=None, type=float,
                    help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
     g.add_argument("--warmup_epochs", default=None, type=int, help="linear warm-up epochs (default 10)")
     g.add_argument("--lr_steps", default=None, help="epochs where the rate drops x0.1 (default 20,50)")
-    g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60; DGTL RegDB 31)")
+    g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60; DGTL RegDB 31; demo 12)")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
                    help="P identities per batch")
     g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
     g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (default 0: a full epoch)")
     g = parser.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; demo 19)")
+    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; DGTL 5; demo 11)")
     g.add_argument("--eval_every", default=None, type=int, help="evaluate every N epochs from eval_start (default 2)")
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--model_path", default=None,
