@@ -306,7 +306,7 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
                  cpool=None, fuse=None):
         super().__init__()
         if no_local != "off":
-            raise ValueError(f"--no_local {no_local}: non-local blocks are not implemented (use --no_local off)")
+            raise ValueError(f"embed_net(no_local={no_local!r}): non-local blocks are not implemented (only 'off')")
         check_arch(arch)
         gm_pool = "on" if gm_pool is None else gm_pool  # None: left out, as for the other options
         if gm_pool not in ("on", "off"):

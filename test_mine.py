@@ -559,6 +559,8 @@ def main(args):
     utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial") + (("data_path",) if searching else ()))
     validate_args(args)
     device = utils.select_device(args.gpu)
+    if args.half and device.type == "cpu" and utils.cpu_has_amx():
+        log(f"warning: --half on a CPU with AMX: {utils.AMX_BF16}; leave --half out for float32 features")
     torch.backends.cudnn.benchmark = True
     args.vis_dir = args.vis_dir or os.path.join(args.log_path or ".", "vis")
     if searching:

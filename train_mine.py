@@ -310,6 +310,13 @@ def prepare_run(args):
                 if ckpt is None else "")
         raise ValueError(f"{taken[0]} already holds a run with these settings: {hint}or write elsewhere with "
                          f"--model_path DIR (nothing was overwritten)")
+    last = checkpoint_paths(args.model_path, name)["last"]
+    if own and os.path.exists(last) and not os.path.samefile(last, args.resume):  # e.g. --resume X_best.pth
+        later = utils.load_checkpoint(last).get("epoch", -1)
+        if later > ckpt["epoch"]:
+            raise ValueError(f"--resume {args.resume}: continuing from its epoch {ckpt['epoch']} would write over "
+                             f"{last}, which holds epoch {later} of the same run; resume from that file, or "
+                             f"give --model_path DIR to branch from epoch {ckpt['epoch']} elsewhere")
     if ckpt is not None and ckpt["epoch"] + 1 >= args.epochs:
         raise ValueError(f"--resume {args.resume}: its run has finished epoch {ckpt['epoch']} of --epochs "
                          f"{args.epochs}; pass a larger --epochs to train on")
@@ -394,12 +401,6 @@ def amp_dtype(amp, device):
 
 def dtype_name(dtype):
     return str(dtype).replace("torch.", "") if dtype else "off (float32)"
-
-
-def cpu_has_amx():
-    """Whether this CPU has AMX tiles (where oneDNN's bf16 kernels gave NaN losses); False where torch cannot tell."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
 
 
 def compile_mode(args, device):
@@ -657,9 +658,8 @@ def train(args, ckpt, name, notes, device, log):
     for note in notes:
         log(note)
     torch.backends.cudnn.benchmark = True
-    if device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_amx():
-        log("warning: bf16 on a CPU with AMX: oneDNN's AMX kernels were seen to give NaN losses from the "
-            "first steps; --amp off is the safe choice")
+    if device.type == "cpu" and dtype == torch.bfloat16 and utils.cpu_has_amx():
+        log(f"warning: bf16 on a CPU with AMX: {utils.AMX_BF16}; --amp off is the safe choice")
     utils.set_seed(args.seed)
     if main_process:
         test_mine.ensure_demo(args, log)

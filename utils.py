@@ -212,6 +212,15 @@ def select_device(gpu=None):
     return torch.device("cuda", index)
 
 
+AMX_BF16 = "oneDNN's AMX bf16 kernels were seen to give NaN losses from the first training steps"
+
+
+def cpu_has_amx():
+    """Whether this CPU has AMX tiles (where oneDNN's bf16 kernels gave NaN); False where torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
 def atomic_save(obj, path):
     """torch.save to a temporary file beside path, then rename: a crash never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -49,8 +49,8 @@ CHANGES = {
     "trial": ((), ("--trial", "2")), "mode": (SYSU, ("--mode", "indoor")), "img_w": ((), ("--img_w", "24")),
     "img_h": ((), ("--img_h", "192")), "pad": ((), ("--pad", "5")), "erasing_p": ((), ("--erasing_p", "0.5")),
     "channel_aug": ((), ("--channel_aug", "0.5")), "cpu_aug": ((), ("--cpu_aug",)),
-    "arch": ((), ("--arch", "resnet18")), "share_net": ((), ("--share_net", "3")), "pcb": ((), ("--pcb", "off")),
-    "local_feat_dim": ((), ("--local_feat_dim", "128")), "num_strips": ((), ("--num_strips", "3")),
+    "arch": ((), ("--arch", "resnet50")), "share_net": ((), ("--share_net", "3")), "pcb": ((), ("--pcb", "off")),
+    "local_feat_dim": ((), ("--local_feat_dim", "128")), "num_strips": ((), ("--num_strips", "2")),
     "gm_pool": ((), ("--gm_pool", "off")), "gem_p": ((), ("--gem_p", "5")),
     "pretrained": ((), ("--pretrained", "imagenet")), "bpool": (DGTL, ("--bpool", "avg")),
     "cpool": (DGTL, ("--cpool", "avg")), "fuse": (DGTL, ("--fuse", "cat")),
@@ -59,7 +59,7 @@ CHANGES = {
     "hcloss": (DGTL, ("--hcloss", "OriTri")), "margin_hc": (DGTL, ("--margin_hc", "0.2")),
     "optim": ((), ("--optim", "sgd")), "lr": ((), ("--lr", "0.01")), "weight_decay": ((), ("--weight_decay", "0.001")),
     "backbone_lr_mult": ((), ("--backbone_lr_mult", "0.5")), "warmup_epochs": ((), ("--warmup_epochs", "3")),
-    "lr_steps": ((), ("--lr_steps", "10")), "epochs": ((), ("--epochs", "30")),
+    "lr_steps": ((), ("--lr_steps", "8")), "epochs": ((), ("--epochs", "30")),
     "batch_size": ((), ("--batch-size", "4")), "num_pos": ((), ("--num_pos", "2")),
     "steps_per_epoch": ((), ("--steps_per_epoch", "5")), "seed": ((), ("--seed", "1")),
     "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
@@ -105,6 +105,23 @@ def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, 
                                                                  "--epochs", "3", "--gpu", "cpu", "--log_path", ""]))
     with pytest.raises(ValueError, match="has finished epoch 0 of --epochs 1; pass a larger --epochs"):
         train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--gpu", "cpu", "--log_path", ""]))
+
+
+def test_resuming_from_an_earlier_best_never_writes_over_the_later_last(tiny_regdb, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mine, "evaluate", lambda *a: {"": ([0.5] * 20, 0.5, 0.5)})
+    train_mine.main(train_args(tiny_regdb, str(tmp_path), "--epochs", "2", "--eval_start", "0", "--eval_every", "1",
+                               "--steps_per_epoch", "1"))
+    models = tmp_path / "models"
+    best = str(next(models.glob("*_best.pth")))  # epoch 0 (a tie at epoch 1 keeps the first)
+    before = {f.name: f.read_bytes() for f in models.iterdir()}
+    with pytest.raises(ValueError, match="would write over .*_last.pth, which holds epoch 1 of the same run"):
+        train_mine.main(train_mine.get_args_parser().parse_args(["--resume", best, "--epochs", "3", "--gpu", "cpu",
+                                                                 "--log_path", ""]))
+    assert {f.name: f.read_bytes() for f in models.iterdir()} == before
+    # elsewhere it branches
+    train_mine.main(train_mine.get_args_parser().parse_args(["--resume", best, "--epochs", "2", "--gpu", "cpu",
+                                                             "--log_path", "", "--model_path", str(tmp_path / "b")]))
+    assert torch.load(next((tmp_path / "b").glob("*_last.pth")), weights_only=False)["epoch"] == 1
 
 
 # 6. bad settings are caught before any work, naming the flag

@@ -28,8 +28,8 @@ def reference_step(data_path):
     args.world_size = 2
     data = data_loader.regdb_train_data(data_path, 1, 16, 32)
     utils.set_seed(args.seed)
-    model = model_mine.embed_net(data.num_classes, share_net=2, pcb="on", local_feat_dim=16, num_strips=2,
-                                 gem_p=args.gem_p)
+    model = model_mine.embed_net(data.num_classes, arch=args.arch, share_net=2, pcb="on", local_feat_dim=16,
+                                 num_strips=2, gem_p=args.gem_p, pretrained=args.pretrained)
     optimizer = train_mine.build_optimizer(model, args)
     train_mine.adjust_learning_rate(optimizer, 0, args.lr, **train_mine.schedule(args))
     criterion = losses.ReIDLoss("hctri", 0.3, args.w_center, args.label_smooth)

@@ -276,6 +276,19 @@ def test_regdb_splits_are_1_to_10(regdb_root, checkpoint, tmp_path):
         run("--dataset", "demo", "--data_path", regdb_root, "--resume", template, "--trials", "0", "--log_path", "")
 
 
+def test_half_on_an_amx_cpu_warns(regdb_root, checkpoint, monkeypatch, capsys):
+    class Stop(Exception):
+        pass
+
+    def stop(*a):
+        raise Stop  # before any feature is extracted in bf16 (NaN on AMX is what the warning is about)
+    monkeypatch.setattr(utils, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(test_mine, "ensure_demo", stop)
+    with pytest.raises(Stop):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--half", "--log_path", "")
+    assert "warning: --half on a CPU with AMX" in capsys.readouterr().out
+
+
 def test_a_trial_template_with_trial_tests_that_split_only(regdb_root, checkpoint, tmp_path):
     shutil.copy(checkpoint, tmp_path / "m_trial2.pth")  # only split 2's model exists
     results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", str(tmp_path / "m_trial{trial}.pth"),

@@ -191,7 +191,7 @@ def test_amp_auto_is_full_precision_on_cpus_and_bf16_on_amx_warns(tiny_regdb, tm
     assert train_mine.amp_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="--amp"):
         train_mine.amp_dtype("fp8", cpu)
-    monkeypatch.setattr(train_mine, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(utils, "cpu_has_amx", lambda: True)
     out = first_lines(tiny_args(tiny_regdb, str(tmp_path / "a"), "--amp", "bf16"), monkeypatch, capsys)
     assert "--amp bf16 (bfloat16)" in out.splitlines()[0]
     assert "warning: bf16 on a CPU with AMX" in out
