@@ -571,4 +571,7 @@ def print_run_prediction(args, rows, times, extract):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, RuntimeError, OSError) as e:
+        raise SystemExit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")

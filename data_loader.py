@@ -6,6 +6,7 @@ by per-image PIL work. `per_image_train_transform` is the authors' torchvision p
 kept as the reference the batched one is tested against and as bench.py's reference path.
 `write_training_set` stores a training set as four npy files that change as one set.
 """
+import functools
 import os
 import signal
 import threading
@@ -83,9 +84,15 @@ def load_images(paths, img_w, img_h, workers=8):
 def normalize(x):
     """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] (channels_last memory), scaled to [0, 1] and
     ImageNet-normalised with the same float32 operations as ToTensor + Normalize."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
     return x.permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device):
+    """The statistics on device, made once: a tensor built from host values each step would be a
+    blocking copy in the training loop."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1))
 
 
 def per_image_train_transform(img_h, img_w, pad=PAD):

@@ -28,7 +28,6 @@ ARCHS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "ResNet-18"),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "ResNet-50"),
 }
-RESNET50_URL = ARCHS["resnet50"][1].url
 HEADS = ("pcb", "global", "dgtl")
 POOLS = ("avg", "max", "gem")
 

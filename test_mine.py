@@ -33,8 +33,6 @@ LLCM_LABELS = {"ir2vis": "infrared->visible", "vis2ir": "visible->infrared (offi
 LLCM_DIRECTIONS = {"ir2vis": ("ir2vis",), "vis2ir": ("vis2ir",), "vis2ir_literal": ("vis2ir_literal",),
                    "both": ("ir2vis", "vis2ir"), "all": ("ir2vis", "vis2ir", "vis2ir_literal")}
 RE_RANK = ("no", "k_reciprocal", "random_walk")
-# --method names the network: train_mine.py's losses other than dgtl all train the PCB / global-head one
-METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 REGDB_SPLITS = range(1, 11)
 
 
@@ -43,15 +41,15 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="sysu", help="sysu | regdb | llcm | demo")
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
-    g.add_argument("--mode", default="all", help="SYSU search mode: all | indoor")
-    g.add_argument("--gall_mode", default="single", help="SYSU gallery: single-shot | multi-shot (10 per camera)")
+    g.add_argument("--mode", default=None, help="SYSU search mode: all (default) | indoor")
+    g.add_argument("--gall_mode", default=None, help="SYSU gallery: single (default) | multi (10 per camera)")
     g.add_argument("--trials", default=None, nargs="+",
                    help="SYSU/LLCM gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in "
                         "--resume, else the checkpoint's own); e.g. 0-9, 1,3,5 or 0 1 2")
     g.add_argument("--trial", default=None, type=int, help="RegDB split, when --trials is not given")
-    g.add_argument("--tvsearch", nargs="?", const="on", default="off", choices=("off", "on", "both"),
+    g.add_argument("--tvsearch", nargs="?", const="on", default=None, choices=("off", "on", "both"),
                    help="RegDB direction: visible->thermal (default), --tvsearch thermal->visible, 'both'")
-    g.add_argument("--direction", default="ir2vis", choices=tuple(LLCM_DIRECTIONS),
+    g.add_argument("--direction", default=None, choices=tuple(LLCM_DIRECTIONS),
                    help="LLCM: ir2vis (infrared->visible, default), vis2ir (visible->infrared as the official "
                         "test script computes it: roles swapped, the published second column group), "
                         "vis2ir_literal, both (ir2vis + vis2ir) or all")
@@ -89,8 +87,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--top_k", default=10, type=int, help="gallery images per ranked list / CSV row set")
     g.add_argument("--query_dir", default=None, help="search: folder of query images (any names and sizes)")
     g.add_argument("--gallery_dir", default=None, help="search: folder of gallery images")
-    g.add_argument("--query_modal", default="thermal", help="search: modality of the query images, "
-                                                             "thermal | visible (the gallery is the other)")
+    g.add_argument("--query_modal", default=None, help="search: modality of the query images, "
+                                                        "thermal (default) | visible (the gallery is the other)")
     return parser
 
 
@@ -394,6 +392,9 @@ def regdb_trials(args, path, log):
     for f in files.values():
         if f not in read:
             read[f] = utils.load_checkpoint(f)
+        if isinstance(read[f], dict):  # ten splits' optimiser states would only fill the memory
+            for key in ("optimizer", "scaler"):
+                read[f].pop(key, None)
     return {t: (f, read[f]) for t, f in files.items()}
 
 
@@ -519,12 +520,36 @@ def search_folders(args, device, log):
     return csv_path
 
 
+# flags that apply to some datasets (or to a folder search) only, with their defaults there
+SEARCH_FLAGS = {"sysu": {"mode": "all", "gall_mode": "single"}, "regdb": {"tvsearch": "off", "trial": None},
+                "llcm": {"direction": "ir2vis"}, "search": {"query_modal": "thermal"}}
+SEARCH_FLAGS["demo"] = SEARCH_FLAGS["regdb"]
+
+
+def resolve_search_flags(args, searching):
+    """A flag given where it does not apply is an error (never silently ignored); the others get
+    their defaults."""
+    where = "search" if searching else args.dataset
+    own = SEARCH_FLAGS.get(where, {})
+    given = [f for flags in SEARCH_FLAGS.values() for f in flags if getattr(args, f) is not None and f not in own]
+    if searching and args.trials is not None:
+        given.append("trials")
+    if given:
+        scope = "a folder search (--query_dir/--gallery_dir)" if searching else f"--dataset {args.dataset}"
+        raise ValueError(f"{', '.join('--' + f for f in dict.fromkeys(given))}: not used by {scope}; leave "
+                         f"{'it' if len(set(given)) == 1 else 'them'} out")
+    for flag, default in own.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
 def validate_args(args):
     for flag, allowed in (("re_rank", RE_RANK), ("mode", ("all", "indoor")), ("gall_mode", ("single", "multi")),
                           ("vis_order", ("hardest", "random")), ("query_modal", ("thermal", "visible")),
-                          ("method", METHODS), ("pcb", ("on", "off")), ("gm_pool", ("on", "off"))):
-        if getattr(args, flag) not in allowed:
-            raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(args, flag)!r}")
+                          ("method", utils.METHODS), ("pcb", ("on", "off")), ("gm_pool", ("on", "off"))):
+        value = getattr(args, flag)
+        if value not in allowed and not (value is None and flag in ("mode", "gall_mode", "query_modal")):
+            raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
     for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0)):
         if getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
@@ -555,6 +580,7 @@ def main(args):
     if dgtl_flags and args.method is None:  # the reference DGTL code's test commands have no --method
         args.method = "dgtl"
         log(f"note: {', '.join(dgtl_flags)} given without --method: evaluating as --method dgtl")
+    resolve_search_flags(args, searching)  # before the dataset's defaults fill what is left out
     # the image size comes from the checkpoint first; a folder search needs no dataset
     utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial") + (("data_path",) if searching else ()))
     validate_args(args)

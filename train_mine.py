@@ -40,11 +40,9 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "eval_every", "amp")
 LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse")
-METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 # Flags that only some models or losses read: given explicitly where they are not read, they are an
 # error rather than silently ignored.
-PCB_ONLY = utils.PCB_ONLY
-HCTRI_ONLY = ("w_center", "gm_pool") + PCB_ONLY
+HCTRI_ONLY = ("w_center", "gm_pool") + utils.PCB_ONLY
 DGTL_ONLY = utils.DGTL_ONLY + ("hcloss", "margin_hc")
 
 
@@ -156,7 +154,7 @@ def validate_args(args, explicit):
         if value is None or value < low:
             raise ValueError(f"--{flag} must be >= {low}, got {value}")
 
-    choice("method", METHODS)
+    choice("method", utils.METHODS)
     choice("arch", model_mine.ARCHS)
     choice("share_net", range(6))
     for flag in ("pcb", "gm_pool", "label_smooth"):
@@ -188,26 +186,24 @@ def validate_args(args, explicit):
                              "use no, avg, max or gem")
         choice("cpool", ("no", "avg", "max", "gem"))
         choice("fuse", ("sum", "cat"))
-        choice("hcloss", ("HcTri", "OriTri", "no"))
+        choice("hcloss", losses.HCLOSSES)
         at_least("margin_hc", 0)
-        unused = [f for f in HCTRI_ONLY if f in explicit]
-        if "gem_p" in explicit and "gem" not in (args.bpool, args.cpool):
-            unused.append("gem_p")
-        # the center-granularity loss acts on the coarse branch; margin_hc is HcTri's only (SPEC-DGTL §2.5)
-        if args.cpool == "no":
-            unused += [f for f in ("hcloss", "margin_hc") if f in explicit]
-        elif args.hcloss != "HcTri" and "margin_hc" in explicit:
-            unused.append("margin_hc")
+        config = dict(head="dgtl", bpool=args.bpool, cpool=args.cpool)
+        # w_center is HcTri's; the center-granularity loss acts on the coarse branch, and margin_hc is
+        # HcTri's only (SPEC-DGTL §2.5)
+        loss_only = ["w_center"] + (["hcloss", "margin_hc"] if args.cpool == "no" else
+                                    ["margin_hc"] if args.hcloss != "HcTri" else [])
         owner = f"--method dgtl --cpool {args.cpool} --hcloss {args.hcloss}"
     else:
-        unused = [f for f in DGTL_ONLY if f in explicit]
-        if args.pcb == "off":
-            unused += [f for f in PCB_ONLY if f in explicit]
-        if args.gm_pool == "off" and "gem_p" in explicit:
-            unused.append("gem_p")
-        if args.method == "id-only" and "w_center" in explicit:
-            unused.append("w_center")
+        config = dict(head="pcb" if args.pcb == "on" else "global", gm_pool=args.gm_pool)
+        # agw's weighted triplet has no margin; id-only has no triplet term at all
+        loss_only = ["hcloss", "margin_hc"] + (["margin"] if args.method in ("agw", "id-only") else []) + \
+            (["w_center"] if args.method == "id-only" else [])
         owner = f"--method {args.method} --pcb {args.pcb} --gm_pool {args.gm_pool}"
+    unused = utils.unused_arch_flags(config, explicit) + [f for f in loss_only if f in explicit]
+    if args.cpu_aug:  # the per-image transform replaces the batched augmentation, which applies these
+        owner += " --cpu_aug"
+        unused += [f for f in ("erasing_p", "channel_aug") if f in explicit and getattr(args, f) > 0]
     if unused:
         raise ValueError(f"{', '.join('--' + f for f in unused)}: not used by {owner}; leave "
                          f"{'it' if len(unused) == 1 else 'them'} out")
@@ -243,7 +239,8 @@ def check_writable(folder, flag):
 
 def run_name(args):
     """A readable name plus a hash of every experiment flag: different experiments never share files."""
-    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS}
+    # the split is in the readable name, not in the hash: one {trial} template names every split's run
+    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial"}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trial = f"_trial{args.trial}" if args.dataset in ("regdb", "demo") else ""
@@ -289,9 +286,10 @@ def prepare_run(args):
     if not lr_given:
         args.lr *= args.world_size  # the linear scaling rule, for a default learning rate only
     args.cpu_aug = bool(args.cpu_aug)
+    args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
     validate_args(args, explicit)
     # flags the chosen model and loss do not read are shown (and hashed) as None, not as a default
-    unused = HCTRI_ONLY if args.method == "dgtl" else DGTL_ONLY + (PCB_ONLY if args.pcb == "off" else ())
+    unused = HCTRI_ONLY if args.method == "dgtl" else DGTL_ONLY + (utils.PCB_ONLY if args.pcb == "off" else ())
     for flag in unused + (("w_center",) if args.method == "id-only" else ()):
         setattr(args, flag, None)
     name = run_name(args)
@@ -631,16 +629,21 @@ def main(args):
     init_distributed(args)
     main_process = args.rank == 0
     device = utils.select_device(args.gpu)  # before prepare_run creates any folder
+    if args.sync_bn and args.world_size > 1 and device.type != "cuda":
+        raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
     ckpt, name, notes = prepare_run(args)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
     log = print if main_process else (lambda *a, **k: None)
+    log_file = os.path.join(args.log_path, name + ".log") if args.log_path and main_process else None
     if main_process:
-        log = utils.get_logger(os.path.join(args.log_path, name + ".log") if args.log_path else None).info
+        log = utils.get_logger(log_file).info
     try:
         return train(args, ckpt, name, notes, device, log)
     except Exception as e:
-        log(f"error: {e}")  # the log file says why the run stopped
+        if log_file:  # the log file says why the run stopped (the screen gets it once, from the caller)
+            with open(log_file, "a") as f:
+                f.write(f"error: {e}\n")
         raise
     finally:
         if args.world_size > 1 and dist.is_initialized():
@@ -682,8 +685,6 @@ def train(args, ckpt, name, notes, device, log):
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best", best)
         log(f"resumed {name} from {args.resume} at epoch {start_epoch}")
     if args.sync_bn and args.world_size > 1:
-        if device.type != "cuda":
-            raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device).to(memory_format=torch.channels_last)
     for state in optimizer.state.values():  # resumed momentum buffers follow the model
@@ -726,7 +727,7 @@ def train(args, ckpt, name, notes, device, log):
                     for k, x in metrics.items():
                         tb.add_scalar(f"eval/{k}", x, epoch)
             state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch, "rng": utils.rng_state(), "args": vars(args),
+                     "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
                      "metrics": metrics, "best": best, "name": name}
             # DGTL's reference keeps the later of two epochs with equal Rank-1 (>=), the HcTri code the first
             if metrics is not None and (metrics["rank1"] > best["rank1"] or

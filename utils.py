@@ -11,6 +11,9 @@ from torch.utils.data import Sampler
 import model_mine
 
 
+# --method: the training methods (train_mine.py); test_mine.py reads them as the network they train: all
+# but dgtl train the same PCB / global-head one
+METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 # Every flag of the experiment defaults to None on the command line, so that a flag given explicitly
 # can be told from one left out: a resumed run takes the latter from its checkpoint, and a flag that
 # does not apply to the chosen method is an error only when it was given. fill_dataset_defaults then
@@ -141,21 +144,6 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # all devices
-
-
-def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class AverageMeter:
@@ -297,6 +285,8 @@ def unused_arch_flags(config, explicit):
         unused = [f for f in PCB_ONLY + ("gm_pool",) if f in explicit]
         if "gem_p" in explicit and "gem" not in (config["bpool"], config["cpool"]):
             unused.append("gem_p")
+        if "fuse" in explicit and config["cpool"] == "no":  # nothing to fuse without a coarse branch
+            unused.append("fuse")
         return unused
     unused = [f for f in DGTL_ONLY if f in explicit]
     if config["head"] == "global":

@@ -94,6 +94,18 @@ def test_a_fresh_run_over_an_existing_run_is_refused_and_nothing_is_touched(tiny
     assert len(os.listdir(models)) == 4
 
 
+def test_one_trial_template_reaches_every_split_of_a_regdb_experiment(tiny_regdb, tmp_path):
+    # the split is in the readable name, not in the hash: the README's template works as written
+    names = [train_mine.main(train_args(tiny_regdb, str(tmp_path), "--trial", str(t))) and
+             next((tmp_path / "models").glob(f"demo_trial{t}_*_best.pth")).name for t in (1, 2)]
+    assert names[0].replace("trial1", "trial2") == names[1]
+    template = str(tmp_path / "models" / names[0].replace("trial1", "trial{trial}"))
+    results = test_mine.main(test_mine.get_args_parser().parse_args([
+        "--dataset", "demo", "--data_path", tiny_regdb, "--resume", template, "--trials", "1-2", "--gpu", "cpu",
+        "--log_path", ""]))
+    assert [t["trial"] for t in results["visible->thermal"]["trials"]] == [1, 2]
+
+
 # 2. a resumed run continues its run; architecture flags cannot change under it
 
 def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, tmp_path):
@@ -146,6 +158,10 @@ def test_resuming_from_an_earlier_best_never_writes_over_the_later_last(tiny_reg
     (["--mode", "indoor"], "--mode: only SYSU-MM01 has search modes"),
     (["--dataset", "llcm", "--trial", "2"], "--trial: --dataset llcm has one training set"),
     (["--gpu", "0,1"], "--gpu 0,1: one device per process; for several GPUs launch with torchrun"),
+    (["--method", "agw", "--margin", "0.5"], "--margin: not used by --method agw"),
+    (["--method", "id-only", "--w_center", "2"], "--w_center: not used by --method id-only"),
+    (["--method", "dgtl", "--cpool", "no", "--fuse", "sum"], "--fuse: not used by --method dgtl --cpool no"),
+    (["--cpu_aug", "--erasing_p", "0.5"], "--erasing_p: not used by .* --cpu_aug"),
 ])
 def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
     data = tmp_path / "never-written"
@@ -182,7 +198,7 @@ def test_errors_print_one_line_without_traceback(tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: --")
 
 
-def test_a_rejected_run_leaves_its_error_in_its_log(tmp_path):
+def test_a_rejected_run_leaves_its_error_in_its_log(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = train_args(str(empty), str(tmp_path))
@@ -191,6 +207,7 @@ def test_a_rejected_run_leaves_its_error_in_its_log(tmp_path):
         train_mine.main(args)
     logs = os.listdir(tmp_path / "log")
     assert len(logs) == 1 and "error: RegDB: missing" in open(tmp_path / "log" / logs[0]).read()
+    assert "error:" not in capsys.readouterr().out  # on the screen once: the script's own one line
 
 
 # 8. tracebacks become one-line errors

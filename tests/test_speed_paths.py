@@ -75,7 +75,7 @@ def test_the_per_image_transform_keeps_the_loader_and_restarts_its_workers(tiny_
     sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 2, 2)
     # auto picks the loader even where the set would be resident (a CUDA device), and says why
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 << 30, 80 << 30), raising=False)
-    loader, line = train_mine.build_batches(data, sampler, args, torch.device("cpu"))
+    loader, line = train_mine.build_batches(data, sampler, args, torch.device("cuda", 0))  # builds, never runs
     assert isinstance(loader, DataLoader) and "--cpu_aug transforms each image in the loader's workers" in line
     # workers draw their seeds when they start: they restart every epoch, so its reseeding reaches them
     assert not loader.persistent_workers

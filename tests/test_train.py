@@ -147,6 +147,7 @@ def test_nan_loss_stops_with_epoch_and_step(tiny_regdb, tmp_path):
         train_mine.main(args)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags' own note
 def test_bf16_autocast_tracks_fp32():
     """The mixed-precision forward (bf16 autocast; on the CPU here) against fp32 on the same weights
     and images at the demo's size: the embeddings agree and the training losses stay finite (GeM,
@@ -159,12 +160,14 @@ def test_bf16_autocast_tracks_fp32():
     labels = torch.arange(4).repeat_interleave(4).repeat(2)
     crit = losses.ReIDLoss("hctri", w_center=2.0, label_smooth="on")
     emb = {}
-    for amp in (False, True):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            emb[amp] = model.eval()(v, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            out = copy.deepcopy(model).train()(v, t)
-        assert all(np.isfinite(x.item()) for x in crit(out, labels))
+    # oneDNN's AMX bf16 kernels gave NaN on Xeons (README): off, the test means the same on every CPU
+    with torch.backends.mkldnn.flags(enabled=False):
+        for amp in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                emb[amp] = model.eval()(v, t)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = copy.deepcopy(model).train()(v, t)
+            assert all(np.isfinite(x.item()) for x in crit(out, labels))
     assert emb[True].dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(emb[False], emb[True], dim=1).min() > 0.99
 
