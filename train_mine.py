@@ -514,7 +514,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
         t = t.contiguous(memory_format=torch.channels_last)
         # while compiling, a failure may come after the forward has updated the batch-norm statistics
         # (the backward is compiled lazily): keep them to restore before the eager retry
-        saved = model.buffers_copy() if compiling and step <= 2 else None
+        saved = model.buffers_copy() if compiling and model.compiled is not None and step <= 2 else None
         try:
             values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
         except Exception as e:

@@ -82,22 +82,23 @@ def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
         assert torch.equal(v, end["model"][k]), k
 
 
-def test_the_kept_checkpoint_is_selected_on_the_coarse_feature(tiny_regdb, tmp_path, monkeypatch):
-    results = iter([{"coarse": ([0.2] * 20, 0.1, 0.1), "fine": ([0.9] * 20, 0.9, 0.9)},
-                    {"coarse": ([0.5] * 20, 0.2, 0.2), "fine": ([0.1] * 20, 0.1, 0.1)},
-                    {"coarse": ([0.3] * 20, 0.3, 0.3), "fine": ([0.95] * 20, 0.9, 0.9)}])
+def kept(evaluations, tiny_regdb, tmp_path, monkeypatch):
+    """The best record of a 3-epoch run whose evaluations give these ((coarse rank1, mAP), (fine rank1, mAP))."""
+    results = iter([{"coarse": ([c] * 20, cm, cm), "fine": ([f] * 20, fm, fm)} for (c, cm), (f, fm) in evaluations])
     monkeypatch.setattr(train_mine, "evaluate", lambda *a: next(results))
-    _, best = run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")
+    return run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")[1]
+
+
+def test_the_kept_checkpoint_is_selected_on_the_coarse_feature(tiny_regdb, tmp_path, monkeypatch):
+    best = kept([((0.2, 0.1), (0.9, 0.9)), ((0.5, 0.2), (0.1, 0.1)), ((0.3, 0.3), (0.95, 0.9))],
+                tiny_regdb, tmp_path, monkeypatch)
     assert best["epoch"] == 1 and best["rank1"] == pytest.approx(50.0)
 
 
 def test_a_tie_keeps_the_later_epoch_as_the_reference_does(tiny_regdb, tmp_path, monkeypatch):
     # SPEC-DGTL §4.6: the reference saves whenever the coarse Rank-1 is >= the best so far
-    results = iter([{"coarse": ([0.5] * 20, 0.1, 0.1), "fine": ([0.9] * 20, 0.9, 0.9)},
-                    {"coarse": ([0.5] * 20, 0.2, 0.2), "fine": ([0.1] * 20, 0.1, 0.1)},
-                    {"coarse": ([0.4] * 20, 0.3, 0.3), "fine": ([0.95] * 20, 0.9, 0.9)}])
-    monkeypatch.setattr(train_mine, "evaluate", lambda *a: next(results))
-    _, best = run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")
+    best = kept([((0.5, 0.1), (0.9, 0.9)), ((0.5, 0.2), (0.1, 0.1)), ((0.4, 0.3), (0.95, 0.9))],
+                tiny_regdb, tmp_path, monkeypatch)
     assert best["epoch"] == 1 and best["mAP"] == pytest.approx(20.0)
 
 
