@@ -233,6 +233,7 @@ def npy_train_data(data_path, img_w, img_h, script):
     """A training set stored by write_training_set (the four SYSU_NPY files), memory-mapped;
     `script` is the pre-processing script that errors tell the user to run."""
     finish_commit(data_path)  # a set whose commit was cut short is completed before it is read
+    remove_killed_run_temps(data_path)  # else a killed pre-processing run's ~0.8-2.8 GB stay
     paths = [os.path.join(data_path, name) for name in SYSU_NPY]
     for p in paths:
         if not os.path.isfile(p):
@@ -299,20 +300,27 @@ def remove_stale_temps(root):
     """Delete every temporary file of this project's training-set writer in root: left by runs that
     died before their commit (SIGKILL, power loss), 2.8 GB each on SYSU-MM01. All of them, not only
     those of dead pids: pids are reused (in containers a dead run's pid is often a live process's),
-    and write_training_set holds a lock on the root, so no other run is writing there."""
-    for name in os.listdir(root):
-        final, sep, pid = name.rpartition(_TMP)
-        if sep and pid.isdigit() and final in SYSU_NPY + (COMMIT_JOURNAL,):
-            os.remove(os.path.join(root, name))
+    and the caller holds the lock on the root, so no other run is writing there. Only files named
+    <one of SYSU_NPY or COMMIT_JOURNAL>.tmp-<digits>; returns their names."""
+    removed = []
+    with os.scandir(root) as entries:
+        for e in entries:
+            final, sep, pid = e.name.rpartition(_TMP)
+            if (sep and pid.isascii() and pid.isdigit() and final in SYSU_NPY + (COMMIT_JOURNAL,)
+                    and not e.is_dir(follow_symlinks=False)):
+                os.remove(e.path)
+                removed.append(e.name)
+    return sorted(removed)
 
 
-def _lock_root(root):
-    """Exclusive lock on the root folder for a whole run (the OS drops it even on SIGKILL), so a
-    second run on the same root stops at once instead of deleting this run's temporaries."""
+def _try_lock_root(root):
+    """(descriptor, state) of a non-blocking exclusive lock on the root folder: "locked"; "held" by
+    another process (descriptor None); or "unsupported": no flock (Windows; descriptor None) or a
+    file system without folder locks (some NFS; descriptor open but unlocked)."""
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): one run at a time is up to the user
-        return None
+    except ImportError:
+        return None, "unsupported"
     try:
         fd = os.open(root, os.O_RDONLY)
     except OSError as e:
@@ -321,11 +329,41 @@ def _lock_root(root):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise OSError(f"{root}: another pre-processing run is writing its training set now; "
-                      f"wait for it to finish") from None
+        return None, "held"
     except OSError:
-        pass  # a file system without folder locks (some NFS): best effort
+        return fd, "unsupported"
+    return fd, "locked"
+
+
+def _lock_root(root):
+    """Exclusive lock on the root folder for a whole run (the OS drops it even on SIGKILL), so a
+    second run on the same root stops at once instead of deleting this run's temporaries. Where
+    locks are unsupported the run goes on unlocked: one run at a time is then up to the user."""
+    fd, state = _try_lock_root(root)
+    if state == "held":
+        raise OSError(f"{root}: another pre-processing run is writing its training set now; "
+                      f"wait for it to finish")
     return fd
+
+
+def remove_killed_run_temps(root):
+    """Remove the temporaries a killed pre-processing run left in root, when no run holds the root's
+    lock now (a held lock may be a run writing them: then, and where locks are unsupported, all
+    stay). Never fails: a read-only or unreadable root keeps them. Returns the names removed."""
+    try:
+        fd, state = _try_lock_root(root)
+    except OSError:
+        return []
+    try:
+        if state != "locked":
+            return []
+        finish_commit(root)  # a journal's temps are the new set, not leftovers
+        return remove_stale_temps(root)
+    except OSError:
+        return []
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _on_sigterm(signum, frame):

@@ -1,7 +1,9 @@
 """Image lists of SYSU-MM01, RegDB and LLCM, exactly as the published protocols draw them."""
+import collections
 import os
 import random
 import re
+import warnings
 
 import numpy as np
 
@@ -40,12 +42,47 @@ def _require(path, what, layout):
         raise FileNotFoundError(f"{what}: missing {path} (expected layout: {layout})")
 
 
+def _read_text(path):
+    """A list or id file's text: UTF-8, a leading byte-order mark (Windows editors write one) dropped."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}): expected a plain text file") from None
+
+
+class DataWarning(UserWarning):
+    """A dataset that reads, but with a part the protocol reads missing (e.g. an emptied camera)."""
+
+
+_WARNED = {}  # once per message and process (test_mine reads a gallery per trial)
+
+
+def camera_warnings(dataset, counts, num_ids, split, role, total):
+    """One-line messages, one per camera of counts ({camera: images of the identities asked for})
+    that holds none of them: the protocol then runs on fewer images without failing. Returned,
+    not printed: callers log them (pre_process_sysu.py) or warn (the query and gallery readers)."""
+    if not num_ids:
+        return []
+    out = []
+    for cam in (c for c, n in counts.items() if n == 0):
+        others = ", ".join(f"{c}: {n} images" for c, n in counts.items() if c != cam)
+        out.append(f"{dataset} {cam} holds no images of the {num_ids} {split} identities ({others}); "
+                   f"the {role} has {total} images")
+    return out
+
+
+def _warn(data_path, messages):
+    # named after the dataset root, line 0: Python prints no source line, so each is one line
+    for message in messages:
+        warnings.warn_explicit(message, DataWarning, filename=data_path, lineno=0, registry=_WARNED)
+
+
 def read_id_line(path, what, layout):
     """Identities of a one-line, comma-separated id file (SYSU exp/*_id.txt, LLCM idx/test_id.txt)
     as sorted '%04d' strings; duplicates are kept, as the authors' loops keep them."""
     _require(path, what, layout)
-    with open(path) as f:
-        text = f.read().strip()
+    text = _read_text(path).strip()
     try:
         ids = [int(tok) for tok in text.split(",") if tok.strip()]
     except ValueError:
@@ -75,6 +112,23 @@ def _check_sysu_cameras(data_path, cameras):
         _require(os.path.join(data_path, cam), "SYSU-MM01", SYSU_LAYOUT)
 
 
+def sysu_camera_counts(paths, cameras):
+    """{camera: how many of paths lie in ROOT/<camera>/<pid>/} for each of cameras, in order."""
+    found = collections.Counter(os.path.basename(os.path.dirname(os.path.dirname(p))) for p in paths)
+    return {cam: found.get(cam, 0) for cam in cameras}
+
+
+def sysu_train_warnings(data_path, files):
+    """camera_warnings of sysu_train_files' result: a camera without any training identity's image."""
+    ids = set(read_sysu_ids(data_path, "train")) | set(read_sysu_ids(data_path, "val"))
+    out = []
+    for modal, cams in (("visible", SYSU_VISIBLE["all"]), ("thermal", SYSU_THERMAL)):
+        counts = sysu_camera_counts(files[modal], cams)
+        out += camera_warnings("SYSU-MM01", counts, len(ids), "training", f"{modal} training set",
+                               len(files[modal]))
+    return out
+
+
 def _sysu_lists(paths):
     """(paths, pids, camids) with pid and camera read from each path's .../camN/<pid>/file."""
     pids = np.array([int(os.path.basename(os.path.dirname(p))) for p in paths], dtype=np.int64)
@@ -90,6 +144,8 @@ def process_query_sysu(data_path, mode="all"):
     ids = read_sysu_ids(data_path, "test")
     _check_sysu_cameras(data_path, SYSU_THERMAL)
     files = [f for pid in ids for cam in SYSU_THERMAL for f in sysu_files(data_path, pid, cam)]
+    _warn(data_path, camera_warnings("SYSU-MM01", sysu_camera_counts(files, SYSU_THERMAL), len(set(ids)),
+                                     "test", "query set", len(files)))
     return _sysu_lists(files)
 
 
@@ -117,6 +173,9 @@ def process_gallery_sysu(data_path, mode="all", trial=0, gall_mode="single"):
                 files.append(rng.choice(candidates))
             else:
                 files.extend(rng.sample(candidates, min(10, len(candidates))))
+    # a camera without a drawn image has no image at all: the drawn counts tell the empty ones
+    counts = sysu_camera_counts(files, SYSU_VISIBLE[mode])
+    _warn(data_path, camera_warnings("SYSU-MM01", counts, len(set(ids)), "test", "gallery set", len(files)))
     return _sysu_lists(files)
 
 
@@ -136,27 +195,39 @@ def _check_modal(modal):
         raise ValueError(f"modal must be 'visible' or 'thermal', got {modal}")
 
 
+_LABEL = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() takes '²', which int() refuses
+
+
 def read_list(data_path, path, what, layout):
-    """(absolute image paths, int64 labels) of a '<path under data_path> <integer label>' list file."""
+    """(absolute image paths, int64 labels >= 0) of a '<path under data_path> <integer label>' list
+    file (a line number in every error)."""
     _require(path, what, layout)
     files, labels = [], []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{n}: expected '<image path> <integer label>', got {line.strip()!r}")
-            files.append(os.path.join(data_path, parts[0]))
-            labels.append(int(parts[1]))
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
+            raise ValueError(f"{path}:{n}: expected '<image path> <integer label>', got {line.strip()!r}")
+        label = int(parts[1])
+        if label < 0:  # a training label is a classifier row, a test label an identity number
+            raise ValueError(f"{path}:{n}: label {label} is negative: expected labels >= 0")
+        files.append(os.path.join(data_path, parts[0]))
+        labels.append(label)
     return files, np.array(labels, dtype=np.int64)
 
 
 def read_regdb_list(data_path, trial, modal, split):
-    """(absolute image paths, int labels) of idx/<split>_<modal>_<trial>.txt."""
+    """(absolute image paths, int labels) of idx/<split>_<modal>_<trial>.txt, which must list an image
+    (an empty list would fail deep in training or evaluation)."""
     _check_modal(modal)
-    return read_list(data_path, os.path.join(data_path, "idx", f"{split}_{modal}_{trial}.txt"), "RegDB",
-                     REGDB_LAYOUT)
+    path = os.path.join(data_path, "idx", f"{split}_{modal}_{trial}.txt")
+    files, labels = read_list(data_path, path, "RegDB", REGDB_LAYOUT)
+    if not files:
+        role = "training" if split == "train" else split
+        raise ValueError(f"{path}: no {role} images listed: expected lines '<image path> <integer label>' "
+                         f"(expected layout: {REGDB_LAYOUT})")
+    return files, labels
 
 
 def process_test_regdb(data_path, trial=1, modal="visible"):
@@ -211,8 +282,5 @@ def llcm_train_files(data_path):
     out = {}
     for modal, name in LLCM_TRAIN.items():
         path = os.path.join(data_path, "idx", name)
-        files, labels = read_list(data_path, path, "LLCM", LLCM_LAYOUT)
-        if len(labels) and labels.min() < 0:
-            raise ValueError(f"{path}: labels must be >= 0, found {labels.min()}")
-        out[modal] = (files, labels)
+        out[modal] = read_list(data_path, path, "LLCM", LLCM_LAYOUT)  # empty: pre_process_llcm says so
     return out

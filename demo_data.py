@@ -43,6 +43,11 @@ into place at the end) and idempotent (a finished dataset records its
 parameters in ``demo.json``; calling again with the same parameters returns at
 once unless ``force=True``).
 
+They delete or replace only what is provably their own: ``demo.json`` also lists
+every file the generator wrote, and an existing ``root`` is replaced only when it
+is an empty folder or a real folder (not a link, not a file) holding no file
+outside that list; anything else is refused with a ``FileExistsError``.
+
 Command line::
 
     python demo_data.py --root data/regdb_demo --layout regdb
@@ -54,18 +59,22 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+import fileio
+
 # Bump whenever the rendered pixels or the layout change: a cached dataset
 # written by another version is regenerated.
 GENERATOR_VERSION = 1
 # The same for the LLCM layout only (its file plan; its pixels follow GENERATOR_VERSION).
 LLCM_LAYOUT_VERSION = 1
+# Written last into every demo: its parameters and the list of every file the generator wrote,
+# the proof that a folder is this module's to replace.
+MANIFEST = "demo.json"
 
 UPPER_PATTERNS = ("plain", "hstripes_coarse", "hstripes_fine", "vstripes_coarse",
                   "vstripes_fine", "checker", "diagonal", "split", "jacket",
@@ -519,50 +528,40 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
 # --------------------------------------------------------------------------
 
 def read_meta(root):
-    """The contents of root/demo.json, or None where there is none (or it is unreadable)."""
-    try:
-        with open(os.path.join(root, "demo.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    """The contents of root/demo.json (a dict), or None where root is not a folder or holds no
+    readable demo.json: a file is never taken for a demo."""
+    return fileio.read_manifest(root, MANIFEST)
+
+
+_OWNER = dict(manifest=MANIFEST, what="demo folder", writer="the demo generator")
 
 
 def _build_atomically(root, params, writer, force):
     """Run ``writer(tmp_dir)`` and move the result to ``root``.
 
-    Returns without work when ``root`` already holds a dataset with the same
-    ``params``.  Refuses to replace a non-empty folder that was not written by
-    this module (no ``demo.json``), so that real data is never deleted.
+    Returns without work (and without deleting anything) when ``root`` already holds a dataset
+    with the same ``params``. Otherwise replaces only what is provably this module's
+    (fileio.check_owned): demo.json records the params and every file the writer wrote.
     """
     root = os.path.abspath(root)
     meta = read_meta(root)
     if meta is not None and meta.get("params") == params and not force:
-        return root
-    if os.path.isdir(root) and os.listdir(root) and meta is None:
-        raise FileExistsError(f"{root} exists, is not empty and holds no demo.json; "
-                              "refusing to replace it")
-    parent, name = os.path.split(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        return root  # reading is safe whatever else the folder holds
+    fileio.check_owned(root, **_OWNER)  # before any work
+    tmp = fileio.new_build_folder(root)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
         writer(tmp)
-        with open(os.path.join(tmp, "demo.json"), "w") as f:
-            json.dump({"params": params}, f, indent=1, sort_keys=True)
-            f.write("\n")
-        trash = None
-        if os.path.lexists(root):
-            trash = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.replace(root, os.path.join(trash, name))
-        os.replace(tmp, root)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        fileio.write_manifest(tmp, MANIFEST, params=params)
+        fileio.replace_owned(tmp, root, **_OWNER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _check_size(img_w, img_h):
+    if img_w < 4 or img_h < 8:  # the renderer's smallest (a camera's scale 0.875 included)
+        raise ValueError(f"img_w and img_h must be at least 4 and 8, got {img_w}x{img_h}")
 
 
 def _save_png(arr, path):
@@ -629,7 +628,10 @@ def make_regdb_demo(root, num_ids=120, imgs_per_id=10, seed=0, img_w=64, img_h=1
     processes (0: one per CPU); the files do not depend on it.
     """
     if num_ids < 2:
-        raise ValueError("num_ids must be >= 2")
+        raise ValueError(f"num_ids must be >= 2, got {num_ids}")
+    if imgs_per_id < 1 or num_trials < 1:
+        raise ValueError(f"imgs_per_id and num_trials must be >= 1, got {imgs_per_id} and {num_trials}")
+    _check_size(img_w, img_h)
     params = {"layout": "regdb", "version": GENERATOR_VERSION, "num_ids": int(num_ids),
               "imgs_per_id": int(imgs_per_id), "seed": int(seed), "img_w": int(img_w),
               "img_h": int(img_h), "num_trials": int(num_trials)}
@@ -709,7 +711,9 @@ def make_sysu_demo(root, num_ids=40, seed=0, img_w=64, img_h=128, n_val=4, n_tes
     cameras; visible cameras have their own background tint.
     """
     if n_val < 0 or n_test < 1 or n_val + n_test >= num_ids:
-        raise ValueError("need n_test >= 1, n_val >= 0 and n_val + n_test < num_ids")
+        raise ValueError(f"need n_test >= 1, n_val >= 0 and n_val + n_test < num_ids, got n_test {n_test}, "
+                         f"n_val {n_val}, num_ids {num_ids}")
+    _check_size(img_w, img_h)
     params = {"layout": "sysu", "version": GENERATOR_VERSION, "num_ids": int(num_ids),
               "seed": int(seed), "img_w": int(img_w), "img_h": int(img_h),
               "n_val": int(n_val), "n_test": int(n_test)}
@@ -772,7 +776,7 @@ def llcm_plan(num_ids, seed):
     one camera in both (so the same-identity same-camera exclusion applies).
     """
     if num_ids < 6:
-        raise ValueError("num_ids must be >= 6 (test ids are those divisible by 3)")
+        raise ValueError(f"num_ids must be >= 6 (test ids are those divisible by 3), got {num_ids}")
     rng = _rng(_STREAM_LLCM, seed)
     n_gaps = max(1, num_ids // 10)
     top = num_ids + n_gaps
@@ -821,6 +825,7 @@ def make_llcm_demo(root, num_ids=30, seed=0, img_w=64, img_h=128, force=False, w
     """
     params = {"layout": "llcm", "version": GENERATOR_VERSION, "llcm_version": LLCM_LAYOUT_VERSION,
               "num_ids": int(num_ids), "seed": int(seed), "img_w": int(img_w), "img_h": int(img_h)}
+    _check_size(img_w, img_h)
     pids, test_order, train_order, cams = llcm_plan(num_ids, seed)
 
     def writer(out):
@@ -908,6 +913,8 @@ def main(argv=None):
                    help="rendering processes (0: one per CPU); output does not depend on it")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG here")
     args = p.parse_args(argv)
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: one per CPU), got {args.workers}")
     t0 = time.time()
     if args.layout == "regdb":
         root = make_regdb_demo(args.root, num_ids=args.num_ids or 120,
@@ -927,4 +934,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # refusals and bad parameters: one line, no traceback
+        raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted")

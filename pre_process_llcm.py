@@ -21,7 +21,8 @@ def get_args_parser():
     parser.add_argument("--data_path", required=True, help="LLCM root (holds idx/, vis/, nir/)")
     parser.add_argument("--img_w", default=144, type=int, help="stored image width")
     parser.add_argument("--img_h", default=288, type=int, help="stored image height")
-    parser.add_argument("--workers", default=os.cpu_count(), type=int, help="processes reading images")
+    parser.add_argument("--workers", default=0, type=int,
+                        help="processes reading images (default 0: one per CPU core)")
     return parser
 
 

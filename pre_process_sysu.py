@@ -21,16 +21,19 @@ def get_args_parser():
     parser.add_argument("--data_path", required=True, help="SYSU-MM01 root (holds cam1..cam6 and exp/)")
     parser.add_argument("--img_w", default=144, type=int, help="stored image width")
     parser.add_argument("--img_h", default=288, type=int, help="stored image height")
-    parser.add_argument("--workers", default=os.cpu_count(), type=int, help="processes reading images")
+    parser.add_argument("--workers", default=0, type=int,
+                        help="processes reading images (default 0: one per CPU core)")
     return parser
 
 
 def check_args(args):
-    """Flags every pre_process script shares: an existing root and a positive image size."""
+    """Flags every pre_process script shares: an existing root, a positive image size, --workers >= 0."""
     if not os.path.isdir(args.data_path):
         raise FileNotFoundError(f"--data_path {args.data_path}: no such folder")
     if args.img_w < 1 or args.img_h < 1:
         raise ValueError(f"--img_w and --img_h must be positive, got {args.img_w}x{args.img_h}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: one per CPU core), got {args.workers}")
 
 
 def pid_of(path):
@@ -43,6 +46,8 @@ def main(args):
     if not files["visible"] or not files["thermal"]:
         raise ValueError(f"{args.data_path}: no training images found under cam1..cam6 for exp/train_id.txt "
                          f"and exp/val_id.txt")
+    for line in data_manager.sysu_train_warnings(args.data_path, files):  # e.g. an emptied camera
+        print(f"warning: {line}")
     pids = sorted({pid_of(p) for paths in files.values() for p in paths})
     pid2label = {pid: label for label, pid in enumerate(pids)}
     visible, thermal = ((paths, np.array([pid2label[pid_of(p)] for p in paths], dtype=np.int64))
