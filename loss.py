@@ -171,7 +171,7 @@ HCLOSSES = ("HcTri", "OriTri", "no")
 
 
 class DGTLLoss(nn.Module):
-    """DGTL's total loss (Liu et al. SPL 2021; SPEC-DGTL §2.6), all terms weighted 1:
+    """DGTL's total loss (Liu et al., IEEE SPL 2021; hijune6/DGTL-for-VT-ReID, train.py), all terms weighted 1:
 
     CE(W1 b) + TriBH(f; margin)                                   fine granularity, always
     + CE(W2 h) + HcTri(h; margin + margin_hc)                     coarse granularity, hcloss 'HcTri'

@@ -287,12 +287,13 @@ def dgtl_options(head, bpool, cpool, fuse, gm_pool):
 
 
 class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
-    """The two-stream ResNet of the paper (SPEC §4): share_net 0..5, and one of three heads:
+    """The two-stream ResNet of the paper (Liu et al., IEEE TMM 2021; hijune6/Hetero-center-triplet-loss-
+    for-VT-Re-ID, model_mine.py): share_net 0..5, and one of three heads:
 
     'pcb'    part strips (pcb 'on', the default);
     'global' one GeM/average-pooled feature with a BN neck (pcb 'off');
     'dgtl'   DGTL's fine branch f = bpool(X), b = BN1(f), W1 b and, unless cpool is 'no', its coarse
-             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h (SPEC-DGTL §1).
+             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h (hijune6/DGTL-for-VT-ReID, model_main.py).
 
     arch: 'resnet50' (the paper's) or 'resnet18', both with last stride 1.
     pretrained: 'imagenet' (the paper's initialisation; what train_mine.py uses for SYSU-MM01 and
