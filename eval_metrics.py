@@ -6,6 +6,7 @@ Ranking is ascending distance with a stable sort: equal distances keep gallery o
   eval_regdb(distmat, q_pids, g_pids, max_rank=20) -> (cmc, mAP, mINP)
   eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20) -> (cmc, mAP, mINP)
   eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20) -> (cmc, mAP, mINP)
+  removed_mask(protocol, q_pids, g_pids, q_camids=None, g_camids=None) -> bool [Q, G]
   k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3) -> distance [Q, G]
   random_walk(q_feat, g_feat, alpha=0.95) -> distance [Q, G]
 
@@ -15,7 +16,7 @@ fractions. Queries without a true match in the (kept) gallery are skipped.
 import numpy as np
 import torch
 
-__all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "k_reciprocal", "random_walk"]
+__all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "removed_mask", "k_reciprocal", "random_walk"]
 
 # eval_regdb counts, for each true match, how many gallery items rank before it: 2 * R
 # vectorised comparisons per matrix entry (R = matches per query). On CPU a stable row sort
@@ -165,6 +166,35 @@ def _camids(q_camids, g_camids, q, g):
     return qc, gc
 
 
+PROTOCOLS = ("sysu", "llcm", "regdb")
+
+
+def _removed(protocol, q, g, qc, gc):
+    if protocol == "sysu":  # cam3 queries and cam2 gallery images are in the same room
+        return (qc == 3)[:, None] & (gc == 2)[None, :]
+    if protocol == "llcm":  # the query's own identity seen by its own camera
+        return (g[None, :] == q[:, None]) & (gc[None, :] == qc[:, None])
+    return torch.zeros((q.numel(), g.numel()), dtype=torch.bool, device=q.device)
+
+
+def removed_mask(protocol, q_pids, g_pids, q_camids=None, g_camids=None):
+    """The gallery entries a protocol leaves out of each query's ranked list: bool tensor [Q, G]
+    (on the ids' device) that eval_sysu / eval_llcm use and ranked-list pictures should use too.
+
+    "sysu": cam3 queries ignore every cam2 gallery image, of any identity (the authors' code);
+    "llcm": gallery images of the query's identity and camera; "regdb": nothing. Camera ids are
+    needed for sysu and llcm only."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    q = _tensor(q_pids).reshape(-1)
+    g = _tensor(g_pids, q.device).reshape(-1)
+    if protocol == "regdb":
+        return _removed(protocol, q, g, None, None)
+    if q_camids is None or g_camids is None:
+        raise ValueError(f"removed_mask({protocol!r}) needs the query and gallery camera ids")
+    return _removed(protocol, q, g, *_camids(q_camids, g_camids, q, g))
+
+
 def _eval_kept(dist, q, g, removed, max_rank):
     """The authors' SYSU-MM01 / LLCM evaluation on each query's ranked gallery minus `removed`
     ([Q, G] bool, gallery order): CMC = rank among the distinct identities of the kept list (first
@@ -197,7 +227,7 @@ def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
     occurrence of each). mAP / mINP use the kept list without de-duplication."""
     dist, q, g = _prepare(distmat, q_pids, g_pids, max_rank)
     qc, gc = _camids(q_camids, g_camids, q, g)
-    return _eval_kept(dist, q, g, (qc == 3)[:, None] & (gc == 2)[None, :], max_rank)
+    return _eval_kept(dist, q, g, _removed("sysu", q, g, qc, gc), max_rank)
 
 
 def eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
@@ -207,7 +237,7 @@ def eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
     CMC, mAP and mINP as in eval_sysu: distinct-identity CMC, mAP / mINP on the kept list."""
     dist, q, g = _prepare(distmat, q_pids, g_pids, max_rank)
     qc, gc = _camids(q_camids, g_camids, q, g)
-    return _eval_kept(dist, q, g, (g[None, :] == q[:, None]) & (gc[None, :] == qc[:, None]), max_rank)
+    return _eval_kept(dist, q, g, _removed("llcm", q, g, qc, gc), max_rank)
 
 
 # ----------------------------------------------------------------------------- re-ranking

@@ -10,15 +10,19 @@ DGTL: --bpool, --cpool, --fuse, which imply --method dgtl). A flag the file's he
 import argparse
 import csv
 import json
+import math
 import os
 import re
+import shutil
 import time
+import weakref
 
 import numpy as np
 import torch
 
 import data_loader
 import data_manager
+import fileio
 import eval_metrics
 import utils
 import visualize
@@ -26,7 +30,7 @@ import visualize
 METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
               "both": ("visible->thermal", "thermal->visible")}
-# LLCM (SPEC-LLCM §3.2): A, B (the official test script's role swap: what the published table's second
+# LLCM (ZYK100/LLCM, test.py): A, B (the official test script's role swap: what the published table's second
 # column group reports) and C (the literal reading).
 LLCM_LABELS = {"ir2vis": "infrared->visible", "vis2ir": "visible->infrared (official: roles swapped)",
                "vis2ir_literal": "visible->infrared (literal)"}
@@ -47,6 +51,9 @@ def get_args_parser(add_help=True):
                    help="SYSU/LLCM gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in "
                         "--resume, else the checkpoint's own); e.g. 0-9, 1,3,5 or 0 1 2")
     g.add_argument("--trial", default=None, type=int, help="RegDB split, when --trials is not given")
+    g.add_argument("--cross_split", default=None, action="store_true",
+                   help="RegDB/demo: allow testing a checkpoint on a split other than the one it records "
+                        "(a cross-split study; its training identities are then among the test ones)")
     g.add_argument("--tvsearch", nargs="?", const="on", default=None, choices=("off", "on", "both"),
                    help="RegDB direction: visible->thermal (default), --tvsearch thermal->visible, 'both'")
     g.add_argument("--direction", default=None, choices=tuple(LLCM_DIRECTIONS),
@@ -174,8 +181,9 @@ class Evaluator:
         raise NotImplementedError
 
     def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None):
-        """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels)
-        sees every search of the reported feature."""
+        """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
+        q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
+        eval_metrics.removed_mask takes, so that pictures leave out what the metric leaves out)."""
         feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
                                      all_features=True) for m in self.images}
         names = feature_names(model.config)
@@ -186,7 +194,8 @@ class Evaluator:
                 dist = distance(feats[qm][feature][qi_t], feats[gm][feature][gi_t], re_rank)
                 if on_distance is not None and feature == names[0]:
                     on_distance(setting, trial, dist, [self.paths[qm][i] for i in qi],
-                                [self.paths[gm][i] for i in gi], self.pids[qm][qi], self.pids[gm][gi])
+                                [self.paths[gm][i] for i in gi], self.pids[qm][qi], self.pids[gm][gi],
+                                q_camids=self.camids[qm][qi], g_camids=self.camids[gm][gi], protocol=self.protocol)
                 cmc, mAP, mINP = metric(dist, qi, gi)
                 records.append({"setting": setting, "feature": feature, "trial": trial, "cmc": cmc, "mAP": mAP,
                                 "mINP": mINP})
@@ -219,6 +228,7 @@ class Evaluator:
 
 class SYSUEval(Evaluator):
     """SYSU-MM01: thermal queries against each trial's visible gallery; every image read once."""
+    protocol = "sysu"
 
     def __init__(self, data_path, mode="all", trials=(0,), gall_mode="single", img_w=144, img_h=288, workers=4):
         self.img_w, self.img_h, self.workers, self.setting = img_w, img_h, workers, f"{mode} search"
@@ -237,6 +247,7 @@ class SYSUEval(Evaluator):
 
 class RegDBEval(Evaluator):
     """One RegDB split's test images (visible and thermal), read once."""
+    protocol = "regdb"
 
     def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",)):
         self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
@@ -258,10 +269,11 @@ class RegDBEval(Evaluator):
 
 
 class LLCMEval(Evaluator):
-    """LLCM (SPEC-LLCM §3): for each trial, one image per (identity, camera) of the gallery modality;
+    """LLCM (the official ZYK100/LLCM test.py): for each trial, one image per (identity, camera) of the gallery modality;
     every query image; the metric of eval_llcm (same identity and camera excluded, de-duplicated CMC).
     Directions: ir2vis (A), vis2ir (B: the official script's swap, the sampled infrared images probe
     every visible image) and vis2ir_literal (C)."""
+    protocol = "llcm"
 
     def __init__(self, data_path, trials=(0,), directions=("ir2vis",), img_w=144, img_h=288, workers=4):
         self.img_w, self.img_h, self.workers = img_w, img_h, workers
@@ -389,13 +401,24 @@ def regdb_trials(args, path, log):
     for t in trials:  # the lists of every split, before the first split is evaluated
         for m in ("visible", "thermal"):
             data_manager.process_test_regdb(args.data_path, t, m)
-    for f in files.values():
+    for t, f in files.items():
         if f not in read:
             read[f] = utils.load_checkpoint(f)
         if isinstance(read[f], dict):  # ten splits' optimiser states would only fill the memory
             for key in ("optimizer", "scaler"):
                 read[f].pop(key, None)
+        check_split(f, read[f], t, args.cross_split)
     return {t: (f, read[f]) for t, f in files.items()}
+
+
+def check_split(path, ckpt, trial, cross_split):
+    """A checkpoint that records its training split is tested on that split only: another split's test
+    identities are partly its training identities (unless --cross_split says that is the study)."""
+    saved = (ckpt.get("args") or {}).get("trial") if isinstance(ckpt, dict) else None
+    if saved is not None and saved != trial and not cross_split:
+        raise ValueError(f"{path} was trained on split {saved} (it records --trial {saved}), so testing it on "
+                         f"split {trial} puts its training identities in the test set: use --trials {saved}, "
+                         f"or pass --cross_split for a cross-split study")
 
 
 def evaluate_regdb(args, device, log, on_distance=None):
@@ -441,45 +464,100 @@ def collect(records, model, log, labels=None):
 
 def append_results_csv(log_path, args, results):
     """One row per setting (and, for DGTL, per feature) of this run in <log_path>/results.csv, so
-    sweeps become one table."""
+    sweeps become one table. The file is rewritten whole and atomically: a full disk leaves it as it was."""
     path = os.path.join(log_path, "results.csv")
-    os.makedirs(log_path, exist_ok=True)
     fields = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
              [f"{k}_mean" for k in METRICS] + [f"{k}_std" for k in METRICS]
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
+    old = ""
+    if os.path.exists(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            old = f.read()
+    rows = []
+    for setting, r in results.items():
+        model = r["model"]
+        names = feature_names(model)
+        for feature in names:
+            entry = r if feature == names[0] else r[feature]
+            tag = f" [{model['head']} {feature}]" if feature else ""
+            row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
+                   "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
+                   "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
+            row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in METRICS})
+            row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in METRICS})
+            rows.append(row)
+
+    def write(f):
+        f.write(old)
         writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
+        if not old:
             writer.writeheader()
-        for setting, r in results.items():
-            model = r["model"]
-            names = feature_names(model)
-            for feature in names:
-                entry = r if feature == names[0] else r[feature]
-                tag = f" [{model['head']} {feature}]" if feature else ""
-                row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
-                       "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
-                       "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
-                row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in METRICS})
-                row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in METRICS})
-                writer.writerow(row)
-    return path
+        writer.writerows(rows)
+    return fileio.atomic_write(path, write, binary=False)
 
 
 class RankedListWriter:
-    """on_distance callback: ranked-list pictures for the first trial of every setting."""
+    """on_distance callback: ranked-list pictures for the first trial of every setting, without the
+    gallery entries the protocol's metric leaves out (eval_metrics.removed_mask).
 
-    def __init__(self, vis_dir, num, order, top_k):
+    Everything goes to <vis_dir>/<checkpoint file stem>/ (<setting>_trial<t>/query_*.png, cmc.png and
+    the manifest vis.json listing them), so that checkpoints never mix. It is written into a temporary
+    sibling that finish() swaps in: a folder of an earlier run is replaced whole (no stale pictures),
+    and only if every file in it is one its manifest lists (else refused, before any work)."""
+
+    MANIFEST = "vis.json"
+
+    def __init__(self, vis_dir, num, order, top_k, checkpoint):
         self.vis_dir, self.num, self.order, self.top_k, self.done = vis_dir, num, order, top_k, set()
+        self.checkpoint, self.stem = checkpoint, self.folder_name(checkpoint)
+        self.folder = os.path.join(vis_dir, self.stem)
+        self.tmp, self._discard = None, None
+        self.check()  # before any image is read: a refused folder must not cost an evaluation
 
-    def __call__(self, setting, trial, dist, q_paths, g_paths, q_labels, g_labels):
+    @staticmethod
+    def folder_name(checkpoint):
+        """The checkpoint's file stem, braces of a {trial} template dropped: regdb_trial{trial}_best.pth ->
+        regdb_trialtrial_best (a distinct name from any one split's file)."""
+        name = os.path.basename(os.fspath(checkpoint).rstrip("/\\")).replace("{", "").replace("}", "")
+        name = re.sub(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", "", name)  # .pth/.pt/.t/.tar, not the ".1" of "lr_0.1"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "checkpoint"
+
+    def check(self):
+        """One-line ValueError if the folder exists and holds anything its manifest does not list."""
+        try:
+            fileio.check_owned(self.folder, self.MANIFEST, "picture folder", "test_mine.py")
+        except FileExistsError as e:
+            raise ValueError(f"--vis_dir: {e}; nothing was deleted: move it away or choose another --vis_dir") \
+                from None
+
+    def staging(self):
+        """The temporary sibling the pictures go to until finish() (removed if the run stops before)."""
+        if self.tmp is None:
+            self.tmp = fileio.new_build_folder(self.folder)
+            self._discard = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)
+        return self.tmp
+
+    def __call__(self, setting, trial, dist, q_paths, g_paths, q_labels, g_labels, *, q_camids, g_camids,
+                 protocol):
         if setting in self.done:
             return
         self.done.add(setting)
         slug = re.sub(r"[^A-Za-z0-9_]+", "_", setting.replace("->", "_to_")).strip("_")
-        folder = os.path.join(self.vis_dir, f"{slug}_trial{trial}")
+        folder = os.path.join(self.staging(), f"{slug}_trial{trial}")
+        removed = eval_metrics.removed_mask(protocol, q_labels, g_labels, q_camids, g_camids)
         visualize.write_ranked_lists(folder, q_paths, g_paths, dist.cpu().numpy(), q_labels, g_labels,
-                                     num=self.num, top_k=self.top_k, order=self.order)
+                                     num=self.num, top_k=self.top_k, order=self.order, removed=removed)
+
+    def finish(self, curves, title):
+        """cmc.png and the manifest, then the new folder in place of the earlier one; returns cmc.png's path."""
+        tmp = self.staging()
+        visualize.cmc_curve_picture(curves, os.path.join(tmp, "cmc.png"), title=title)
+        fileio.write_manifest(tmp, self.MANIFEST, checkpoint=self.checkpoint)
+        self._discard.detach()
+        try:  # checked again: something may have been put there during the evaluation
+            fileio.replace_owned(tmp, self.folder, self.MANIFEST, "picture folder", "test_mine.py")
+        except FileExistsError as e:
+            raise ValueError(f"--vis_dir: {e}; nothing was deleted (the new pictures are in {tmp})") from None
+        return os.path.join(self.folder, "cmc.png")
 
 
 def image_files(folder, flag):
@@ -521,7 +599,8 @@ def search_folders(args, device, log):
 
 
 # flags that apply to some datasets (or to a folder search) only, with their defaults there
-SEARCH_FLAGS = {"sysu": {"mode": "all", "gall_mode": "single"}, "regdb": {"tvsearch": "off", "trial": None},
+SEARCH_FLAGS = {"sysu": {"mode": "all", "gall_mode": "single"},
+                "regdb": {"tvsearch": "off", "trial": None, "cross_split": False},
                 "llcm": {"direction": "ir2vis"}, "search": {"query_modal": "thermal"}}
 SEARCH_FLAGS["demo"] = SEARCH_FLAGS["regdb"]
 
@@ -550,11 +629,16 @@ def validate_args(args):
         value = getattr(args, flag)
         if value not in allowed and not (value is None and flag in ("mode", "gall_mode", "query_modal")):
             raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
-    for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0)):
-        if getattr(args, flag) < low:
+    for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0), ("img_w", 1),
+                      ("img_h", 1), ("share_net", 0), ("local_feat_dim", 1), ("num_strips", 1)):
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    if args.gem_p is not None and not (math.isfinite(args.gem_p) and args.gem_p > 0):
+        raise ValueError(f"--gem_p must be a finite number > 0, got {args.gem_p}")
     if args.trials is not None:
         utils.parse_trials(args.trials)
+        if args.trial is not None:
+            raise ValueError("--trial and --trials: give one of them (--trials takes one split or several)")
     if args.dataset in ("regdb", "demo"):
         check_regdb_splits(args)
 
@@ -569,6 +653,32 @@ def check_regdb_splits(args):
     if min(trials) < 1 or (args.dataset == "regdb" and max(trials) > REGDB_SPLITS[-1]):
         span = "RegDB splits are 1..10" if args.dataset == "regdb" else "the demo's splits are numbered from 1"
         raise ValueError(f"{flag} {' '.join(map(str, trials))}: {span}")
+
+
+def input_files(args):
+    """The checkpoint file(s) this evaluation reads (every split's, for a {trial} template)."""
+    path = resolve_checkpoint(args.resume, args.model_path) if args.resume else ""
+    if "{trial}" not in path:
+        return [path]
+    trials = utils.parse_trials(args.trials) if args.trials is not None else [args.trial] if args.trial else \
+        list(REGDB_SPLITS)
+    return [path.format(trial=t) for t in trials]
+
+
+def check_outputs(args, searching):
+    """Every output checked before the first image is read: it can be written, and it is no input
+    (a result written over the checkpoint it came from would destroy it)."""
+    inputs = input_files(args)
+    folders = (args.query_dir, args.gallery_dir) if searching else (args.data_path,)
+    if args.json:
+        fileio.check_output_file(args.json, "--json", inputs, folders)
+    if args.log_path and not searching:
+        fileio.check_output_dir(args.log_path, "--log_path")
+        fileio.check_output_file(os.path.join(args.log_path, "results.csv"), "--log_path", inputs, folders)
+    if args.visualize or searching:
+        fileio.check_output_dir(args.vis_dir, "--vis_dir")
+    if searching:
+        fileio.check_output_file(os.path.join(args.vis_dir, "search_topk.csv"), "--vis_dir", inputs, folders)
 
 
 def main(args):
@@ -589,11 +699,13 @@ def main(args):
         log(f"warning: --half on a CPU with AMX: {utils.AMX_BF16}; leave --half out for float32 features")
     torch.backends.cudnn.benchmark = True
     args.vis_dir = args.vis_dir or os.path.join(args.log_path or ".", "vis")
+    check_outputs(args, searching)
     if searching:
         return search_folders(args, device, log)
     ensure_demo(args, log)
     start = time.time()
-    writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k) if args.visualize else None
+    writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k,
+                              resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None
     evaluate = {"sysu": evaluate_sysu, "llcm": evaluate_llcm}.get(args.dataset, evaluate_regdb)
     records, model = evaluate(args, device, log, writer)
     labels = {v: k for k, v in LLCM_LABELS.items()} if args.dataset == "llcm" else None
@@ -601,15 +713,12 @@ def main(args):
     log(f"evaluated in {time.time() - start:.1f} s on {device}")
     if writer is not None:
         curves = {setting: np.mean([row["cmc"] for row in r["trials"]], 0) for setting, r in results.items()}
-        path = visualize.cmc_curve_picture(curves, os.path.join(args.vis_dir, "cmc.png"),
-                                           title=f"CMC, {args.dataset}, mean over trials")
+        path = writer.finish(curves, title=f"CMC, {args.dataset}, mean over trials")
         log(f"pictures: ranked lists and {path}")
     if args.json:
         out = next(iter(results.values())) if len(results) == 1 else dict(results)
         out = {**out, "setting": ", ".join(results), "args": vars(args)}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2, default=str)
+        fileio.atomic_write(args.json, lambda f: json.dump(out, f, indent=2, default=str), binary=False)
         log(f"metrics written to {args.json}")
     if args.log_path:
         log(f"results table: {append_results_csv(args.log_path, args, results)}")

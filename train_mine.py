@@ -14,6 +14,7 @@ utils.METHOD_DEFAULTS); the first log line shows every value in effect.
 import argparse
 import hashlib
 import json
+import math
 import os
 import shlex
 import time
@@ -25,6 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data_loader
+import data_manager
+import fileio
 import loss as losses
 import model_mine
 import test_mine
@@ -143,6 +146,20 @@ def parse_lr_steps(text):
     return steps
 
 
+def check_ranges(args):
+    """Numbers no comparison below would catch, or that would fail late or train a term that is always 0."""
+    bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
+        raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")
+    if args.seed > 2 ** 32 - 1:
+        raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
+    if args.dataset == "regdb" and args.trial > 10:
+        raise ValueError(f"--trial {args.trial}: RegDB splits are 1..10")
+    if args.batch_size == 1 and args.method != "id-only":
+        raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
+                         f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
+
+
 def validate_args(args, explicit):
     """Every flag checked before any work, each error naming its flag."""
     def choice(flag, allowed):
@@ -170,6 +187,7 @@ def validate_args(args, explicit):
         at_least(flag, 0)
     if args.workers is not None:
         at_least("workers", 0)
+    check_ranges(args)
     for flag in ("erasing_p", "channel_aug"):
         if not 0 <= getattr(args, flag) <= 1:
             raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
@@ -190,7 +208,7 @@ def validate_args(args, explicit):
         at_least("margin_hc", 0)
         config = dict(head="dgtl", bpool=args.bpool, cpool=args.cpool)
         # w_center is HcTri's; the center-granularity loss acts on the coarse branch, and margin_hc is
-        # HcTri's only (SPEC-DGTL §2.5)
+        # HcTri's only (hijune6/DGTL-for-VT-ReID, train.py)
         loss_only = ["w_center"] + (["hcloss", "margin_hc"] if args.cpool == "no" else
                                     ["margin_hc"] if args.hcloss != "HcTri" else [])
         owner = f"--method dgtl --cpool {args.cpool} --hcloss {args.hcloss}"
@@ -224,17 +242,6 @@ def validate_args(args, explicit):
     if args.pcb == "on" and args.method != "dgtl" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
         raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
                          f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")
-
-
-def check_writable(folder, flag):
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
 
 
 def run_name(args):
@@ -300,7 +307,16 @@ def prepare_run(args):
     args.model_path = args.model_path or "save_model/"
     for folder, flag in ((args.model_path, "--model_path"), (args.log_path, "--log_path")):
         if folder:
-            check_writable(folder, flag)
+            fileio.check_output_dir(folder, flag)
+    check_run_files(args, name, ckpt)
+    if ckpt is not None and ckpt["epoch"] + 1 >= args.epochs:
+        raise ValueError(f"--resume {args.resume}: its run has finished epoch {ckpt['epoch']} of --epochs "
+                         f"{args.epochs}; pass a larger --epochs to train on")
+    return ckpt, name, notes
+
+
+def check_run_files(args, name, ckpt):
+    """A fresh run never writes over a run's checkpoints, nor a resumed one over a later epoch of its own."""
     own = ckpt is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(args.model_path)
     taken = [p for p in checkpoint_paths(args.model_path, name).values() if os.path.exists(p)]
     if taken and not own:
@@ -315,10 +331,6 @@ def prepare_run(args):
             raise ValueError(f"--resume {args.resume}: continuing from its epoch {ckpt['epoch']} would write over "
                              f"{last}, which holds epoch {later} of the same run; resume from that file, or "
                              f"give --model_path DIR to branch from epoch {ckpt['epoch']} elsewhere")
-    if ckpt is not None and ckpt["epoch"] + 1 >= args.epochs:
-        raise ValueError(f"--resume {args.resume}: its run has finished epoch {ckpt['epoch']} of --epochs "
-                         f"{args.epochs}; pass a larger --epochs to train on")
-    return ckpt, name, notes
 
 
 def checkpoint_paths(folder, name):
@@ -490,63 +502,77 @@ def forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, d
     return loss, loss_id, loss_tri, acc
 
 
+def train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, keep_buffers=False):
+    """One optimisation step; returns (loss, id, tri, acc) as one device tensor (no synchronisation)."""
+    v, t, labels = (x.to(device, non_blocking=True) for x in batch)
+    if v.dtype == torch.uint8:
+        v, t = augment(v, t)
+    v = v.contiguous(memory_format=torch.channels_last)
+    t = t.contiguous(memory_format=torch.channels_last)
+    # while compiling, a failure may come after the forward has updated the batch-norm statistics
+    # (the backward is compiled lazily): keep them to restore before the eager retry
+    saved = model.buffers_copy() if keep_buffers else None
+    try:
+        values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
+    except Exception as e:
+        if not (isinstance(model, CompiledModel) and model.compiled is not None and compiler_error(e)):
+            raise
+        model.fall_back(e, saved)
+        values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.stack([x.detach().float() for x in values])
+
+
+def update_meters(meters, pending, epoch, step):
+    """Add the pending steps' values (one synchronisation with the device); a non-finite loss stops the run."""
+    values = torch.stack(pending).cpu()
+    bad = (~torch.isfinite(values[:, :3])).any(1).nonzero()
+    if len(bad):
+        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step - len(pending) + 1 + int(bad[0])}"
+                                 f" (loss {values[bad[0, 0], 0]:.4g}): lower --lr or try --amp off")
+    for row in values:
+        for k, x in zip(meters, row.tolist()):
+            meters[k].update(x)
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args, dtype,
                     show=True, tb=None, log=print):
-    """One epoch; returns the mean loss, ID loss, triplet loss, triplet accuracy, images/s and seconds."""
+    """One epoch; returns the mean loss, ID loss, triplet loss, triplet accuracy, images/s and seconds.
+    Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
     torch.manual_seed(epoch_seed(args.seed, epoch, args.rank))
     if getattr(loader, "generator", None) is not None:  # the workers' seeds (per-image augmentation)
         loader.generator.manual_seed(epoch_seed(args.seed, epoch, args.rank, 1))
     meters = {k: utils.AverageMeter() for k in ("loss", "id", "tri", "acc")}
-    pending, images, start = [], 0, time.time()
+    pending, images, start, step = [], 0, time.time(), 0
     steps = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not show, mininterval=1.0, dynamic_ncols=True)
     compiling = isinstance(model, CompiledModel) and model.compiled is not None and not getattr(model, "timed", 0)
-    for step, (v, t, labels) in enumerate(loader):
-        if step >= steps:
-            break
-        v, t = v.to(device, non_blocking=True), t.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if v.dtype == torch.uint8:
-            v, t = augment(v, t)
-        v = v.contiguous(memory_format=torch.channels_last)
-        t = t.contiguous(memory_format=torch.channels_last)
-        # while compiling, a failure may come after the forward has updated the batch-norm statistics
-        # (the backward is compiled lazily): keep them to restore before the eager retry
-        saved = model.buffers_copy() if compiling and model.compiled is not None and step <= 2 else None
-        try:
-            values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
-        except Exception as e:
-            if not (isinstance(model, CompiledModel) and model.compiled is not None and compiler_error(e)):
-                raise
-            model.fall_back(e, saved)
-            values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
-        scaler.step(optimizer)
-        scaler.update()
-        pending.append(torch.stack([x.detach().float() for x in values]))
-        images += labels.numel()
-        if compiling and model.compiled is not None and step == min(2, steps - 1):  # compile, then capture
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            model.timed = time.time() - start
-            log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per run)"
-                f"{model.graph_skips()}")
-        if len(pending) == args.print_freq or step == steps - 1:
-            values = torch.stack(pending).cpu()  # the only synchronisation with the device
-            bad = (~torch.isfinite(values[:, :3])).any(1).nonzero()
-            if len(bad):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step - len(pending) + 1 + int(bad[0])}"
-                                         f" (loss {values[bad[0, 0], 0]:.4g}): lower --lr or try --amp off")
-            for row in values:
-                for k, x in zip(meters, row.tolist()):
-                    meters[k].update(x)
-            rate = images / (time.time() - start)
-            bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", id=f"{meters['id'].avg:.3f}",
-                            tri=f"{meters['tri'].avg:.3f}", acc=f"{100 * meters['acc'].avg:.1f}%",
-                            lr=f"{optimizer.param_groups[-1]['lr']:.2g}", img_s=f"{rate:.0f}")
-            bar.update(len(pending))
-            pending = []
+    try:
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            keep = compiling and model.compiled is not None and step <= 2
+            pending.append(train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, keep))
+            images += batch[2].numel()
+            if compiling and model.compiled is not None and step == min(2, steps - 1):  # compile, then capture
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                model.timed = time.time() - start
+                log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per "
+                    f"run){model.graph_skips()}")
+            if len(pending) == args.print_freq or step == steps - 1:
+                update_meters(meters, pending, epoch, step)
+                bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", id=f"{meters['id'].avg:.3f}",
+                                tri=f"{meters['tri'].avg:.3f}", acc=f"{100 * meters['acc'].avg:.1f}%",
+                                lr=f"{optimizer.param_groups[-1]['lr']:.2g}",
+                                img_s=f"{images / (time.time() - start):.0f}")
+                bar.update(len(pending))
+                pending = []
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"epoch {epoch}, step {step}") from None
     bar.close()
     stats = {k: m.avg for k, m in meters.items()}
     stats["seconds"] = max(time.time() - start, 1e-9)
@@ -625,6 +651,26 @@ def init_distributed(args):
     return args
 
 
+def check_data(args):
+    """Read every list the run needs (not the images) and check the stored training set and the
+    initial weights, so that a missing or broken dataset stops the run before any folder is made."""
+    if args.pretrained not in ("imagenet", "none") and not os.path.isfile(args.pretrained):
+        raise FileNotFoundError(f"--pretrained: no such file: {args.pretrained} (expected 'imagenet', 'none' "
+                                f"or a weights file)")
+    if args.dataset in ("sysu", "llcm"):
+        build_train_data(args)  # memory maps: the files, their sizes and the image size, no pixels read
+        if args.dataset == "sysu":
+            data_manager.process_query_sysu(args.data_path, args.mode)
+            data_manager.process_gallery_sysu(args.data_path, args.mode, 0)
+        else:
+            data_manager.process_query_llcm(args.data_path, "thermal")
+            data_manager.process_gallery_llcm(args.data_path, "visible", 0)
+        return
+    for split in ("train", "test"):
+        for modal in ("visible", "thermal"):
+            data_manager.read_regdb_list(args.data_path, args.trial, modal, split)
+
+
 def main(args):
     init_distributed(args)
     main_process = args.rank == 0
@@ -634,20 +680,56 @@ def main(args):
     ckpt, name, notes = prepare_run(args)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
-    log = print if main_process else (lambda *a, **k: None)
-    log_file = os.path.join(args.log_path, name + ".log") if args.log_path and main_process else None
     if main_process:
+        test_mine.ensure_demo(args, notes.append)  # logged with the run's first lines
+    if args.world_size > 1:
+        dist.barrier()
+    check_data(args)
+    lock = None
+    try:
+        if main_process:  # one writer per run: the lock, then the run's files checked again under it
+            for folder, flag in ((args.model_path, "--model_path"), (args.log_path, "--log_path")):
+                if folder:
+                    fileio.make_output_dir(folder, flag)
+            lock = fileio.RunLock(args.model_path, name)
+            stale = lock.acquire()
+            check_run_files(args, name, ckpt)
+            notes = notes + ([f"note: took over the lock of run {name} from process {stale}, which is no longer "
+                              f"running"] if stale else [])
+            removed = [n for d in {args.model_path, args.log_path} if d for n in fileio.remove_dead_temps(d)]
+            notes += [f"note: removed {len(removed)} temporary file(s) of killed runs: {', '.join(removed)}"] \
+                if removed else []
+        return run_logged(args, ckpt, name, notes, device)
+    finally:
+        if lock is not None:
+            lock.release()
+        if args.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_logged(args, ckpt, name, notes, device):
+    """train() with its log: the file says why the run stopped (the screen gets it once, from the caller)."""
+    log = print if args.rank == 0 else (lambda *a, **k: None)
+    log_file = os.path.join(args.log_path, name + ".log") if args.log_path and args.rank == 0 else None
+    if args.rank == 0:
         log = utils.get_logger(log_file).info
     try:
         return train(args, ckpt, name, notes, device, log)
+    except KeyboardInterrupt as e:
+        last = checkpoint_paths(args.model_path, name)["last"]
+        how = (f"resume with: python train_mine.py --resume {shlex.quote(last)}" if os.path.exists(last) else
+               "no checkpoint was written yet: run the command again")
+        where = e.args[0] if e.args else "a point outside the training steps (loading, evaluating or saving)"
+        raise Interrupted(f"interrupted at {where}; {how}") from None
     except Exception as e:
-        if log_file:  # the log file says why the run stopped (the screen gets it once, from the caller)
+        if log_file:
             with open(log_file, "a") as f:
                 f.write(f"error: {e}\n")
         raise
-    finally:
-        if args.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+class Interrupted(Exception):
+    """Ctrl-C, as one line saying where the run stopped and how to continue it."""
 
 
 def train(args, ckpt, name, notes, device, log):
@@ -664,11 +746,6 @@ def train(args, ckpt, name, notes, device, log):
     if device.type == "cpu" and dtype == torch.bfloat16 and utils.cpu_has_amx():
         log(f"warning: bf16 on a CPU with AMX: {utils.AMX_BF16}; --amp off is the safe choice")
     utils.set_seed(args.seed)
-    if main_process:
-        test_mine.ensure_demo(args, log)
-    if args.world_size > 1:
-        dist.barrier()
-
     data = build_train_data(args)
     sampler = utils.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
                                     args.seed, args.rank)
@@ -767,5 +844,5 @@ def tensorboard_writer(folder):
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError, Interrupted) as e:
         raise SystemExit(f"error: {e}")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+import fileio
 import model_mine
 
 
@@ -18,7 +19,7 @@ METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
 # can be told from one left out: a resumed run takes the latter from its checkpoint, and a flag that
 # does not apply to the chosen method is an error only when it was given. fill_dataset_defaults then
 # sets what is left out, in this order: the method's published value for the dataset (DGTL), the
-# dataset's (SPEC §6), then COMMON_DEFAULTS.
+# dataset's (the authors' train scripts), then COMMON_DEFAULTS.
 COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
                        method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
                        eval_every=2, mode="all", steps_per_epoch=0, trial=1)
@@ -40,7 +41,7 @@ DATASET_DEFAULTS = {
                  arch="resnet18", num_strips=4, epochs=12, pretrained="none", data_path=os.path.join("data", "demo"),
                  optim="adam", lr=4e-3, backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="10", eval_start=11, pad=2),
 }
-# DGTL (SPEC-DGTL §4-5): global features, 31 epochs on RegDB and 61 on SYSU-MM01, evaluated every
+# DGTL (hijune6/DGTL-for-VT-ReID, README and train.py): global features, 31 epochs on RegDB and 61 on SYSU-MM01, evaluated every
 # 5 epochs from epoch 5; LLCM takes the SYSU-MM01 setting, the demo the RegDB one on its own schedule.
 _DGTL_REGDB = dict(bpool="max", cpool="max", fuse="sum", margin_hc=0.0, hcloss="HcTri", pcb="off", gem_p=3.0,
                    label_smooth="off", batch_size=8, num_pos=4)
@@ -210,15 +211,8 @@ def cpu_has_amx():
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file beside path, then rename: a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save through fileio.atomic_write."""
+    return fileio.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, flag="--resume"):

@@ -6,19 +6,20 @@
                       query_label=None, thumb_w=64, thumb_h=128) -> out_path
   cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480) -> out_path
   write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=None, g_labels=None,
-                     num=10, top_k=10, order="hardest", seed=0) -> [paths]
+                     num=10, top_k=10, order="hardest", seed=0, removed=None) -> [paths]
   write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10) -> out_path
 
 Ranking is ascending distance with a stable sort (equal distances keep gallery order), as in
-eval_metrics. Every file is written atomically: a temp file in the target folder, then
-os.replace, so a crash never leaves a half-written picture or CSV behind.
+eval_metrics. Every file is written atomically (fileio.atomic_write), so a crash never leaves a
+half-written picture or CSV behind.
 """
 import csv
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+import fileio
 
 __all__ = ["ranked_list_size", "ranked_list_cell", "ranked_list_picture", "cmc_curve_picture",
            "write_ranked_lists", "write_topk_csv"]
@@ -69,29 +70,8 @@ def ranked_list_cell(slot, thumb_w=64, thumb_h=128):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _atomic_write(out_path, write, binary=True):
-    """Call write(fileobj) on a temp file next to out_path, then rename it into place."""
-    out_path = os.fspath(out_path)
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    # The ".tmp-" infix matches the repo's .gitignore, so a leftover never shows in git.
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results should be readable like any file
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out_path
-
-
 def _save_png(img, out_path):
-    return _atomic_write(out_path, lambda f: img.save(f, format="PNG"))
+    return fileio.atomic_write(out_path, lambda f: img.save(f, format="PNG"))
 
 
 def _font(size=None):
@@ -304,13 +284,37 @@ def _stable_rank(d):
     return np.argsort(d, axis=1, kind="stable")
 
 
+def _kept_rank(d, removed):
+    """Stable ranking of each row with its removed entries moved to the end (the kept ones keep
+    their order, as eval_metrics filters the ranked list): (ranking [Q, G], kept count [Q])."""
+    ranking = _stable_rank(d)
+    if removed is None:
+        return ranking, np.full(len(d), d.shape[1])
+    gone = np.take_along_axis(removed, ranking, axis=1)
+    ranking = np.take_along_axis(ranking, np.argsort(gone, axis=1, kind="stable"), axis=1)
+    return ranking, d.shape[1] - gone.sum(axis=1)
+
+
+def _removed(removed, shape):
+    if removed is None:
+        return None
+    m = _numpy(removed)
+    if m.shape != shape or m.dtype != np.bool_:
+        raise ValueError(f"removed must be a bool mask [num_query, num_gallery] = {list(shape)}, got "
+                         f"{m.dtype} {list(m.shape)}")
+    return m
+
+
 def write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=None, g_labels=None,
-                       num=10, top_k=10, order="hardest", seed=0, thumb_w=64, thumb_h=128):
+                       num=10, top_k=10, order="hardest", seed=0, thumb_w=64, thumb_h=128, removed=None):
     """Write ranked-list pictures for `num` chosen queries as out_dir/query_{index:05d}.png.
 
     With labels and order="hardest": the queries whose first true match ranks worst (no true
     match at all = hardest; ties by query index), hardest first. order="random", or no labels:
     numpy default_rng(seed).choice without replacement. Returns the written paths in that order.
+    removed: optional bool [Q, G] (eval_metrics.removed_mask): those gallery entries are left out
+    of the query's list, of its picture and of the first-match rank, as the metric leaves them out;
+    a query with fewer than top_k kept entries shows only those.
     """
     n_q, n_g = len(query_paths), len(gallery_paths)
     d = _distmat(distmat, n_q, n_g)
@@ -324,20 +328,23 @@ def write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=No
         if len(q_labels) != n_q or len(g_labels) != n_g:
             raise ValueError(f"distmat is {d.shape} but got {len(q_labels)} query and "
                              f"{len(g_labels)} gallery labels")
+    removed = _removed(removed, d.shape)
     num, top_k = min(int(num), n_q), min(int(top_k), n_g)
     if num <= 0:
         return []
 
     if labelled and order == "hardest":
-        ranking = _stable_rank(d)                                   # [Q, G], one sort
-        hits = g_labels[ranking] == q_labels[:, None]
+        ranking, kept = _kept_rank(d, removed)                      # [Q, G], one sort
+        hits = (g_labels[ranking] == q_labels[:, None]) & (np.arange(n_g) < kept[:, None])
         first = np.where(hits.any(axis=1), hits.argmax(axis=1), n_g)  # no match -> worst
         # lexsort: last key is primary -> descending first-match rank, then ascending index.
         chosen = np.lexsort((np.arange(n_q), -first))[:num]
-        top = ranking[chosen, :top_k]
+        top, shown = ranking[chosen, :top_k], np.minimum(kept[chosen], top_k)
     else:
         chosen = np.random.default_rng(seed).choice(n_q, size=num, replace=False)
-        top = _stable_rank(d[chosen])[:, :top_k]                   # sort only the chosen rows
+        # sort only the chosen rows
+        ranking, kept = _kept_rank(d[chosen], None if removed is None else removed[chosen])
+        top, shown = ranking[:, :top_k], np.minimum(kept, top_k)
     top_d = np.take_along_axis(d[chosen], top, axis=1)
     top_m = g_labels[top] == q_labels[chosen][:, None] if labelled else None
 
@@ -346,8 +353,9 @@ def write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=No
     written = []
     for row, qi in enumerate(chosen.tolist()):
         path = os.path.join(out_dir, f"query_{qi:05d}.png")
-        ranked_list_picture(query_paths[qi], [gallery_paths[g] for g in top[row].tolist()],
-                            top_d[row], None if top_m is None else top_m[row], path,
+        k = int(shown[row])
+        ranked_list_picture(query_paths[qi], [gallery_paths[g] for g in top[row, :k].tolist()],
+                            top_d[row, :k], None if top_m is None else top_m[row, :k], path,
                             query_label=q_labels[qi] if labelled else None,
                             thumb_w=thumb_w, thumb_h=thumb_h)
         written.append(path)
@@ -373,4 +381,4 @@ def write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10):
         w.writerow(["query", "rank", "gallery", "distance"])
         w.writerows(zip(q_col.tolist(), r_col.tolist(), g_col.tolist(), d_col.tolist()))
 
-    return _atomic_write(out_path, write, binary=False)
+    return fileio.atomic_write(out_path, write, binary=False)

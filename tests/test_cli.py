@@ -198,15 +198,23 @@ def test_errors_print_one_line_without_traceback(tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: --")
 
 
-def test_a_rejected_run_leaves_its_error_in_its_log(tmp_path, capsys):
+def test_a_missing_dataset_creates_nothing_and_a_failed_run_leaves_its_error_in_its_log(tiny_regdb, tmp_path,
+                                                                                        capsys, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = train_args(str(empty), str(tmp_path))
     args.dataset = "regdb"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="RegDB: missing"):
         train_mine.main(args)
+    assert not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+    def diverge(*a, **k):
+        raise FloatingPointError("non-finite loss at epoch 0, step 0")
+    monkeypatch.setattr(train_mine, "train_one_epoch", diverge)
+    with pytest.raises(FloatingPointError):
+        train_mine.main(train_args(tiny_regdb, str(tmp_path)))
     logs = os.listdir(tmp_path / "log")
-    assert len(logs) == 1 and "error: RegDB: missing" in open(tmp_path / "log" / logs[0]).read()
+    assert len(logs) == 1 and "error: non-finite loss at epoch 0" in open(tmp_path / "log" / logs[0]).read()
     assert "error:" not in capsys.readouterr().out  # on the screen once: the script's own one line
 
 

@@ -57,10 +57,10 @@ def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
     assert saved["args"]["resume"] == checkpoint and results["all search"]["trials"][0]["rank20"] >= 0
     rows = open(tmp_path / "results.csv").read().splitlines()
     assert rows[0].startswith("time,dataset") and len(rows) == 2 and ",sysu," in rows[1]
-    pictures = sorted(os.listdir(tmp_path / "vis" / "all_search_trial0"))
+    pictures = sorted(os.listdir(tmp_path / "vis" / "model_trial1" / "all_search_trial0"))
     assert len(pictures) == 2
-    assert Image.open(tmp_path / "vis" / "all_search_trial0" / pictures[0]).format == "PNG"
-    assert Image.open(tmp_path / "vis" / "cmc.png").size == (640, 480)
+    assert Image.open(tmp_path / "vis" / "model_trial1" / "all_search_trial0" / pictures[0]).format == "PNG"
+    assert Image.open(tmp_path / "vis" / "model_trial1" / "cmc.png").size == (640, 480)
 
 
 def test_regdb_per_trial_checkpoints_and_both_directions(regdb_root, checkpoint, tmp_path):

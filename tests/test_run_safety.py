@@ -1,0 +1,279 @@
+"""Nothing the user had is lost, and every output is checked before the work: one writer per run,
+outputs that are inputs refused, full disks named, temporaries of killed runs removed, a RegDB
+checkpoint never tested on its own training identities, and bad numbers refused up front."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fileio
+import test_mine
+import train_mine
+import utils
+from test_cli import TINY, tiny_regdb, train_args  # noqa: F401 (tiny_regdb is a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEAD_PID = 2 ** 22 + 12345  # above the default pid_max: no such process
+
+
+def digest(folder):
+    """{relative path: sha1} of every file under folder."""
+    out = {}
+    for d, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, folder)] = hashlib.sha1(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def eval_args(data, ckpt, *extra):
+    return test_mine.get_args_parser().parse_args(["--dataset", "demo", "--data_path", data, "--resume", ckpt,
+                                                   "--gpu", "cpu", "--log_path", "", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_regdb, tmp_path_factory):  # noqa: F811
+    """(data, checkpoint) of a one-epoch run on split 1, evaluated once."""
+    out = str(tmp_path_factory.mktemp("trained"))
+    train_mine.main(train_args(tiny_regdb, out, "--eval_start", "0"))
+    return tiny_regdb, next(os.path.join(out, "models", f) for f in os.listdir(os.path.join(out, "models"))
+                            if f.endswith("_best.pth"))
+
+
+def run_name(args):
+    train_mine.init_distributed(args)
+    return train_mine.prepare_run(args)[1]
+
+
+def no_images_read(monkeypatch):
+    """Fail the test if any image is read (the refusals below must come before the work)."""
+    def refuse(*a, **k):
+        raise AssertionError("an image was read before the refusal")
+    monkeypatch.setattr(test_mine.data_loader, "load_images", refuse)
+
+
+# ----------------------------------------------------------------------------- one run, one writer
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_regdb, tmp_path):  # noqa: F811
+    args = train_args(tiny_regdb, str(tmp_path))
+    name = run_name(train_args(tiny_regdb, str(tmp_path)))
+    lock = os.path.join(tmp_path, "models", f"{name}.lock")
+    os.makedirs(os.path.dirname(lock))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({lock!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+        "print('locked', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"process {holder.pid} is training run {name} now; wait for it"):
+            train_mine.main(args)
+        assert os.listdir(tmp_path / "models") == [f"{name}.lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died (as under kill -9): its lock is taken over, said in the log, and released at the end
+    train_mine.main(train_args(tiny_regdb, str(tmp_path)))
+    log = open(tmp_path / "log" / f"{name}.log").read()
+    assert f"took over the lock of run {name} from process {holder.pid}, which is no longer running" in log
+    assert sorted(f.rsplit("_", 1)[1] for f in os.listdir(tmp_path / "models")) == ["best.pth", "last.pth"]
+
+
+def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_them(tiny_regdb, tmp_path):  # noqa: F811
+    # --gpu, --resident_data, --test-batch and --looped_head change how a run computes, not what it trains
+    # (resident and loaded batches are identical; the looped head is the same network): same run, one writer
+    base = run_name(train_args(tiny_regdb, str(tmp_path)))
+    for extra in (["--resident_data", "off"], ["--test-batch", "7"], ["--looped_head"], ["--print_freq", "3"]):
+        assert run_name(train_args(tiny_regdb, str(tmp_path), *extra)) == base
+    lock = fileio.RunLock(str(tmp_path), base)
+    assert lock.acquire() is None
+    try:
+        with pytest.raises(ValueError, match=f"process {os.getpid()} is training run"):
+            fileio.RunLock(str(tmp_path), base).acquire()
+    finally:
+        lock.release()
+    assert not os.path.exists(lock.path)
+
+
+def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb, tmp_path):  # noqa: F811
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / f"x_last.pth.tmp-{DEAD_PID}").write_bytes(b"half a checkpoint")
+    (models / f"y_last.pth.tmp-{os.getpid()}").write_bytes(b"being written")
+    (models / "notes.tmp-draft").write_text("a user's file")
+    train_mine.main(train_args(tiny_regdb, str(tmp_path)))
+    names = os.listdir(models)
+    assert f"x_last.pth.tmp-{DEAD_PID}" not in names
+    assert f"y_last.pth.tmp-{os.getpid()}" in names and "notes.tmp-draft" in names
+    log = open(next((tmp_path / "log").glob("*.log"))).read()
+    assert f"removed 1 temporary file(s) of killed runs: x_last.pth.tmp-{DEAD_PID}" in log
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_json_over_the_checkpoint_being_evaluated_is_refused_and_the_checkpoint_kept(trained, monkeypatch):
+    data, ckpt = trained
+    before = open(ckpt, "rb").read()
+    no_images_read(monkeypatch)
+    with pytest.raises(ValueError, match=f"--json {ckpt}: that is the input .* of this run"):
+        test_mine.main(eval_args(data, ckpt, "--json", ckpt))
+    assert open(ckpt, "rb").read() == before
+    listed = os.path.join(data, "idx", "test_visible_1.txt")  # a dataset file is an input too
+    before = open(listed, "rb").read()
+    with pytest.raises(ValueError, match="an existing file of the data folder"):
+        test_mine.main(eval_args(data, ckpt, "--json", listed))
+    assert open(listed, "rb").read() == before
+
+
+@pytest.mark.parametrize("case", ["json-dir", "json-under-file", "log-under-file", "vis-is-file", "csv-is-dir"])
+def test_unwritable_outputs_are_refused_before_any_image_is_read(case, trained, tmp_path, monkeypatch):
+    data, ckpt = trained
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    (tmp_path / "log" / "results.csv").mkdir(parents=True)
+    flags, message = {
+        "json-dir": (["--json", str(tmp_path)], "--json .*: a folder, not a file"),
+        "json-under-file": (["--json", str(blocker / "m.json")], "--json .*a-file/m.json: cannot write there"),
+        "log-under-file": (["--log_path", str(blocker / "log")], "--log_path .*: cannot write there .*is a file"),
+        "vis-is-file": (["--visualize", "2", "--vis_dir", str(blocker)], "--vis_dir .*a-file: cannot write there"),
+        "csv-is-dir": (["--log_path", str(tmp_path / "log")], "--log_path .*results.csv: a folder, not a file"),
+    }[case]
+    no_images_read(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        test_mine.main(eval_args(data, ckpt, *flags))
+    assert blocker.read_text() == "mine"
+
+
+def full_disk(code, limit=4096):
+    """Run code in a Python whose files cannot grow past limit bytes (a full disk, as the kernel
+    reports it to a writer: EFBIG here, ENOSPC there; both reach the same handler)."""
+    prelude = ("import resource, signal, sys\nsys.path.insert(0, %r)\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n") % (ROOT, limit, limit)
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_disk_keeps_the_previous_json_csv_and_checkpoint_and_names_the_file(tmp_path):
+    old = {"metrics": list(range(200))}
+    target = tmp_path / "m.json"
+    target.write_text(json.dumps(old))
+    res = full_disk(f"import json, fileio\ntry:\n    fileio.atomic_write({str(target)!r}, lambda f: "
+                    f"json.dump({{'x': 'y' * 100000}}, f), binary=False)\nexcept OSError as e:\n    print(e)\n")
+    assert res.stdout.strip() == f"cannot write {target}: File too large", res.stderr
+    assert json.loads(target.read_text()) == old and os.listdir(tmp_path) == ["m.json"]
+    ckpt = tmp_path / "x_last.pth"
+    torch.save({"epoch": 3}, ckpt)
+    before = ckpt.read_bytes()
+    res = full_disk(f"import torch, utils\ntry:\n    utils.atomic_save({{'w': torch.zeros(100000)}}, {str(ckpt)!r})\n"
+                    f"except OSError as e:\n    print(e)\n")
+    assert res.stdout.strip() == f"cannot write {ckpt}: File too large", res.stderr
+    assert ckpt.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.json", "x_last.pth"]
+
+
+def test_results_csv_is_appended_whole_or_not_at_all(trained, tmp_path):
+    data, ckpt = trained
+    log = tmp_path / "log"
+    test_mine.main(eval_args(data, ckpt, "--log_path", str(log)))
+    first = (log / "results.csv").read_text()
+    test_mine.main(eval_args(data, ckpt, "--log_path", str(log)))
+    second = (log / "results.csv").read_text()
+    assert second.startswith(first) and len(second.splitlines()) == 3 and second.count("time,dataset") == 1
+    res = full_disk(f"import test_mine\nargs = test_mine.get_args_parser().parse_args(['--dataset', 'demo', "
+                    f"'--data_path', {data!r}, '--resume', {ckpt!r}, '--gpu', 'cpu', '--log_path', {str(log)!r}])\n"
+                    f"try:\n    test_mine.main(args)\nexcept OSError as e:\n    print('error:', e)\n",
+                    limit=len(second) + 50)
+    assert f"error: cannot write {log / 'results.csv'}: File too large" in res.stdout, res.stderr
+    assert (log / "results.csv").read_text() == second
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_a_checkpoint_is_not_tested_on_another_split_unless_asked(trained, tmp_path, monkeypatch):
+    data, ckpt = trained
+    with pytest.raises(ValueError, match="was trained on split 1 .* testing it on split 2 puts its training "
+                                         "identities in the test set: use --trials 1, or pass --cross_split"):
+        test_mine.main(eval_args(data, ckpt, "--trial", "2"))
+    results = test_mine.main(eval_args(data, ckpt, "--trials", "2", "--cross_split"))
+    assert [t["trial"] for t in results["visible->thermal"]["trials"]] == [2]
+    with pytest.raises(ValueError, match="--cross_split: not used by --dataset sysu"):
+        test_mine.main(test_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", data,
+                                                               "--resume", ckpt, "--cross_split", "--gpu", "cpu"]))
+
+
+# ----------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--gem_p", "inf"], "--gem_p must be a finite number, got inf"),
+    (["--margin", "nan"], "--margin must be a finite number, got nan"),
+    (["--weight_decay", "nan"], "--weight_decay must be a finite number, got nan"),
+    (["--seed", "99999999999"], "--seed must be at most 4294967295"),
+    (["--batch-size", "1"], "--batch-size 1: the hctri triplet term compares identities and needs at least 2"),
+    (["--method", "dgtl", "--batch-size", "1"], "--batch-size 1: the dgtl triplet term"),
+])
+def test_bad_numbers_are_refused_before_any_work(flags, message, tmp_path):
+    data = tmp_path / "never-written"
+    with pytest.raises(ValueError, match=message):
+        train_mine.main(train_args(str(data), str(tmp_path), *flags))
+    assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+
+def test_id_only_trains_with_one_identity_per_batch(tiny_regdb, tmp_path):  # noqa: F811
+    assert train_mine.main(train_args(tiny_regdb, str(tmp_path), "--method", "id-only", "--batch-size", "1"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--img_w", "0"], "--img_w must be >= 1, got 0"),
+    (["--img_h", "-5"], "--img_h must be >= 1, got -5"),
+    (["--trial", "2", "--trials", "1"], "--trial and --trials: give one of them"),
+    (["--gem_p", "inf"], "--gem_p must be a finite number > 0, got inf"),
+])
+def test_test_mine_refuses_values_it_would_ignore_or_misuse(flags, message, trained):
+    data, ckpt = trained
+    with pytest.raises(ValueError, match=message):
+        test_mine.main(eval_args(data, ckpt, *flags))
+
+
+@pytest.mark.parametrize("case", ["regdb-trial-11", "pretrained", "llcm-npy", "npy-size"])
+def test_late_data_failures_come_before_any_folder(case, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    flags, error, message = {
+        "regdb-trial-11": (["--dataset", "regdb", "--trial", "11"], ValueError, "--trial 11: RegDB splits are 1..10"),
+        "pretrained": (["--pretrained", str(tmp_path / "nope.pth")], FileNotFoundError,
+                       "--pretrained: no such file"),
+        "llcm-npy": (["--dataset", "llcm"], FileNotFoundError, "run `python pre_process_llcm.py"),
+        "npy-size": (["--dataset", "sysu"], ValueError, "holds 8x4 .* images but --img_h 32 --img_w 16"),
+    }[case]
+    if case == "npy-size":
+        import numpy as np
+        for name in train_mine.data_loader.SYSU_NPY:
+            np.save(data / name, np.zeros((2, 8, 4, 3), np.uint8) if "img" in name else np.zeros(2, np.int64))
+    args = train_args(str(data), str(tmp_path), *flags)
+    if case != "regdb-trial-11" and case != "pretrained":
+        args.trial = None  # left out: the dataset has no splits
+    with pytest.raises(error, match=message):
+        train_mine.main(args)
+    assert not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path, monkeypatch):  # noqa: F811
+    real = train_mine.train_step
+
+    def interrupt(*a, **k):  # Ctrl-C in the first step of the second epoch
+        interrupt.calls += 1
+        if interrupt.calls == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    interrupt.calls = 0
+    monkeypatch.setattr(train_mine, "train_step", interrupt)
+    with pytest.raises(train_mine.Interrupted, match=r"^interrupted at epoch 1, step 0; resume with: python "
+                                                     r"train_mine.py --resume .*_last.pth$"):
+        train_mine.main(train_args(tiny_regdb, str(tmp_path), "--epochs", "2"))
+    assert not list((tmp_path / "models").glob("*.lock"))  # released
