@@ -238,7 +238,7 @@ def test_test_mine_refuses_values_it_would_ignore_or_misuse(flags, message, trai
         test_mine.main(eval_args(data, ckpt, *flags))
 
 
-@pytest.mark.parametrize("case", ["regdb-trial-11", "pretrained", "llcm-npy", "npy-size"])
+@pytest.mark.parametrize("case", ["regdb-trial-11", "pretrained", "llcm-npy", "npy-size", "empty-train-list"])
 def test_late_data_failures_come_before_any_folder(case, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -248,13 +248,18 @@ def test_late_data_failures_come_before_any_folder(case, tmp_path):
                        "--pretrained: no such file"),
         "llcm-npy": (["--dataset", "llcm"], FileNotFoundError, "run `python pre_process_llcm.py"),
         "npy-size": (["--dataset", "sysu"], ValueError, "holds 8x4 .* images but --img_h 32 --img_w 16"),
+        "empty-train-list": (["--dataset", "regdb"], ValueError, "train_thermal_1.txt: no training images listed"),
     }[case]
+    if case == "empty-train-list":
+        (data / "idx").mkdir()
+        (data / "idx" / "train_visible_1.txt").write_text("Visible/1/a.png 0\n")
+        (data / "idx" / "train_thermal_1.txt").write_text("\n")
     if case == "npy-size":
         import numpy as np
         for name in train_mine.data_loader.SYSU_NPY:
             np.save(data / name, np.zeros((2, 8, 4, 3), np.uint8) if "img" in name else np.zeros(2, np.int64))
     args = train_args(str(data), str(tmp_path), *flags)
-    if case != "regdb-trial-11" and case != "pretrained":
+    if case in ("llcm-npy", "npy-size"):
         args.trial = None  # left out: the dataset has no splits
     with pytest.raises(error, match=message):
         train_mine.main(args)
