@@ -49,7 +49,6 @@ import eval_metrics
 import loss as losses
 import model_mine
 import train_mine
-import utils
 
 MARGIN = 0.3  # the hetero-center margin of both published settings
 W_CENTER = 1.0  # the SYSU-MM01 setting (RegDB: 2.0)
@@ -229,9 +228,9 @@ class ReferenceTrainSet(Dataset):
 
 
 def index_pairs(labels_v, labels_t, batch_size, num_pos, n_batches, seed=0):
-    """n_batches (visible indices, thermal indices) pairs of utils.IdentitySampler, over as many
+    """n_batches (visible indices, thermal indices) pairs of data_loader.IdentitySampler, over as many
     epochs as that takes."""
-    sampler = utils.IdentitySampler(labels_v, labels_t, num_pos, batch_size, seed=seed)
+    sampler = data_loader.IdentitySampler(labels_v, labels_t, num_pos, batch_size, seed=seed)
     pairs = []
     for epoch in itertools.count():
         if len(pairs) >= n_batches:

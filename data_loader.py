@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 import data_manager
@@ -34,10 +34,14 @@ def load_image(path, img_w, img_h):
     one channel, thermal PNGs 16 bits), Lanczos-resized as the authors do."""
     try:
         with Image.open(path) as img:
-            img = _rgb8(img).resize((img_w, img_h), Image.LANCZOS)
+            return resize_image(img, img_w, img_h)
     except (OSError, ValueError, ImportError) as e:  # ImportError: a conversion needing ImageCms
         raise OSError(f"cannot read image {path}: {e}") from None
-    return np.array(img, dtype=np.uint8)
+
+
+def resize_image(img, img_w, img_h):
+    """A Pillow image as load_image makes it of a file (extract.py uses it for images in memory)."""
+    return np.array(_rgb8(img).resize((img_w, img_h), Image.LANCZOS), dtype=np.uint8)
 
 
 # Modes whose values are 8-bit (or palette / colour-space codes): Pillow's own convert is right.
@@ -463,6 +467,53 @@ def regdb_train_data(data_path, trial=1, img_w=144, img_h=288, workers=8):
     files_t, labels_t = data_manager.read_regdb_list(data_path, trial, "thermal", "train")
     return TrainData(load_images(files_v, img_w, img_h, workers), labels_v,
                      load_images(files_t, img_w, img_h, workers), labels_t)
+
+
+class IdentitySampler(Sampler):
+    """Identity-balanced batches: P distinct identities (without replacement) x K visible and
+    K thermal images each (with replacement). Yields (visible indices, thermal indices), both
+    [P*K] and identity-contiguous in the same identity order. An epoch is
+    max(N_visible, N_thermal) // (P*K) batches, drawn from (seed, epoch, rank), so a resumed or
+    a distributed run draws the batches it would have drawn anyway."""
+
+    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0):
+        labels_v, labels_t = np.asarray(labels_v), np.asarray(labels_t)
+        self.ids = np.intersect1d(labels_v, labels_t)
+        if batch_size > len(self.ids):
+            raise ValueError(f"--batch-size {batch_size} identities per batch, but the training set has only "
+                             f"{len(self.ids)} identities with both visible and thermal images")
+        if num_pos < 1 or batch_size < 1:
+            raise ValueError(f"--batch-size and --num_pos must be >= 1, got {batch_size} and {num_pos}")
+        self.P, self.K, self.seed, self.rank, self.epoch = batch_size, num_pos, seed, rank, 0
+        self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos))
+        self._v = self._positions(labels_v)
+        self._t = self._positions(labels_t)
+
+    def _positions(self, labels):
+        """(indices sorted by label, first position and count of each identity of self.ids)."""
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], self.ids, side="left")
+        counts = np.searchsorted(labels[order], self.ids, side="right") - starts
+        return order, starts, counts
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_batches
+
+    def _draw(self, rng, chosen, positions):
+        order, starts, counts = positions
+        offset = (rng.random(chosen.shape + (self.K,)) * counts[chosen][..., None]).astype(np.int64)
+        return order[starts[chosen][..., None] + offset].reshape(len(chosen), -1)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        # P distinct identities per batch: the first P of a random permutation, for all batches at once
+        chosen = rng.random((self.num_batches, len(self.ids))).argsort(1)[:, :self.P]
+        idx_v = self._draw(rng, chosen, self._v)
+        idx_t = self._draw(rng, chosen, self._t)
+        yield from zip(idx_v, idx_t)
 
 
 class BatchData(Dataset):

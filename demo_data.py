@@ -559,6 +559,23 @@ def _build_atomically(root, params, writer, force):
     return root
 
 
+def ensure_demo(args, log=print):
+    """--dataset demo (train_mine.py, test_mine.py): generate the demo set at args.data_path on first
+    use; a folder that holds one is used as it is (a set of another generator version is said)."""
+    if args.dataset != "demo":
+        return
+    meta = read_meta(args.data_path)
+    if meta is None:
+        start = time.time()
+        make_regdb_demo(args.data_path, workers=0)  # every core; the files do not depend on it
+        log(f"demo data written to {args.data_path} in {time.time() - start:.0f} s (first use)")
+        return
+    version = meta.get("params", {}).get("version")
+    if version != GENERATOR_VERSION:  # kept (it may be a set made on purpose), but said
+        log(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
+            f"{GENERATOR_VERSION}; delete the folder to regenerate it")
+
+
 def _check_size(img_w, img_h):
     if img_w < 4 or img_h < 8:  # the renderer's smallest (a camera's scale 0.875 included)
         raise ValueError(f"img_w and img_h must be at least 4 and 8, got {img_w}x{img_h}")

@@ -123,16 +123,16 @@ def triplet_criterion(method, margin=0.3):
 
 
 class ReIDLoss(nn.Module):
-    """The paper's total loss.
+    """The paper's total loss, on the head's named training outputs:
 
-    PCB on:  sum_strips ID(logits_i) + Tri(concat) + w_center * sum_strips Tri(local_i)
-    PCB off: ID(logits) + w_center * Tri(x_pool)
-    Returns (total, id_loss, triplet_loss, triplet accuracy), the accuracy (fraction of anchors
-    whose hardest negative is no nearer than their hardest positive) on the concatenated (PCB)
-    or pooled (global) feature, as the authors report it.
+    PCB on:  sum_strips ID(strip_logits_i) + Tri(feat) + w_center * sum_strips Tri(strips_i)
+    PCB off: ID(logits) + w_center * Tri(feat)
+    Returns (total, {'id', 'tri', 'acc'}), acc being the fraction of anchors whose hardest negative
+    is no nearer than their hardest positive, on the concatenated (PCB) or pooled (global) feature,
+    as the authors report it.
     """
 
-    def __init__(self, method="hctri", margin=0.3, w_center=1.0, label_smooth="off"):
+    def __init__(self, method, margin, w_center, label_smooth):
         super().__init__()
         self.id_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if label_smooth == "on" else 0.0)
         self.tri = triplet_criterion(method, margin)
@@ -145,26 +145,23 @@ class ReIDLoss(nn.Module):
         return loss, correct, labels.numel()
 
     def forward(self, out, labels, modal=None):
-        if len(out) == 3:  # PCB: (list of strip features, list of strip logits, concatenation)
-            feats, logits, feat_all = out
-            feats, logits = torch.stack(feats), torch.stack(logits)  # [S, B, D], [S, B, classes]
+        local = out.get("strips")  # the PCB strips: [S, B, D], logits [S, B, classes]
+        if local is not None:
+            logits = out["strip_logits"]
             s = logits.shape[0]
             # the sum of the strips' mean cross-entropies, in one call
             loss_id = s * self.id_loss(logits.flatten(0, 1).float(), labels.repeat(s))
-            global_feat, local = feat_all, feats
-        else:  # global head: (x_pool, logits)
-            global_feat, logits = out
-            loss_id = self.id_loss(logits.float(), labels)
-            local = None
+        else:
+            loss_id = self.id_loss(out["logits"].float(), labels)
         if self.tri is None:
             zero = torch.zeros_like(loss_id)
-            return loss_id, loss_id, zero, zero
-        loss_tri, correct, n = self._tri(global_feat, labels, modal)
+            return loss_id, {"id": loss_id, "tri": zero, "acc": zero}
+        loss_tri, correct, n = self._tri(out["feat"], labels, modal)
         if local is None:
             loss_tri = self.w_center * loss_tri
         else:
             loss_tri = loss_tri + self.w_center * self._tri(local, labels, modal)[0].sum()
-        return loss_id + loss_tri, loss_id, loss_tri, correct / n
+        return loss_id + loss_tri, {"id": loss_id, "tri": loss_tri, "acc": correct / n}
 
 
 HCLOSSES = ("HcTri", "OriTri", "no")
@@ -177,18 +174,14 @@ class DGTLLoss(nn.Module):
     + CE(W2 h) + HcTri(h; margin + margin_hc)                     coarse granularity, hcloss 'HcTri'
     + CE(W2 h) + TriBH(h; margin)                                 coarse granularity, hcloss 'OriTri'
     + CE(W2 h)                                                    coarse granularity, hcloss 'no'
-    The coarse terms exist when the model has a coarse branch (a 4-tuple out); with cpool 'no' the
-    model gives (f, W1 b), and hcloss has nothing to apply to. forward returns (total, ID losses,
-    triplet losses, accuracy), accuracy being the fraction of anchors of the sample triplet whose
-    hardest negative is no nearer than their hardest positive.
+    The coarse terms exist when the model has a coarse branch (a 'coarse' output); with cpool 'no'
+    hcloss has nothing to apply to. forward returns (total, {'id', 'tri', 'acc'}): the ID and the
+    triplet terms summed, and the fraction of anchors of the sample triplet whose hardest negative
+    is no nearer than their hardest positive.
     """
 
-    def __init__(self, margin=0.3, margin_hc=0.0, hcloss="HcTri", label_smooth="off"):
+    def __init__(self, margin, margin_hc, hcloss, label_smooth):
         super().__init__()
-        if hcloss not in HCLOSSES:
-            raise ValueError(f"--hcloss must be one of {', '.join(HCLOSSES)}, got {hcloss}")
-        if label_smooth not in ("on", "off"):
-            raise ValueError(f"--label_smooth must be 'on' or 'off', got {label_smooth}")
         self.id_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if label_smooth == "on" else 0.0)
         self.sample_tri = TripletLoss(margin=margin)
         # margin_hc is added for the center triplet only (the reference's train.py does the same)
@@ -196,19 +189,12 @@ class DGTLLoss(nn.Module):
                            "OriTri": TripletLoss(margin=margin), "no": None}[hcloss]
 
     def _terms(self, out, labels, modal):
-        if len(out) == 4:
-            f, logits, h, logits_coarse = out
-        elif len(out) == 2:
-            (f, logits), h = out, None
-        else:
-            raise ValueError(f"DGTLLoss expects the DGTL head's training output (f, W1 b[, h, W2 h]), "
-                             f"got a {len(out)}-tuple")
-        tri, correct = self.sample_tri(f, labels)
-        terms = {"id_fine": self.id_loss(logits.float(), labels), "tri_fine": tri}
-        if h is not None:
-            terms["id_coarse"] = self.id_loss(logits_coarse.float(), labels)
+        tri, correct = self.sample_tri(out["feat"], labels)
+        terms = {"id_fine": self.id_loss(out["logits"].float(), labels), "tri_fine": tri}
+        if "coarse" in out:
+            terms["id_coarse"] = self.id_loss(out["coarse_logits"].float(), labels)
             if self.coarse_tri is not None:
-                terms["tri_coarse"] = self.coarse_tri(h, labels, modal)[0]
+                terms["tri_coarse"] = self.coarse_tri(out["coarse"], labels, modal)[0]
         return terms, correct / labels.numel()
 
     def terms(self, out, labels, modal=None):
@@ -220,4 +206,4 @@ class DGTLLoss(nn.Module):
         terms, acc = self._terms(out, labels, modal)
         loss_id = sum(v for k, v in terms.items() if k.startswith("id_"))
         loss_tri = sum(v for k, v in terms.items() if k.startswith("tri_"))
-        return loss_id + loss_tri, loss_id, loss_tri, acc
+        return loss_id + loss_tri, {"id": loss_id, "tri": loss_tri, "acc": acc}

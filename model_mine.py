@@ -128,8 +128,9 @@ def gem(x, p, dims):
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
         m = x.detach().amax(dim=dims, keepdim=True).clamp(min=1.0)
-        scale = m.squeeze(dims)
-        return (x.div(m).pow(p).mean(dim=dims) + 1e-12 / scale.pow(p)).pow(1.0 / p) * scale
+        mean = x.div(m).pow(p).mean(dim=dims)
+        scale = m.reshape(mean.shape)  # not squeeze(dims): ONNX's TorchScript-based exporter takes one dim only
+        return (mean + 1e-12 / scale.pow(p)).pow(1.0 / p) * scale
 
 
 def global_pool(x, mode, p=3.0):
@@ -362,6 +363,20 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
             raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
         return self.base_resnet.base(x)
 
+    @property
+    def feature_names(self):
+        """The names of the features evaluation gives, the reported one first."""
+        if self.kind == "pcb":
+            return ("parts",)
+        if self.kind == "global":
+            return ("bn", "pool")
+        return ("fine",) if self.cpool == "no" else ("coarse", "fine")
+
+    def features(self, x, modal):
+        """{name: L2-normalised float32 feature [N, D]} of one modality's images (modal 1 visible,
+        2 thermal; x normalised [N, 3, H, W]), the reported one first: what evaluation ranks with."""
+        return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
+
     def forward(self, x1, x2, modal=0, looped_head=False):
         x = self.backbone(x1, x2, modal)
         # The heads run in float32 even under autocast: they cost little, and their batch norms
@@ -375,30 +390,38 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
                 return self._global(x)
             return self._dgtl(x)
 
+    # Outputs are named. Training: what the losses read ('strips' [S, B, D] and 'strip_logits'
+    # [S, B, classes] of the strips, 'feat' the feature of the batch's triplet term, 'logits';
+    # DGTL adds its coarse branch's 'coarse' and 'coarse_logits'). Evaluation: the features of
+    # feature_names, reported first, before the L2 normalisation that features() applies.
+
     def _pcb(self, x, looped_head):
         feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
         feat_all = feat.flatten(1)
-        if self.training:
-            return list(feat.unbind(1)), list(logits.unbind(1)), feat_all
-        return F.normalize(feat_all, dim=1)
+        if not self.training:
+            return {"parts": feat_all}
+        # [S, B, ...] by unbind + stack, not a transposed copy: the gradients then reach the head in the
+        # memory layout (and summation order) they always had, so training is bit for bit as before
+        strips, strip_logits = feat.unbind(1), logits.unbind(1)
+        return {"strips": torch.stack(strips), "strip_logits": torch.stack(strip_logits), "feat": feat_all}
 
     def _global(self, x):
         x_pool = global_pool(x, "gem" if self.gm_pool == "on" else "avg", self.gem_p)
         feat = self.bottleneck(x_pool)
         if self.training:
-            return x_pool, self.classifier(feat)
-        return F.normalize(x_pool, dim=1), F.normalize(feat, dim=1)
+            return {"feat": x_pool, "logits": self.classifier(feat)}
+        return {"bn": feat, "pool": x_pool}
 
     def _dgtl(self, x):
-        """train: (f, W1 b, h, W2 h), or (f, W1 b) without a coarse branch; eval: (L2 b, L2 h), or L2 b."""
+        """The fine branch f = bpool(X), b = BN1(f) and, with a coarse branch, h = BN2(...)."""
         f = global_pool(x, self.bpool, self.gem_p)
         b = self.bottleneck(f)
         if self.cpool == "no":
-            return (f, self.classifier(b)) if self.training else F.normalize(b, dim=1)
+            return {"feat": f, "logits": self.classifier(b)} if self.training else {"fine": b}
         h = self.cpool_layer(x, b)
         if self.training:
-            return f, self.classifier(b), h, self.classifier_att(h)
-        return F.normalize(b, dim=1), F.normalize(h, dim=1)
+            return {"feat": f, "logits": self.classifier(b), "coarse": h, "coarse_logits": self.classifier_att(h)}
+        return {"coarse": h, "fine": b}
 
 
 def _original_pcb_keys_hook(state_dict, prefix, *args):

@@ -22,6 +22,7 @@ import torch
 
 import data_loader
 import data_manager
+import demo_data
 import fileio
 import eval_metrics
 import utils
@@ -103,46 +104,33 @@ ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strip
               "cpool", "fuse")
 
 
-def amp_dtype(device):
+def half_dtype(device):
+    """--half's autocast dtype: bf16, or fp16 on GPUs without bf16."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
-
-
-def feature_names(config):
-    """The features a model of this config is evaluated on, the reported one first: DGTL's coarse h
-    and fine b (only b without a coarse branch); one unnamed feature for the others (PCB: the strips'
-    concatenation; global head: the bottleneck's)."""
-    if config.get("head") != "dgtl":
-        return ("",)
-    return ("fine",) if config.get("cpool", "no") == "no" else ("coarse", "fine")
 
 
 @torch.no_grad()
 def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False):
     """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
     visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
-    feature of feature_names(model.config)."""
+    named feature of the model (model.feature_names, the reported one first)."""
     model.eval()
-    names = feature_names(model.config)
-    feats = {n: [] for n in names}
+    feats = {n: [] for n in model.feature_names}
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=half):
-            out = model(x, x, modal)
-        if names == ("coarse", "fine"):  # DGTL: (L2(b), L2(h))
-            parts = {"coarse": out[1], "fine": out[0]}
-        else:  # global head: (pool, bottleneck), the bottleneck feature evaluated; PCB, DGTL's fine: one
-            parts = {names[0]: out[1] if isinstance(out, tuple) else out}
-        for n in names:
-            feats[n].append(torch.nn.functional.normalize(parts[n].float(), dim=1))
+        with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
+            out = model.features(x, modal)
+        for n in feats:
+            feats[n].append(out[n])
     feats = {n: torch.cat(v) for n, v in feats.items()}
     # never rank with NaN distances: that gives a silent wrong result
     if not all(torch.isfinite(f).all() for f in feats.values()):
         raise ValueError("the model gives non-finite (NaN/inf) features: its weights are broken "
                          "(a diverged training run?)")
-    return feats if all_features else feats[names[0]]
+    return feats if all_features else feats[model.feature_names[0]]
 
 
 def distance(qf, gf, re_rank="no"):
@@ -186,7 +174,7 @@ class Evaluator:
         eval_metrics.removed_mask takes, so that pictures leave out what the metric leaves out)."""
         feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
                                      all_features=True) for m in self.images}
-        names = feature_names(model.config)
+        names = model.feature_names
         records = []
         for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
             qi_t, gi_t = torch.as_tensor(qi, device=device), torch.as_tensor(gi, device=device)
@@ -319,23 +307,6 @@ def resolve_checkpoint(path, model_path):
     return path
 
 
-def ensure_demo(args, log=print):
-    """--dataset demo: generate the demo set on first use (a folder that holds one is used as it is)."""
-    if args.dataset != "demo":
-        return
-    import demo_data
-    meta = demo_data.read_meta(args.data_path)
-    if meta is None:
-        start = time.time()
-        demo_data.make_regdb_demo(args.data_path, workers=0)  # every core; the files do not depend on it
-        log(f"demo data written to {args.data_path} in {time.time() - start:.0f} s (first use)")
-        return
-    version = meta.get("params", {}).get("version")
-    if version != demo_data.GENERATOR_VERSION:  # kept (it may be a set made on purpose), but said
-        log(f"note: {args.data_path} holds demo data of generator version {version}, not the current "
-            f"{demo_data.GENERATOR_VERSION}; delete the folder to regenerate it")
-
-
 def image_size(args, ckpt):
     """--img_w/--img_h, else the size the checkpoint was trained at, else the dataset's."""
     saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
@@ -440,10 +411,10 @@ def evaluate_regdb(args, device, log, on_distance=None):
 def collect(records, model, log, labels=None):
     """{setting: {'trials', 'mean', 'std', 'model'[, other feature: {'trials', 'mean', 'std'}]}} from
     the evaluators' records, the reported feature at the top level; each trial is logged as it comes."""
-    names = feature_names(model.config)
+    names = model.feature_names
     results = {}
     for r in records:
-        entry = results.setdefault(r["setting"], {"trials": [], "model": model.config})
+        entry = results.setdefault(r["setting"], {"trials": [], "model": model.config, "features": list(names)})
         target = entry if r["feature"] == names[0] else entry.setdefault(r["feature"], {"trials": []})
         target["trials"].append({"trial": r["trial"], **metrics_row(r["cmc"], r["mAP"], r["mINP"]),
                                  "cmc": (100 * np.asarray(r["cmc"])).tolist()})
@@ -462,8 +433,12 @@ def collect(records, model, log, labels=None):
     return results
 
 
+# the feature results.csv shows without a [head feature] tag, as it did before features were named
+UNTAGGED = {"pcb": "parts", "global": "bn"}
+
+
 def append_results_csv(log_path, args, results):
-    """One row per setting (and, for DGTL, per feature) of this run in <log_path>/results.csv, so
+    """One row per setting (and per feature, for heads with several) of this run in <log_path>/results.csv, so
     sweeps become one table. The file is rewritten whole and atomically: a full disk leaves it as it was."""
     path = os.path.join(log_path, "results.csv")
     fields = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
@@ -474,11 +449,10 @@ def append_results_csv(log_path, args, results):
             old = f.read()
     rows = []
     for setting, r in results.items():
-        model = r["model"]
-        names = feature_names(model)
+        model, names = r["model"], r["features"]
         for feature in names:
             entry = r if feature == names[0] else r[feature]
-            tag = f" [{model['head']} {feature}]" if feature else ""
+            tag = "" if UNTAGGED.get(model["head"]) == feature else f" [{model['head']} {feature}]"
             row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
                    "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
                    "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
@@ -580,13 +554,13 @@ def search_folders(args, device, log):
         raise ValueError("--query_dir and --gallery_dir go together: give both folders to search one against "
                          "the other")
     q_paths, g_paths = image_files(args.query_dir, "--query_dir"), image_files(args.gallery_dir, "--gallery_dir")
-    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
-    img_w, img_h = image_size(args, ckpt)
-    q_modal, g_modal = (2, 1) if args.query_modal == "thermal" else (1, 2)
-    qf = extract_features(model, data_loader.load_images(q_paths, img_w, img_h, args.workers), q_modal, device,
-                          args.test_batch, args.half)
-    gf = extract_features(model, data_loader.load_images(g_paths, img_w, img_h, args.workers), g_modal, device,
-                          args.test_batch, args.half)
+    import extract  # here, not at the top: extract imports this module
+    flags = {k: getattr(args, k) for k in ("dataset", "img_w", "img_h", *getattr(args, "explicit", ()))}
+    extractor = extract.FeatureExtractor(resolve_checkpoint(args.resume, args.model_path), device, args.half,
+                                         args.test_batch, args.workers, **flags)
+    g_modal = "visible" if args.query_modal == "thermal" else "thermal"
+    qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
+    gf = torch.from_numpy(extractor(g_paths, g_modal)).to(device)
     dist = distance(qf, gf, args.re_rank).cpu().numpy()
     csv_path = visualize.write_topk_csv(os.path.join(args.vis_dir, "search_topk.csv"), q_paths, g_paths, dist,
                                         top_k=args.top_k)
@@ -702,7 +676,7 @@ def main(args):
     check_outputs(args, searching)
     if searching:
         return search_folders(args, device, log)
-    ensure_demo(args, log)
+    demo_data.ensure_demo(args, log)
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k,
                               resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None

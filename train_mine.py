@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import data_loader
 import data_manager
+import demo_data
 import fileio
 import loss as losses
 import model_mine
@@ -446,6 +447,32 @@ class CompiledModel:
     def __init__(self, model, mode, log=print):
         self.eager, self.mode, self.log = model, mode, log
         self.compiled = torch.compile(model, mode=mode)
+        self.steps, self.start = 0, None
+
+    def run_step(self, fn, last=False):
+        """fn(model): one training step's forward and backward. During the first steps any compiler
+        failure (in the forward, or in the backward compiled lazily after the forward has updated the
+        batch-norm statistics) restores those statistics and reruns the step eagerly; the third
+        compiled step (or an earlier `last` one) logs what compilation and capture cost."""
+        if self.compiled is None:
+            return fn(self)
+        self.start = self.start or time.time()
+        saved = self.buffers_copy() if self.steps < 3 else None
+        try:
+            out = fn(self)
+        except Exception as e:
+            if not compiler_error(e):
+                raise
+            self.fall_back(e, saved)
+            return fn(self)
+        self.steps += 1
+        if self.steps == 3 or (last and self.steps < 3):
+            if next(self.eager.parameters()).is_cuda:
+                torch.cuda.synchronize()
+            self.log(f"{self.mode} compilation and capture: {time.time() - self.start:.1f} s (steps 0.."
+                     f"{self.steps - 1}, paid once per run){self.graph_skips()}")
+            self.steps = 3
+        return out
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
@@ -494,87 +521,69 @@ def epoch_seed(*keys):
 
 
 def forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args):
+    """The loss and its named terms ({'loss', ...}) of one batch, gradients computed."""
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(v, t, looped_head=args.looped_head) if args.looped_head else model(v, t)
-    loss, loss_id, loss_tri, acc = criterion(out, labels)  # losses in float32, outside autocast
+    loss, terms = criterion(out, labels)  # losses in float32, outside autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    return loss, loss_id, loss_tri, acc
+    return {"loss": loss, **terms}
 
 
-def train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, keep_buffers=False):
-    """One optimisation step; returns (loss, id, tri, acc) as one device tensor (no synchronisation)."""
+def train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, last=False):
+    """One optimisation step; returns its named values as device tensors (no synchronisation)."""
     v, t, labels = (x.to(device, non_blocking=True) for x in batch)
     if v.dtype == torch.uint8:
         v, t = augment(v, t)
     v = v.contiguous(memory_format=torch.channels_last)
     t = t.contiguous(memory_format=torch.channels_last)
-    # while compiling, a failure may come after the forward has updated the batch-norm statistics
-    # (the backward is compiled lazily): keep them to restore before the eager retry
-    saved = model.buffers_copy() if keep_buffers else None
-    try:
-        values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
-    except Exception as e:
-        if not (isinstance(model, CompiledModel) and model.compiled is not None and compiler_error(e)):
-            raise
-        model.fall_back(e, saved)
-        values = forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
+
+    def step(m):
+        return forward_backward(m, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
+    values = model.run_step(step, last) if isinstance(model, CompiledModel) else step(model)
     scaler.step(optimizer)
     scaler.update()
-    return torch.stack([x.detach().float() for x in values])
+    return values
 
 
-def update_meters(meters, pending, epoch, step):
-    """Add the pending steps' values (one synchronisation with the device); a non-finite loss stops the run."""
-    values = torch.stack(pending).cpu()
-    bad = (~torch.isfinite(values[:, :3])).any(1).nonzero()
+def check_finite(names, rows, epoch, step):
+    """A non-finite loss term among the last len(rows) steps stops the run, naming the step."""
+    bad = (~torch.isfinite(rows)).any(1).nonzero()
     if len(bad):
-        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step - len(pending) + 1 + int(bad[0])}"
-                                 f" (loss {values[bad[0, 0], 0]:.4g}): lower --lr or try --amp off")
-    for row in values:
-        for k, x in zip(meters, row.tolist()):
-            meters[k].update(x)
+        first = int(bad[0, 0])
+        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step - len(rows) + 1 + first} "
+                                 f"({names[0]} {rows[first, 0]:.4g}): lower --lr or try --amp off")
 
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args, dtype,
-                    show=True, tb=None, log=print):
-    """One epoch; returns the mean loss, ID loss, triplet loss, triplet accuracy, images/s and seconds.
-    Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
+                    show=True, tb=None):
+    """One epoch; returns the mean of every named value the loss gives ('loss', 'id', 'tri', 'acc', ...),
+    images/s and seconds. Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
     torch.manual_seed(epoch_seed(args.seed, epoch, args.rank))
     if getattr(loader, "generator", None) is not None:  # the workers' seeds (per-image augmentation)
         loader.generator.manual_seed(epoch_seed(args.seed, epoch, args.rank, 1))
-    meters = {k: utils.AverageMeter() for k in ("loss", "id", "tri", "acc")}
-    pending, images, start, step = [], 0, time.time(), 0
+    metrics, images, start, step = utils.MetricLogger(), 0, time.time(), 0
     steps = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not show, mininterval=1.0, dynamic_ncols=True)
-    compiling = isinstance(model, CompiledModel) and model.compiled is not None and not getattr(model, "timed", 0)
     try:
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
-            keep = compiling and model.compiled is not None and step <= 2
-            pending.append(train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, keep))
+            metrics.add(train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args,
+                                   last=step == steps - 1))
             images += batch[2].numel()
-            if compiling and model.compiled is not None and step == min(2, steps - 1):  # compile, then capture
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                model.timed = time.time() - start
-                log(f"{model.mode} compilation and capture: {model.timed:.1f} s (steps 0..{step}, paid once per "
-                    f"run){model.graph_skips()}")
-            if len(pending) == args.print_freq or step == steps - 1:
-                update_meters(meters, pending, epoch, step)
-                bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", id=f"{meters['id'].avg:.3f}",
-                                tri=f"{meters['tri'].avg:.3f}", acc=f"{100 * meters['acc'].avg:.1f}%",
-                                lr=f"{optimizer.param_groups[-1]['lr']:.2g}",
-                                img_s=f"{images / (time.time() - start):.0f}")
-                bar.update(len(pending))
-                pending = []
+            if len(metrics.pending) == args.print_freq or step == steps - 1:
+                rows = metrics.flush()
+                check_finite(metrics.names, rows, epoch, step)
+                bar.set_postfix_str(f"{metrics.format(3)} lr {optimizer.param_groups[-1]['lr']:.2g} "
+                                    f"img/s {images / (time.time() - start):.0f}")
+                bar.update(len(rows))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"epoch {epoch}, step {step}") from None
     bar.close()
-    stats = {k: m.avg for k, m in meters.items()}
+    stats = metrics.averages
     stats["seconds"] = max(time.time() - start, 1e-9)
     stats["img_s"] = images / stats["seconds"]
     if tb is not None:
@@ -681,7 +690,7 @@ def main(args):
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
     if main_process:
-        test_mine.ensure_demo(args, notes.append)  # logged with the run's first lines
+        demo_data.ensure_demo(args, notes.append)  # logged with the run's first lines
     if args.world_size > 1:
         dist.barrier()
     check_data(args)
@@ -747,7 +756,7 @@ def train(args, ckpt, name, notes, device, log):
         log(f"warning: bf16 on a CPU with AMX: {utils.AMX_BF16}; --amp off is the safe choice")
     utils.set_seed(args.seed)
     data = build_train_data(args)
-    sampler = utils.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
+    sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
                                     args.seed, args.rank)
     batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
@@ -787,9 +796,9 @@ def train(args, ckpt, name, notes, device, log):
         sampler.set_epoch(epoch)
         lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
         stats = train_one_epoch(model, criterion, optimizer, scaler, batches, augment, device, epoch, args,
-                                dtype, show=main_process, tb=tb, log=log)
-        log(f"epoch {epoch}: loss {stats['loss']:.4f} id {stats['id']:.4f} tri {stats['tri']:.4f} "
-            f"acc {100 * stats['acc']:.1f}% lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
+                                dtype, show=main_process, tb=tb)
+        terms = utils.format_values({k: v for k, v in stats.items() if k not in ("seconds", "img_s")})
+        log(f"epoch {epoch}: {terms} lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
         last = epoch == args.epochs - 1
         due = (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0) or last
         if main_process:
@@ -799,13 +808,13 @@ def train(args, ckpt, name, notes, device, log):
                 for i, (feature, (cmc, mAP, mINP)) in enumerate(results.items()):
                     row = test_mine.metrics_row(cmc, mAP, mINP)
                     metrics = row if i == 0 else metrics
-                    log(f"epoch {epoch} eval{' ' + feature if feature else ''}: {test_mine.format_row(row)}")
+                    log(f"epoch {epoch} eval{' ' + feature if len(results) > 1 else ''}: {test_mine.format_row(row)}")
                 if tb is not None:
                     for k, x in metrics.items():
                         tb.add_scalar(f"eval/{k}", x, epoch)
             state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
-                     "metrics": metrics, "best": best, "name": name}
+                     "metrics": metrics, "train": stats, "best": best, "name": name}
             # DGTL's reference keeps the later of two epochs with equal Rank-1 (>=), the HcTri code the first
             if metrics is not None and (metrics["rank1"] > best["rank1"] or
                                         (args.method == "dgtl" and metrics["rank1"] == best["rank1"])):

@@ -1,4 +1,4 @@
-"""Identity sampler, seeding, meters, logging, devices and checkpoint files."""
+"""Settings tables, seeding, the metric logger, logging, devices and checkpoint files."""
 import logging
 import os
 import random
@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 import fileio
 import model_mine
@@ -94,70 +93,46 @@ def parse_trials(text):
     return trials
 
 
-class IdentitySampler(Sampler):
-    """Identity-balanced batches: P distinct identities (without replacement) x K visible and
-    K thermal images each (with replacement). Yields (visible indices, thermal indices), both
-    [P*K] and identity-contiguous in the same identity order. An epoch is
-    max(N_visible, N_thermal) // (P*K) batches, drawn from (seed, epoch, rank), so a resumed or
-    a distributed run draws the batches it would have drawn anyway."""
-
-    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0):
-        labels_v, labels_t = np.asarray(labels_v), np.asarray(labels_t)
-        self.ids = np.intersect1d(labels_v, labels_t)
-        if batch_size > len(self.ids):
-            raise ValueError(f"--batch-size {batch_size} identities per batch, but the training set has only "
-                             f"{len(self.ids)} identities with both visible and thermal images")
-        if num_pos < 1 or batch_size < 1:
-            raise ValueError(f"--batch-size and --num_pos must be >= 1, got {batch_size} and {num_pos}")
-        self.P, self.K, self.seed, self.rank, self.epoch = batch_size, num_pos, seed, rank, 0
-        self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos))
-        self._v = self._positions(labels_v)
-        self._t = self._positions(labels_t)
-
-    def _positions(self, labels):
-        """(indices sorted by label, first position and count of each identity of self.ids)."""
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], self.ids, side="left")
-        counts = np.searchsorted(labels[order], self.ids, side="right") - starts
-        return order, starts, counts
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.num_batches
-
-    def _draw(self, rng, chosen, positions):
-        order, starts, counts = positions
-        offset = (rng.random(chosen.shape + (self.K,)) * counts[chosen][..., None]).astype(np.int64)
-        return order[starts[chosen][..., None] + offset].reshape(len(chosen), -1)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        # P distinct identities per batch: the first P of a random permutation, for all batches at once
-        chosen = rng.random((self.num_batches, len(self.ids))).argsort(1)[:, :self.P]
-        idx_v = self._draw(rng, chosen, self._v)
-        idx_t = self._draw(rng, chosen, self._t)
-        yield from zip(idx_v, idx_t)
-
-
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # all devices
 
 
-class AverageMeter:
-    def __init__(self):
-        self.sum, self.count = 0.0, 0
+class MetricLogger:
+    """Running means of whatever named values arrive (a smaller torchvision MetricLogger): each
+    step's values stay on the device until flush(), which reads them all in one synchronisation.
+    A value named 'acc' is a fraction and is shown in percent."""
 
-    def update(self, value, n=1):
-        self.sum += float(value) * n
-        self.count += n
+    def __init__(self):
+        self.names, self.pending, self.sums, self.count = None, [], {}, 0
+
+    def add(self, values):
+        """values: {name: scalar tensor}, the same names every step."""
+        self.names = self.names or list(values)
+        self.pending.append(torch.stack([values[k].detach().float() for k in self.names]))
+
+    def flush(self):
+        """The pending steps as a [steps, names] CPU tensor, added to the means."""
+        rows = torch.stack(self.pending).cpu()  # the only synchronisation with the device
+        self.pending = []
+        for row in rows.tolist():
+            for k, x in zip(self.names, row):
+                self.sums[k] = self.sums.get(k, 0.0) + x
+        self.count += len(rows)
+        return rows
 
     @property
-    def avg(self):
-        return self.sum / max(self.count, 1)
+    def averages(self):
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def format(self, digits=4):
+        return format_values(self.averages, digits)
+
+
+def format_values(values, digits=4):
+    """'loss 1.2345 id 0.9876 acc 51.0%': named values for a log line, 'acc' in percent."""
+    return " ".join(f"{k} {100 * v:.1f}%" if k == "acc" else f"{k} {v:.{digits}f}" for k, v in values.items())
 
 
 def get_logger(log_file=None, name="vtreid"):

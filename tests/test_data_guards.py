@@ -75,7 +75,7 @@ def test_ensure_demo_refuses_a_file_at_data_path(tmp_path):
     f.write_text("mine")
     args = test_mine.get_args_parser().parse_args(["--dataset", "demo", "--data_path", str(f)])
     with pytest.raises(FileExistsError, match="is a file"):
-        test_mine.ensure_demo(args, log=lambda *a: None)
+        demo_data.ensure_demo(args, log=lambda *a: None)
     assert f.read_text() == "mine" and siblings(f) == ["notes.txt"]
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import loss
 import model_mine
+import train_mine
 import utils
 
 
@@ -94,20 +95,23 @@ def test_both_granularities_ignore_batch_order(seed):
         got, g_got = value_and_grad(lambda x: crit(x, labels[perm], modal[perm])[0], feats[perm])
         assert torch.allclose(got, ref, atol=1e-6)
         assert torch.allclose(g_got, g_ref[perm], atol=1e-6)
-    # and the whole DGTL loss, on a 4-tuple whose rows are permuted together
+    # and the whole DGTL loss, on an output with a coarse branch whose rows are permuted together
     out = dgtl_out(feats, labels, seed)
-    crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5)
-    ref = crit(out, labels, modal)
-    got = crit(tuple(t[perm] for t in out), labels[perm], modal[perm])
-    for a, b in zip(got, ref):
-        assert torch.allclose(a, b, atol=1e-6)
+    crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5, hcloss="HcTri", label_smooth="off")
+    ref_total, ref = crit(out, labels, modal)
+    got_total, got = crit({k: t[perm] for k, t in out.items()}, labels[perm], modal[perm])
+    assert torch.allclose(got_total, ref_total, atol=1e-6)
+    assert list(got) == list(ref) == ["id", "tri", "acc"]
+    for k in ref:
+        assert torch.allclose(got[k], ref[k], atol=1e-6), k
 
 
 def dgtl_out(feats, labels, seed=0, classes=60):
     g = torch.Generator().manual_seed(seed + 100)
     n = len(labels)
-    return (feats, torch.randn(n, classes, generator=g), feats * 0.3 + torch.randn(feats.shape, generator=g) * 0.8,
-            torch.randn(n, classes, generator=g))
+    logits = torch.randn(n, classes, generator=g)
+    coarse = feats * 0.3 + torch.randn(feats.shape, generator=g) * 0.8
+    return {"feat": feats, "logits": logits, "coarse": coarse, "coarse_logits": torch.randn(n, classes, generator=g)}
 
 
 @pytest.mark.parametrize("hcloss", ["HcTri", "OriTri", "no"])
@@ -115,8 +119,10 @@ def dgtl_out(feats, labels, seed=0, classes=60):
 @pytest.mark.parametrize("label_smooth", ["off", "on"])
 def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
     feats, labels, modal = reference_batch(seed=7, separation=1.0)
-    f, logits, h, logits_h = dgtl_out(feats, labels)
-    out = (f, logits, h, logits_h) if coarse else (f, logits)
+    out = dgtl_out(feats, labels)
+    f, logits, h, logits_h = out["feat"], out["logits"], out["coarse"], out["coarse_logits"]
+    if not coarse:
+        out = {"feat": f, "logits": logits}
     crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5, hcloss=hcloss, label_smooth=label_smooth)
     eps = 0.1 if label_smooth == "on" else 0.0
 
@@ -137,7 +143,9 @@ def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
     assert sorted(terms) == sorted(want)
     for k in want:
         assert torch.allclose(terms[k], want[k], atol=1e-5), k
-    total, loss_id, loss_tri, acc = crit(out, labels, modal)
+    total, parts = crit(out, labels, modal)
+    assert sorted(parts) == ["acc", "id", "tri"]
+    loss_id, loss_tri, acc = parts["id"], parts["tri"], parts["acc"]
     want_id = sum(v for k, v in want.items() if k.startswith("id"))
     want_tri = sum(v for k, v in want.items() if k.startswith("tri"))
     assert torch.allclose(loss_id, want_id, atol=1e-5) and torch.allclose(loss_tri, want_tri, atol=1e-5)
@@ -149,22 +157,29 @@ def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
 def test_loss_is_float32_from_half_inputs_and_modality_defaults_to_halves():
     feats, labels, modal = reference_batch(seed=3)
     out = dgtl_out(feats, labels)
-    crit = loss.DGTLLoss(margin_hc=0.2)
+    crit = loss.DGTLLoss(margin=0.3, margin_hc=0.2, hcloss="HcTri", label_smooth="off")  # the former defaults
     ref = crit(out, labels, modal)
-    half = crit(tuple(t.bfloat16() for t in out), labels)
-    assert all(t.dtype == torch.float32 for t in half[:3])
+    half = crit({k: t.bfloat16() for k, t in out.items()}, labels)
+    assert all(t.dtype == torch.float32 for t in (half[0], half[1]["id"], half[1]["tri"]))
     assert torch.allclose(half[0], ref[0], rtol=0.05)
     assert torch.equal(crit(out, labels)[0], ref[0])
 
 
-def test_bad_loss_options_are_clear_errors():
-    with pytest.raises(ValueError, match="--hcloss must be one of HcTri, OriTri, no"):
-        loss.DGTLLoss(hcloss="hctri")
-    with pytest.raises(ValueError, match="--label_smooth"):
-        loss.DGTLLoss(label_smooth="yes")
-    feats, labels, _ = reference_batch()
-    with pytest.raises(ValueError, match="3-tuple"):
-        loss.DGTLLoss()((feats, feats, feats), labels)
+@pytest.mark.parametrize("flags,match", [
+    (["--hcloss", "hctri"], "--hcloss must be one of HcTri, OriTri, no"),
+    (["--label_smooth", "yes"], "--label_smooth"),
+])
+def test_bad_loss_options_are_clear_errors(tmp_path, flags, match):
+    # the scripts check these flags once, before any work (DGTLLoss takes them as resolved)
+    data = tmp_path / "never-written"
+    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", "--method", "dgtl", "--data_path", str(data),
+                                                    "--model_path", str(tmp_path / "models"), "--log_path", "",
+                                                    *flags])
+    train_mine.init_distributed(args)
+    with pytest.raises(ValueError, match=match) as err:
+        train_mine.prepare_run(args)
+    assert "\n" not in str(err.value)  # one line
+    assert not data.exists() and not (tmp_path / "models").exists()
 
 
 # ---------------------------------------------------------------- the DGTL head (SPEC-DGTL §1)
@@ -213,29 +228,41 @@ def test_train_and_eval_outputs_follow_the_spec(bpool, cpool, fuse):
         y = model_mine.global_pool(x, cpool, 3.0)
         h = batch_norm(y + b if fuse == "sum" else torch.cat([y, b], 1), m.cpool_layer.bottleneck, training)
         if training:
-            assert len(out) == 4
-            assert torch.allclose(out[0], f, atol=1e-5)
-            assert torch.allclose(out[1], b @ m.classifier.weight.t(), atol=1e-5)
-            assert out[2].shape == (6, dim) and torch.allclose(out[2], h, atol=1e-4)
-            assert out[3].shape == (6, 5) and torch.allclose(out[3], h @ m.classifier_att.weight.t(), atol=1e-5)
+            assert set(out) == {"feat", "logits", "coarse", "coarse_logits"}
+            assert torch.allclose(out["feat"], f, atol=1e-5)
+            assert torch.allclose(out["logits"], b @ m.classifier.weight.t(), atol=1e-5)
+            assert out["coarse"].shape == (6, dim) and torch.allclose(out["coarse"], h, atol=1e-4)
+            assert out["coarse_logits"].shape == (6, 5)
+            assert torch.allclose(out["coarse_logits"], h @ m.classifier_att.weight.t(), atol=1e-5)
         else:
-            assert len(out) == 2
-            assert torch.allclose(out[0], F.normalize(b, dim=1), atol=1e-5)
-            assert torch.allclose(out[1], F.normalize(h, dim=1), atol=1e-5)
-            assert all(torch.allclose(t.norm(dim=1), torch.ones(6)) for t in out)  # unit norms
+            assert tuple(out) == m.feature_names == ("coarse", "fine")
+            # what evaluation ranks with: each modality's L2-normalised features (eval batch norms are
+            # per sample, so rows 0..2 of the two-stream batch are the visible images', 3..5 the thermal)
+            with torch.no_grad():
+                feats = [m.features(x1, 1), m.features(x2, 2)]
+            for rows, got in zip((slice(0, 3), slice(3, 6)), feats):
+                assert tuple(got) == ("coarse", "fine")
+                assert torch.allclose(got["fine"], F.normalize(b[rows], dim=1), atol=1e-5)
+                assert torch.allclose(got["coarse"], F.normalize(h[rows], dim=1), atol=1e-5)
+                assert all(torch.allclose(t.norm(dim=1), torch.ones(3)) for t in got.values())  # unit norms
 
 
 def test_without_coarse_branch():
     m = dgtl(bpool="max", cpool="no")
     assert not hasattr(m, "classifier_att") and not hasattr(m, "cpool_layer")
     m.train()
-    f, logits = m(images(2), images(2, seed=1))
+    out = m(images(2), images(2, seed=1))
+    assert set(out) == {"feat", "logits"}
+    f, logits = out["feat"], out["logits"]
     assert f.shape == (4, 2048) and logits.shape == (4, 5)
     m.eval()
+    assert m.feature_names == ("fine",)
     with torch.no_grad():
-        b = m(images(2), None, modal=1)
+        out = m(images(2), None, modal=1)
+        b = m.features(images(2), 1)
         f = model_mine.global_pool(m.backbone(images(2), None, modal=1), "max")
-    assert torch.is_tensor(b) and torch.allclose(b, F.normalize(m.bottleneck(f), dim=1), atol=1e-5)
+    assert list(out) == list(b) == ["fine"]
+    assert torch.allclose(b["fine"], F.normalize(m.bottleneck(f), dim=1), atol=1e-5)
 
 
 def test_head_initialisation_and_frozen_bn_biases(net):
@@ -260,12 +287,12 @@ def test_head_parameters_are_the_reference_groups(net):
 @pytest.mark.parametrize("share_net", range(6))
 def test_every_share_point_trains_one_step(share_net):
     m = dgtl(share_net=share_net, bpool="avg", cpool="max")
-    crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5)
+    crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5, hcloss="HcTri", label_smooth="off")
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
     labels = torch.arange(2).repeat_interleave(2).repeat(2)
     m.train()
     out = m(images(4, seed=1), images(4, seed=2))
-    total, loss_id, loss_tri, acc = crit(out, labels)
+    total, _ = crit(out, labels)
     assert torch.isfinite(total)
     opt.zero_grad()
     total.backward()
@@ -281,7 +308,8 @@ def test_heads_run_in_float32_under_autocast(net):
     net.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(images(2), images(2, seed=1))
-    assert all(t.dtype == torch.float32 for t in out)
+    assert set(out) == {"feat", "logits", "coarse", "coarse_logits"}
+    assert all(t.dtype == torch.float32 for t in out.values())
 
 
 def test_config_rebuilds_the_model(net):
@@ -374,8 +402,10 @@ def test_reference_checkpoint_loads_and_gives_identical_features(tmp_path, share
     x = images(3, seed=5)
     with torch.no_grad():
         for modal in (1, 2):
-            for a, b in zip(loaded(x, x, modal), m(x, x, modal)):
-                assert torch.equal(a, b)
+            a, b = loaded(x, x, modal), m(x, x, modal)
+            assert list(a) == list(b) == ["coarse", "fine"]
+            for k in b:
+                assert torch.equal(a[k], b[k]), (modal, k)
 
 
 @pytest.mark.parametrize("edit,match", [

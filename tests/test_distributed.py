@@ -35,7 +35,7 @@ def reference_step(data_path):
     criterion = losses.ReIDLoss("hctri", 0.3, args.w_center, args.label_smooth)
     grads = []
     for rank in (0, 1):
-        sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 2, 2, args.seed, rank)
+        sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, 2, 2, args.seed, rank)
         loader = DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None, generator=torch.Generator())
         torch.manual_seed(train_mine.epoch_seed(args.seed, 0, rank))
         v, t, labels = next(iter(loader))

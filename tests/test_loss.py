@@ -107,7 +107,8 @@ def test_pcb_total_loss_composition():
     logits = [torch.randn(2 * p * k, c) for _ in range(s)]
     feat_all = torch.cat(feats, 1)
     crit = loss.ReIDLoss("hctri", margin=0.3, w_center=2.0, label_smooth="on")
-    total, loss_id, loss_tri, acc = crit((feats, logits, feat_all), labels)
+    total, parts = crit({"strips": torch.stack(feats), "strip_logits": torch.stack(logits), "feat": feat_all}, labels)
+    loss_id, loss_tri, acc = parts["id"], parts["tri"], parts["acc"]
     ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     tri = loss.CenterTripletLoss(margin=0.3)
     want_id = sum(ce(z, labels) for z in logits)
@@ -122,7 +123,8 @@ def test_global_total_loss_composition():
     torch.manual_seed(1)
     labels = torch.arange(3).repeat_interleave(2).repeat(2)
     x_pool, logits = torch.randn(12, 16), torch.randn(12, 4)
-    total, loss_id, loss_tri, _ = loss.ReIDLoss("hctri", w_center=0.5)((x_pool, logits), labels)
+    crit = loss.ReIDLoss("hctri", margin=0.3, w_center=0.5, label_smooth="off")  # the former defaults
+    total, _ = crit({"feat": x_pool, "logits": logits}, labels)
     want = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * loss.CenterTripletLoss()(x_pool, labels)[0]
     assert total.item() == pytest.approx(want.item(), rel=1e-5)
 

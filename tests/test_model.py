@@ -59,20 +59,27 @@ def test_streams_start_from_their_own_copy_of_the_weights(tmp_path):
 def test_modal_selects_streams(net):
     net.eval()
     x1, x2 = images(2, seed=1), images(2, seed=2)
+    assert net.feature_names == ("parts",)
     with torch.no_grad():
-        both = net(x1, x2, modal=0)
-        assert torch.allclose(both[:2], net(x1, x2, modal=1), atol=1e-5)
-        assert torch.allclose(both[2:], net(x1, x2, modal=2), atol=1e-5)
+        out = net(x1, x2, modal=0)
+        assert tuple(out) == net.feature_names
+        both = torch.nn.functional.normalize(out["parts"], dim=1)  # what features() gives, of both streams
+        visible, thermal = net.features(x1, 1)["parts"], net.features(x2, 2)["parts"]
+        assert torch.equal(net(x1, x2, modal=1)["parts"], net(x1, x1, modal=1)["parts"])  # modal 1: x1 only
+        assert torch.allclose(both[:2], visible, atol=1e-5)
+        assert torch.allclose(both[2:], thermal, atol=1e-5)
     assert both.shape == (4, 6 * 256)
-    assert torch.allclose(both.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(torch.cat([visible, thermal]).norm(dim=1), torch.ones(4), atol=1e-5)
 
 
 def test_training_outputs(net):
     net.train()
-    feats, logits, feat_all = net(images(2), images(2, seed=3))
+    out = net(images(2), images(2, seed=3))
+    assert set(out) == {"strips", "strip_logits", "feat"}
+    feats, logits, feat_all = out["strips"], out["strip_logits"], out["feat"]
     assert len(feats) == 6 and len(logits) == 6
-    assert feats[0].shape == (4, 256) and logits[0].shape == (4, 7) and feat_all.shape == (4, 1536)
-    assert torch.equal(torch.cat(feats, 1), feat_all)
+    assert feats.shape == (6, 4, 256) and logits.shape == (6, 4, 7) and feat_all.shape == (4, 1536)
+    assert torch.equal(torch.cat(list(feats), 1), feat_all)
 
 
 def test_fast_pcb_head_equals_the_looped_one(net):
@@ -103,12 +110,16 @@ def test_gem_matches_formula_and_is_float32_under_autocast():
 def test_global_head_outputs():
     m = model_mine.embed_net(5, pcb="off")
     m.train()
-    x_pool, logits = m(images(2), images(2))
+    out = m(images(2), images(2))
+    assert set(out) == {"feat", "logits"}
+    x_pool, logits = out["feat"], out["logits"]
     assert x_pool.shape == (4, 2048) and logits.shape == (4, 5)
     assert not m.bottleneck.bias.requires_grad
     m.eval()
     with torch.no_grad():
-        pool, feat = m(images(2), images(2), modal=1)
+        out = m(images(2), images(2), modal=1)
+    assert tuple(out) == m.feature_names == ("bn", "pool")
+    pool, feat = out["pool"], out["bn"]
     assert pool.shape == feat.shape == (2, 2048)
 
 
@@ -131,8 +142,11 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
     loaded.eval()
     x = images(3, seed=5)
     with torch.no_grad():
-        assert torch.equal(loaded(x, x, 1), net(x, x, 1))
-        assert torch.equal(loaded(x, x, 2), net(x, x, 2))
+        for modal in (1, 2):
+            a, b = loaded(x, x, modal), net(x, x, modal)
+            assert list(a) == list(b) == ["parts"]
+            for k in b:
+                assert torch.equal(a[k], b[k]), (modal, k)
 
 
 def test_dataparallel_prefix_is_removed(net, tmp_path):
@@ -198,11 +212,14 @@ def test_resnet18_last_stride_one_and_zero_init_residual():
 
 
 @pytest.mark.parametrize("kw,train_shapes,eval_shapes", [
-    (dict(pcb="on", num_strips=2, local_feat_dim=16), [(4, 16), (4, 7), (4, 32)], [(4, 32)]),
-    (dict(pcb="off"), [(4, 512), (4, 7)], [(4, 512), (4, 512)]),
-    (dict(head="dgtl", cpool="max"), [(4, 512), (4, 7), (4, 512), (4, 7)], [(4, 512), (4, 512)]),
-    (dict(head="dgtl", cpool="gem", fuse="cat"), [(4, 512), (4, 7), (4, 1024), (4, 7)], [(4, 512), (4, 1024)]),
-    (dict(head="dgtl", cpool="no"), [(4, 512), (4, 7)], [(4, 512)]),
+    (dict(pcb="on", num_strips=2, local_feat_dim=16),
+     dict(strips=(2, 4, 16), strip_logits=(2, 4, 7), feat=(4, 32)), dict(parts=(4, 32))),
+    (dict(pcb="off"), dict(feat=(4, 512), logits=(4, 7)), dict(bn=(4, 512), pool=(4, 512))),
+    (dict(head="dgtl", cpool="max"), dict(feat=(4, 512), logits=(4, 7), coarse=(4, 512), coarse_logits=(4, 7)),
+     dict(coarse=(4, 512), fine=(4, 512))),
+    (dict(head="dgtl", cpool="gem", fuse="cat"),
+     dict(feat=(4, 512), logits=(4, 7), coarse=(4, 1024), coarse_logits=(4, 7)), dict(coarse=(4, 1024), fine=(4, 512))),
+    (dict(head="dgtl", cpool="no"), dict(feat=(4, 512), logits=(4, 7)), dict(fine=(4, 512))),
 ])
 def test_resnet18_outputs_for_each_head(kw, train_shapes, eval_shapes):
     m = model_mine.embed_net(7, arch="resnet18", **kw)
@@ -210,13 +227,12 @@ def test_resnet18_outputs_for_each_head(kw, train_shapes, eval_shapes):
     out = m(images(2, 32, 16), images(2, 32, 16, seed=1))
     if kw.get("pcb") == "on":
         assert m.head.conv_weight.shape == (2, 16, 512)
-        out = (out[0][0], out[1][0], out[2])
-    assert [tuple(t.shape) for t in out] == train_shapes
+    assert {k: tuple(t.shape) for k, t in out.items()} == train_shapes
     m.eval()
     with torch.no_grad():
         out = m(images(2, 32, 16), images(2, 32, 16, seed=1))
-    out = out if isinstance(out, tuple) else (out,)
-    assert [tuple(t.shape) for t in out] == eval_shapes
+    assert tuple(out) == m.feature_names  # the reported feature first
+    assert {k: tuple(t.shape) for k, t in out.items()} == eval_shapes
 
 
 @pytest.mark.parametrize("kw", [dict(pcb="on", num_strips=2), dict(head="dgtl", bpool="max", cpool="avg")])
@@ -231,8 +247,9 @@ def test_resnet18_checkpoint_round_trip(tmp_path, kw):
     x = images(2, 32, 16, seed=4)
     with torch.no_grad():
         a, b = loaded(x, x, 2), m(x, x, 2)
-    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
-        assert torch.equal(u, v)
+    assert list(a) == list(b) == list(m.feature_names)
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("old", [

@@ -13,7 +13,6 @@ import torch
 import fileio
 import test_mine
 import train_mine
-import utils
 from test_cli import TINY, tiny_regdb, train_args  # noqa: F401 (tiny_regdb is a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

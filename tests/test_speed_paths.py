@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader
 import data_loader
 import demo_data
 import train_mine
-import utils
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_resident_batches_equal_the_loaders():
     images = rng.integers(0, 256, (40, 8, 4, 3), dtype=np.uint8)
     thermal = rng.integers(0, 256, (30, 8, 4, 3), dtype=np.uint8)
     data = data_loader.TrainData(images, np.repeat(np.arange(5), 8), thermal, np.repeat(np.arange(5), 6))
-    sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 3, 2, seed=1)
+    sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, 3, 2, seed=1)
     for epoch in (0, 3):
         sampler.set_epoch(epoch)
         loader = list(DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None))
@@ -72,7 +71,7 @@ def test_the_per_image_transform_keeps_the_loader_and_restarts_its_workers(tiny_
     args = train_mine.get_args_parser().parse_args(["--cpu_aug", "--workers", "1", "--img_h", "32",
                                                     "--img_w", "16", "--pad", "2"])
     data = train_mine.build_train_data(argparse_namespace(args, dataset="demo", data_path=tiny_regdb, trial=1))
-    sampler = utils.IdentitySampler(data.labels_v, data.labels_t, 2, 2)
+    sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, 2, 2)
     # auto picks the loader even where the set would be resident (a CUDA device), and says why
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 << 30, 80 << 30), raising=False)
     loader, line = train_mine.build_batches(data, sampler, args, torch.device("cuda", 0))  # builds, never runs

@@ -132,11 +132,11 @@ def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, 
     root.mkdir()
     (root / "demo.json").write_text(json.dumps({"params": {"layout": "regdb", "version": 0}}))
     args = test_mine.get_args_parser().parse_args(["--dataset", "demo", "--data_path", str(root)])
-    test_mine.ensure_demo(args)
+    demo_data.ensure_demo(args)
     assert os.listdir(root) == ["demo.json"]  # not regenerated: it may be a set made on purpose
     assert "generator version 0" in capsys.readouterr().out
     (root / "demo.json").write_text(json.dumps({"params": {"version": demo_data.GENERATOR_VERSION}}))
-    test_mine.ensure_demo(args)
+    demo_data.ensure_demo(args)
     assert capsys.readouterr().out == ""
 
 
@@ -297,7 +297,7 @@ def test_half_on_an_amx_cpu_warns(regdb_root, checkpoint, monkeypatch, capsys):
     def stop(*a):
         raise Stop  # before any feature is extracted in bf16 (NaN on AMX is what the warning is about)
     monkeypatch.setattr(utils, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(test_mine, "ensure_demo", stop)
+    monkeypatch.setattr(test_mine.demo_data, "ensure_demo", stop)
     with pytest.raises(Stop):
         run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--half", "--log_path", "")
     assert "warning: --half on a CPU with AMX" in capsys.readouterr().out
@@ -330,12 +330,12 @@ def dgtl_files(tmp_path_factory):
 
 
 def features(model, images, modal):
-    """The model's two eval features, (L2(b), L2(h)), of uint8 images: fine and coarse."""
+    """The model's two eval features, L2(h) and L2(b), of uint8 images: coarse and fine."""
     model.eval()
     x = data_loader.normalize(torch.from_numpy(images))
     with torch.no_grad():
-        fine, coarse = model(x, x, modal)
-    return {"coarse": coarse, "fine": fine}
+        out = model(x, x, modal)
+    return {k: torch.nn.functional.normalize(out[k], dim=1) for k in ("coarse", "fine")}
 
 
 def test_dgtl_json_holds_the_coarse_feature_at_the_top_and_the_fine_one_under_a_key(regdb_root, dgtl_files,
@@ -368,7 +368,8 @@ def test_dgtl_without_coarse_branch_is_tagged_by_its_fine_feature(regdb_root, tm
                      tmp_path / "fine.pth")
     results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", path, "--trials", "1",
                   "--log_path", str(tmp_path))
-    assert set(results["visible->thermal"]) == {"trials", "mean", "std", "model"}
+    assert set(results["visible->thermal"]) == {"trials", "mean", "std", "model", "features"}
+    assert results["visible->thermal"]["features"] == ["fine"]
     rows = open(tmp_path / "results.csv").read().splitlines()[1:]
     assert [r.split(",")[3] for r in rows] == ["visible->thermal [dgtl fine]"]
 

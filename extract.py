@@ -1,0 +1,221 @@
+"""Features of your own images with a trained model, from Python or the command line.
+
+    from extract import FeatureExtractor
+    extractor = FeatureExtractor("save_model/sysu_best.pth")
+    feats = extractor("my_images/", modality="thermal")     # float32 [N, D], L2-normalised
+
+    python extract.py --resume save_model/sysu_best.pth --images my_images/ --modality thermal --out feats.npy
+
+Any checkpoint test_mine.py evaluates: this project's carry their architecture and image size; the
+original code's ({'net': ...}) take the architecture flags (share_net=..., pcb=..., method="dgtl",
+bpool=..., ... as keyword arguments; --share_net ... on the command line). Images go through the
+evaluation's preprocessing (8-bit RGB, Lanczos resize, ImageNet normalisation) and the model's
+`features`, so the features are test_mine.py's for the same images.
+"""
+import argparse
+import csv
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+import data_loader
+import fileio
+import test_mine
+import utils
+
+MODALITIES = {"visible": 1, "thermal": 2}  # the model's modal argument: which stream runs
+# flags that say how to build an original-code checkpoint, pick its dataset's defaults, or resize
+ARCH_TYPES = {"method": str, "arch": str, "share_net": int, "pcb": str, "local_feat_dim": int, "num_strips": int,
+              "gm_pool": str, "gem_p": float, "bpool": str, "cpool": str, "fuse": str}
+MODEL_FLAGS = {"dataset": str, "img_w": int, "img_h": int, **ARCH_TYPES}
+
+
+def modal_index(modality, flag="modality"):
+    """'visible' -> 1, 'thermal' -> 2 (the model's stream)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"{flag} must be visible or thermal, got {modality!r}")
+    return MODALITIES[modality]
+
+
+def model_args(flags):
+    """test_mine's namespace for these flags, prepared as test_mine.main prepares it, as far as the
+    model and the image size need it."""
+    unknown = sorted(set(flags) - set(MODEL_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown flag(s) {', '.join(unknown)}: expected some of {', '.join(MODEL_FLAGS)}")
+    args = test_mine.get_args_parser().parse_args([])
+    for key, value in flags.items():
+        if value is not None:
+            setattr(args, key, value)
+    args.explicit = sorted(k for k in test_mine.ARCH_FLAGS if getattr(args, k) is not None)
+    if args.method is None and {"bpool", "cpool", "fuse"} & set(args.explicit):
+        args.method = "dgtl"  # as test_mine: the DGTL reference's commands have no --method
+    utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial", "data_path"))
+    test_mine.validate_args(args)
+    return args
+
+
+def load_model(checkpoint, **flags):
+    """(model in eval mode on the CPU, info): the loader test_mine.py uses; info holds the image size
+    (the checkpoint's, else the dataset's), the method and the checkpoint's path."""
+    args = model_args(flags)
+    path = os.fspath(checkpoint)
+    model, ckpt = utils.model_from_checkpoint(path, args, args.explicit)
+    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
+    saved = saved if isinstance(saved, dict) else {}
+    img_w, img_h = test_mine.image_size(args, ckpt)
+    method = saved.get("method") or ("dgtl" if model.config["head"] == "dgtl" else args.method)
+    return model.eval(), {"checkpoint": path, "img_w": img_w, "img_h": img_h, "method": method}
+
+
+def image_list(images, flag="images"):
+    """A folder path (every image file under it, sorted), one path, PIL image or array, a uint8
+    [N, H, W, 3] array, or a sequence of those -> a list of items."""
+    if isinstance(images, (str, os.PathLike)):
+        path = os.fspath(images)
+        return test_mine.image_files(path, flag) if os.path.isdir(path) else [path]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        items = list(images)
+    elif isinstance(images, (Image.Image, np.ndarray)):
+        items = [images]
+    else:
+        items = list(images)
+    if not items:
+        raise ValueError(f"{flag}: no images given")
+    return items
+
+
+def to_uint8(item, img_w, img_h, index=0):
+    """One image as uint8 [img_h, img_w, 3], exactly as the evaluation reads an image file."""
+    if isinstance(item, (str, os.PathLike)):
+        return data_loader.load_image(os.fspath(item), img_w, img_h)  # its OSError names the file
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+            raise ValueError(f"image {index}: expected a uint8 HxWx3 array, got {item.dtype} {item.shape}")
+        item = Image.fromarray(item)
+    if not isinstance(item, Image.Image):
+        raise ValueError(f"image {index}: expected a file path, a PIL image or a uint8 HxWx3 array, got "
+                         f"{type(item).__name__}")
+    try:
+        return data_loader.resize_image(item, img_w, img_h)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"image {index}: {e}") from None
+
+
+def as_device(device):
+    """A torch.device as given, else utils.select_device's reading of None / 'auto' / 'cpu' / an index."""
+    return device if isinstance(device, torch.device) else utils.select_device(device)
+
+
+class FeatureExtractor:
+    """extractor(images, modality) -> the reported feature of each image, float32 numpy [N, D]
+    (L2-normalised: rank by dot product), or with all_features=True {name: [N, D]} of every feature
+    the model evaluates (model.feature_names, reported first). Images: see image_list."""
+
+    def __init__(self, checkpoint, device=None, half=False, batch_size=128, workers=4, **arch_flags):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device, self.half, self.batch_size, self.workers = as_device(device), half, batch_size, workers
+        model, self.info = load_model(checkpoint, **arch_flags)
+        self.model = test_mine.on_device(model, self.device).eval()
+        self.img_w, self.img_h = self.info["img_w"], self.info["img_h"]
+        self.feature_names = tuple(self.model.feature_names)
+        self.feature = self.feature_names[0]
+
+    def features_of(self, batch, modal):
+        """{name: float32 [B, D] on the CPU} of a uint8 [B, H, W, 3] batch: test_mine's extraction itself."""
+        out = test_mine.extract_features(self.model, batch, modal, self.device, len(batch), self.half,
+                                         all_features=True)
+        return {name: f.cpu() for name, f in out.items()}
+
+    def __call__(self, images, modality="visible", all_features=False):
+        modal = modal_index(modality)
+        items = image_list(images)
+        parts = {name: [] for name in self.feature_names}
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:  # PIL releases the GIL
+            for start in range(0, len(items), self.batch_size):
+                chunk = range(start, min(start + self.batch_size, len(items)))
+                batch = np.stack(list(pool.map(lambda i: to_uint8(items[i], self.img_w, self.img_h, i), chunk)))
+                for name, f in self.features_of(batch, modal).items():
+                    parts[name].append(f)
+        feats = {name: torch.cat(v).numpy() for name, v in parts.items()}
+        return feats if all_features else feats[self.feature]
+
+
+def add_model_flags(parser):
+    """--resume, and the flags of an original-code checkpoint (this project's carry their own)."""
+    parser.add_argument("--resume", required=True, help="checkpoint file (test_mine.py's --resume)")
+    g = parser.add_argument_group("original-code checkpoints: architecture (this project's carry theirs)")
+    g.add_argument("--dataset", default=None, help="whose defaults fill what is left out (default sysu: 288x144)")
+    g.add_argument("--img_w", default=None, type=int, help="default: the checkpoint's, else the dataset's")
+    g.add_argument("--img_h", default=None, type=int)
+    for flag, kind in ARCH_TYPES.items():
+        g.add_argument(f"--{flag}", default=None, type=kind, help="as in test_mine.py")
+
+
+def model_flags(args):
+    """The keyword arguments of load_model / FeatureExtractor given on the command line."""
+    return {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Features of a folder of images with a trained model")
+    add_model_flags(parser)
+    parser.add_argument("--images", required=True, help="folder of images (every image file under it, sorted)")
+    parser.add_argument("--modality", default="visible", help="visible | thermal: the stream that runs")
+    parser.add_argument("--out", required=True, help="features, float32 [N, D] .npy")
+    parser.add_argument("--csv", default=None, help="image paths in row order (default: --out with .csv)")
+    parser.add_argument("--batch_size", default=128, type=int)
+    parser.add_argument("--workers", default=4, type=int, help="threads reading images")
+    parser.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else "
+                                                    "the CPU)")
+    parser.add_argument("--half", action="store_true", help="under bf16/fp16 autocast (for GPUs)")
+    return parser
+
+
+def check_outputs(args):
+    """Both outputs can be written and are no input, checked before any image is read."""
+    args.csv = args.csv or os.path.splitext(args.out)[0] + ".csv"
+    if os.path.abspath(args.csv) == os.path.abspath(args.out):
+        raise ValueError(f"--csv {args.csv}: the same file as --out; give another name")
+    for flag, path in (("--out", args.out), ("--csv", args.csv)):
+        fileio.check_output_file(path, flag, inputs=[args.resume], input_dirs=[args.images])
+
+
+def write_outputs(feats, paths, out, csv_path):
+    """The array, then the paths (row, path), each written atomically."""
+    fileio.atomic_write(out, lambda f: np.save(f, feats))
+
+    def rows(f):
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["row", "path"])
+        writer.writerows(enumerate(paths))
+        f.write(text.getvalue())
+    fileio.atomic_write(csv_path, rows, binary=False)
+
+
+def main(argv=None, log=print):
+    args = get_args_parser().parse_args(argv)
+    modal_index(args.modality, "--modality")
+    if not os.path.exists(args.images):
+        raise FileNotFoundError(f"--images: no such folder or image file: {args.images}")
+    check_outputs(args)
+    paths = image_list(args.images, "--images")
+    extractor = FeatureExtractor(args.resume, args.gpu, args.half, args.batch_size, args.workers, **model_flags(args))
+    feats = extractor(paths, args.modality)
+    write_outputs(feats, paths, args.out, args.csv)
+    log(f"{len(paths)} {args.modality} images -> {args.out} ({feats.shape[1]}-d {extractor.feature} feature), "
+        f"paths in {args.csv}")
+    return feats
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
