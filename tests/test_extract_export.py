@@ -1,0 +1,316 @@
+"""extract.py (FeatureExtractor and its CLI) and export.py (ONNX, TorchScript, model.json) on tiny models."""
+import json
+import os
+import runpy
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data_loader
+import export
+import extract
+import model_mine
+import test_mine
+import utils
+
+CPU = torch.device("cpu")
+IMG_W, IMG_H = 32, 64
+HEADS = {"pcb": dict(pcb="on", num_strips=2, local_feat_dim=16), "global": dict(pcb="off"),
+         "dgtl": dict(head="dgtl", bpool="gem", cpool="gem"),
+         "dgtl-no-coarse": dict(head="dgtl", bpool="max", cpool="no")}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def randomize_norms(model, seed):
+    """Random batch-norm statistics and affine weights, each module its own: an untrained model's
+    residual blocks start as identities and both streams as copies, which would hide a wrong stream."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.1
+            m.running_mean = torch.randn(n, generator=g) * 0.1
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{head: path} of this project's checkpoints of tiny ResNet-18 models trained at 64x32."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for i, (name, kw) in enumerate(HEADS.items()):
+        torch.manual_seed(i)
+        model = randomize_norms(model_mine.embed_net(4, arch="resnet18", share_net=2, **kw), i)
+        out[name] = str(folder / f"{name}.pth")
+        utils.atomic_save({"model": model.state_dict(), "arch": model.config,
+                           "args": {"img_w": IMG_W, "img_h": IMG_H, "method": "dgtl" if "head" in kw else "hctri"}},
+                          out[name])
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of images of several sizes and modes (one in a sub-folder, one stray non-image)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (folder / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (70, 30, 3), dtype=np.uint8)).save(folder / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (30, 17), dtype=np.uint8)).save(folder / "c_grey.png")
+    Image.fromarray(rng.integers(0, 65536, (50, 25), dtype=np.uint16)).save(folder / "sub" / "d_16bit.png")
+    Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(folder / "sub" / "e.png")
+    (folder / "notes.txt").write_text("not an image")
+    return str(folder)
+
+
+def reference_model(path):
+    model, _ = utils.model_from_checkpoint(path)
+    return test_mine.on_device(model, CPU).eval()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_extractor_gives_test_mines_features(checkpoints, images, head):
+    extractor = extract.FeatureExtractor(checkpoints[head], device="cpu", batch_size=3)
+    model = reference_model(checkpoints[head])
+    paths = test_mine.image_files(images, "images")
+    assert len(paths) == 5 and (extractor.img_w, extractor.img_h) == (IMG_W, IMG_H)
+    uint8 = data_loader.load_images(paths, IMG_W, IMG_H, workers=1)
+    got = {}
+    for modality, modal in extract.MODALITIES.items():
+        got[modality] = extractor(images, modality, all_features=True)
+        want = test_mine.extract_features(model, uint8, modal, CPU, batch_size=3, all_features=True)
+        assert list(got[modality]) == list(want) == list(model.feature_names)  # the reported feature first
+        for name, f in want.items():
+            assert got[modality][name].dtype == np.float32
+            assert np.array_equal(got[modality][name], f.numpy())  # the same computation, bit for bit
+        assert np.array_equal(extractor(paths, modality), got[modality][extractor.feature])
+    assert not np.allclose(got["visible"][extractor.feature], got["thermal"][extractor.feature], atol=1e-3)
+
+
+def test_images_in_memory_give_the_features_of_their_files(checkpoints, images):
+    extractor = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")
+    paths = test_mine.image_files(images, "images")
+    from_files = extractor(paths, "thermal")
+    pil = [Image.open(p) for p in paths]  # every mode as read: RGB, L, I;16
+    assert np.array_equal(extractor(pil, "thermal"), from_files)
+    rgb = [p for p in paths if Image.open(p).mode == "RGB" and p.endswith(".png")]
+    arrays = [np.array(Image.open(p)) for p in rgb]
+    assert np.array_equal(extractor(arrays, "thermal"), extractor(rgb, "thermal"))
+    assert np.array_equal(extractor(np.stack(arrays[:1]), "thermal"), extractor(rgb[:1], "thermal"))
+    with pytest.raises(ValueError, match=r"image 0: expected a uint8 HxWx3 array, got float32"):
+        extractor([np.zeros((8, 4, 3), np.float32)])
+    with pytest.raises(ValueError, match="modality must be visible or thermal, got 'infrared'"):
+        extractor(paths, "infrared")
+
+
+def test_original_code_checkpoints_take_the_flags_and_test_mines_search_uses_the_extractor(checkpoints, images,
+                                                                                          tmp_path):
+    model, _ = utils.model_from_checkpoint(checkpoints["pcb"])
+    original = str(tmp_path / "original.t")
+    torch.save({"net": model_mine.to_original_state_dict(model), "epoch": 1}, original)
+    flags = dict(arch="resnet18", share_net=2, num_strips=2, local_feat_dim=16, gem_p=model.gem_p)
+    ours = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")(images, "thermal")
+    theirs = extract.FeatureExtractor(original, device="cpu", img_w=IMG_W, img_h=IMG_H, **flags)
+    assert np.array_equal(theirs(images, "thermal"), ours)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        extract.FeatureExtractor(original, device="cpu", **dict(flags, num_strips=4))
+    argv = ["--resume", original, "--query_dir", images, "--gallery_dir", images, "--query_modal", "thermal",
+            "--img_w", str(IMG_W), "--img_h", str(IMG_H), "--gpu", "cpu", "--vis_dir", str(tmp_path / "vis")]
+    argv += [f"--{k}={v}" for k, v in flags.items()]
+    csv_path = test_mine.main(test_mine.get_args_parser().parse_args(argv))
+    top = [line.split(",") for line in open(csv_path).read().splitlines()[1:] if line.split(",")[1] == "1"]
+    gallery = theirs(images, "visible")
+    assert [float(r[3]) for r in top] == pytest.approx(list(-(ours @ gallery.T).max(1)), abs=1e-4)
+
+
+def test_extract_cli_writes_features_and_paths(checkpoints, images, tmp_path):
+    out = tmp_path / "res" / "feats.npy"
+    feats = extract.main(["--resume", checkpoints["dgtl"], "--images", images, "--modality", "thermal",
+                          "--out", str(out), "--gpu", "cpu"], log=lambda *a: None)
+    saved = np.load(out)
+    assert saved.shape == (5, 512) and saved.dtype == np.float32 and np.array_equal(saved, feats)
+    rows = (tmp_path / "res" / "feats.csv").read_text().splitlines()
+    assert rows[0] == "row,path" and [r.split(",", 1)[1] for r in rows[1:]] == test_mine.image_files(images, "x")
+    extractor = extract.FeatureExtractor(checkpoints["dgtl"], device="cpu")
+    assert np.array_equal(saved, extractor(images, "thermal"))
+    assert sorted(os.listdir(tmp_path / "res")) == ["feats.csv", "feats.npy"]  # no temporaries left
+
+
+def one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+def test_extract_bad_inputs_are_one_line_errors(checkpoints, images, tmp_path):
+    def run(*argv):
+        return extract.main(["--gpu", "cpu", *argv], log=lambda *a: None)
+    out = str(tmp_path / "f.npy")
+    base = ["--images", images, "--out", out]
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file") as e:
+        run("--resume", str(tmp_path / "missing.pth"), *base)
+    one_line(e)
+    foreign = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), foreign)
+    with pytest.raises(ValueError, match="not a checkpoint of this project") as e:
+        run("--resume", str(foreign), *base)
+    one_line(e)
+    with pytest.raises(ValueError, match="--modality must be visible or thermal") as e:
+        run("--resume", checkpoints["pcb"], *base, "--modality", "infrared")
+    one_line(e)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"not a png")
+    with pytest.raises(OSError, match=r"cannot read image .*x\.png") as e:
+        run("--resume", checkpoints["pcb"], "--images", str(broken), "--out", out)
+    one_line(e)
+    with pytest.raises(ValueError, match="a folder, not a file") as e:
+        run("--resume", checkpoints["pcb"], "--images", images, "--out", str(tmp_path))
+    one_line(e)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*cannot write there \(.*file is a file") as e:
+        run("--resume", checkpoints["pcb"], "--images", images, "--out", str(tmp_path / "file" / "f.npy"))
+    one_line(e)
+    with pytest.raises(ValueError, match="that is the input"):
+        run("--resume", checkpoints["pcb"], "--images", images, "--out", out, "--csv", checkpoints["pcb"])
+    with pytest.raises(ValueError, match="unknown flag"):
+        extract.FeatureExtractor(checkpoints["pcb"], device="cpu", strips=3)
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "f.csv")
+
+
+def needs_onnx():
+    """onnxruntime, after checking onnx is there too (.ci/run installs both; plain pytest may lack them)."""
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    """exported(head, fmt) -> (folder, model.json), each exported once."""
+    done = {}
+
+    def get(head, fmt):
+        if (head, fmt) not in done:
+            folder = str(tmp_path_factory.mktemp("export") / f"{head}-{fmt}")
+            lines = []
+            export.main(["--resume", checkpoints[head], "--out", folder, "--format", fmt], log=lines.append)
+            assert len(lines) == 3 and "largest absolute difference" in lines[0]
+            done[head, fmt] = folder, json.load(open(os.path.join(folder, export.MANIFEST)))
+        return done[head, fmt]
+    return get
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("head", HEADS)
+def test_exported_models_give_pytorchs_features(checkpoints, exported, head, fmt):
+    if fmt == "onnx":
+        needs_onnx()
+    folder, meta = exported(head, fmt)
+    model = reference_model(checkpoints[head])
+    ext = export.FORMATS[fmt]
+    assert sorted(os.listdir(folder)) == sorted(["model.json", "visible" + ext, "thermal" + ext])
+    assert meta["files"] == sorted(["visible" + ext, "thermal" + ext])
+    assert meta["modalities"] == {"visible": "visible" + ext, "thermal": "thermal" + ext}
+    assert (meta["img_h"], meta["img_w"], meta["feature"]) == (IMG_H, IMG_W, model.feature_names[0])
+    assert meta["mean"] == list(data_loader.MEAN) and meta["std"] == list(data_loader.STD)
+    assert meta["method"] == ("dgtl" if model.config["head"] == "dgtl" else "hctri")
+    assert meta["resize"] == "lanczos" and meta["torch"] == torch.__version__
+    assert meta["checkpoint"]["name"] == f"{head}.pth" and len(meta["checkpoint"]["sha256"]) == 64
+    torch.manual_seed(1)
+    for modality, modal in extract.MODALITIES.items():
+        if fmt == "onnx":
+            import onnxruntime
+            session = onnxruntime.InferenceSession(os.path.join(folder, meta["modalities"][modality]),
+                                                   providers=["CPUExecutionProvider"])
+            run = lambda x: session.run(None, {"images": x.numpy()})[0]  # noqa: E731
+        else:
+            module = torch.jit.load(os.path.join(folder, meta["modalities"][modality]))
+            run = lambda x: module(x).detach().numpy()  # noqa: E731
+        for n in (1, 7):
+            x = torch.randn(n, 3, IMG_H, IMG_W)
+            with torch.no_grad():
+                want = model.features(x, modal)[model.feature_names[0]].numpy()
+            got = run(x)
+            assert got.shape == want.shape == (n, meta["feature_dim"])
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_model_json_alone_reproduces_the_extractor_through_onnx(checkpoints, images, exported):
+    onnxruntime = needs_onnx()
+    folder, meta = exported("pcb", "onnx")
+    paths = [p for p in test_mine.image_files(images, "x") if Image.open(p).mode in ("RGB", "L")]
+    mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
+    batch = []
+    for p in paths:  # what a user without this project does
+        img = Image.open(p).convert("RGB").resize((meta["img_w"], meta["img_h"]), Image.LANCZOS)
+        batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
+    session = onnxruntime.InferenceSession(os.path.join(folder, meta["modalities"]["thermal"]),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run([meta["output"]], {meta["input"]: np.stack(batch)})[0]
+    want = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")(paths, "thermal")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_failed_export_leaves_out_as_it_was(checkpoints, exported, tmp_path, monkeypatch):
+    def run(*argv):
+        return export.main(["--resume", checkpoints["global"], "--format", "torchscript", *argv],
+                           log=lambda *a: None)
+    out = tmp_path / "out"
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # every check fails
+    with pytest.raises(ValueError, match=r"visible\.pt: differs from PyTorch .* nothing was written") as e:
+        run("--out", str(out))
+    one_line(e)
+    assert sorted(os.listdir(tmp_path)) == []  # neither --out nor a temporary sibling
+    monkeypatch.undo()
+    shutil.copytree(exported("global", "torchscript")[0], out)  # an earlier export
+    before = {f: os.path.getmtime(out / f) for f in os.listdir(out)}
+
+    def fails(*a):
+        raise RuntimeError("unsupported operator\ndetails")
+    monkeypatch.setattr(export, "export_torchscript", fails)
+    with pytest.raises(ValueError, match=r"the global head cannot be exported \(RuntimeError: unsupported "
+                                         r"operator\)") as e:
+        run("--out", str(out))
+    one_line(e)
+    assert {f: os.path.getmtime(out / f) for f in os.listdir(out)} == before  # the earlier export kept
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatch):
+    def run(resume, out, *argv):
+        return export.main(["--resume", resume, "--out", str(out), "--format", "torchscript", *argv],
+                           log=lambda *a: None)
+    foreign = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), foreign)
+    cases = [((str(tmp_path / "missing.pth"), tmp_path / "o1"), FileNotFoundError, "no such checkpoint file"),
+             ((str(foreign), tmp_path / "o2"), ValueError, "not a checkpoint of this project"),
+             ((checkpoints["pcb"], foreign), ValueError, r"--out .*is a file, not a folder"),
+             ((checkpoints["pcb"], foreign / "sub"), ValueError, r"--out .*is a file\)"),
+             ((checkpoints["pcb"], tmp_path), ValueError, r"--out: .* export\.py did not create"),
+             ((checkpoints["pcb"], tmp_path / "o3", "--pcb", "off"), ValueError, "leave those flags out")]
+    for argv, kind, match in cases:
+        with pytest.raises(kind, match=match) as e:
+            run(*argv)
+        one_line(e)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    with pytest.raises(ValueError, match=r"needs the onnx(runtime)? package .*pip install onnx onnxruntime") as e:
+        run(checkpoints["pcb"], tmp_path / "o4", "--format", "onnx")
+    one_line(e)
+    assert sorted(os.listdir(tmp_path)) == ["tensor.pth"]
+
+
+def test_scripts_print_one_line_errors(tmp_path, monkeypatch):
+    missing = str(tmp_path / "missing.pth")
+    for argv in (["extract.py", "--resume", missing, "--images", str(tmp_path), "--out", str(tmp_path / "f.npy")],
+                 ["export.py", "--resume", missing, "--out", str(tmp_path / "out"), "--format", "torchscript"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(os.path.join(ROOT, argv[0]), run_name="__main__")
+        assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []
