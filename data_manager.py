@@ -37,6 +37,19 @@ def image_files(folder):
         return sorted(os.path.join(folder, e.name) for e in entries if is_image_file(e.name) and e.is_file())
 
 
+def images_under(folder, flag):
+    """Every image file under folder (recursively), sorted: a folder of one's own images (folder search,
+    extract.py); an error naming flag where there is none."""
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag}: no such folder: {folder}")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
+                   if is_image_file(f))
+    if not files:
+        raise FileNotFoundError(f"{flag}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
+                                f"{folder}")
+    return files
+
+
 def _require(path, what, layout):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what}: missing {path} (expected layout: {layout})")

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import data_loader
+import data_manager
 import fileio
 import test_mine
 import utils
@@ -77,7 +78,7 @@ def image_list(images, flag="images"):
     [N, H, W, 3] array, or a sequence of those -> a list of items."""
     if isinstance(images, (str, os.PathLike)):
         path = os.fspath(images)
-        return test_mine.image_files(path, flag) if os.path.isdir(path) else [path]
+        return data_manager.images_under(path, flag) if os.path.isdir(path) else [path]
     if isinstance(images, np.ndarray) and images.ndim == 4:
         items = list(images)
     elif isinstance(images, (Image.Image, np.ndarray)):

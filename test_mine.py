@@ -534,18 +534,6 @@ class RankedListWriter:
         return os.path.join(self.folder, "cmc.png")
 
 
-def image_files(folder, flag):
-    """Every image file under folder (recursively), sorted."""
-    if not folder or not os.path.isdir(folder):
-        raise FileNotFoundError(f"{flag}: no such folder: {folder}")
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
-                   if data_manager.is_image_file(f))
-    if not files:
-        raise FileNotFoundError(f"{flag}: no image files ({', '.join(data_manager.IMAGE_EXTENSIONS)}) under "
-                                f"{folder}")
-    return files
-
-
 def search_folders(args, device, log):
     """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures."""
     if args.query_modal not in ("thermal", "visible"):
@@ -553,7 +541,8 @@ def search_folders(args, device, log):
     if not (args.query_dir and args.gallery_dir):
         raise ValueError("--query_dir and --gallery_dir go together: give both folders to search one against "
                          "the other")
-    q_paths, g_paths = image_files(args.query_dir, "--query_dir"), image_files(args.gallery_dir, "--gallery_dir")
+    q_paths = data_manager.images_under(args.query_dir, "--query_dir")
+    g_paths = data_manager.images_under(args.gallery_dir, "--gallery_dir")
     import extract  # here, not at the top: extract imports this module
     flags = {k: getattr(args, k) for k in ("dataset", "img_w", "img_h", *getattr(args, "explicit", ()))}
     extractor = extract.FeatureExtractor(resolve_checkpoint(args.resume, args.model_path), device, args.half,

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import data_loader
+import data_manager
 import export
 import extract
 import model_mine
@@ -78,7 +79,7 @@ def reference_model(path):
 def test_extractor_gives_test_mines_features(checkpoints, images, head):
     extractor = extract.FeatureExtractor(checkpoints[head], device="cpu", batch_size=3)
     model = reference_model(checkpoints[head])
-    paths = test_mine.image_files(images, "images")
+    paths = data_manager.images_under(images, "images")
     assert len(paths) == 5 and (extractor.img_w, extractor.img_h) == (IMG_W, IMG_H)
     uint8 = data_loader.load_images(paths, IMG_W, IMG_H, workers=1)
     got = {}
@@ -95,7 +96,7 @@ def test_extractor_gives_test_mines_features(checkpoints, images, head):
 
 def test_images_in_memory_give_the_features_of_their_files(checkpoints, images):
     extractor = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")
-    paths = test_mine.image_files(images, "images")
+    paths = data_manager.images_under(images, "images")
     from_files = extractor(paths, "thermal")
     pil = [Image.open(p) for p in paths]  # every mode as read: RGB, L, I;16
     assert np.array_equal(extractor(pil, "thermal"), from_files)
@@ -136,7 +137,7 @@ def test_extract_cli_writes_features_and_paths(checkpoints, images, tmp_path):
     saved = np.load(out)
     assert saved.shape == (5, 512) and saved.dtype == np.float32 and np.array_equal(saved, feats)
     rows = (tmp_path / "res" / "feats.csv").read_text().splitlines()
-    assert rows[0] == "row,path" and [r.split(",", 1)[1] for r in rows[1:]] == test_mine.image_files(images, "x")
+    assert rows[0] == "row,path" and [r.split(",", 1)[1] for r in rows[1:]] == data_manager.images_under(images, "x")
     extractor = extract.FeatureExtractor(checkpoints["dgtl"], device="cpu")
     assert np.array_equal(saved, extractor(images, "thermal"))
     assert sorted(os.listdir(tmp_path / "res")) == ["feats.csv", "feats.npy"]  # no temporaries left
@@ -244,7 +245,7 @@ def test_exported_models_give_pytorchs_features(checkpoints, exported, head, fmt
 def test_model_json_alone_reproduces_the_extractor_through_onnx(checkpoints, images, exported):
     onnxruntime = needs_onnx()
     folder, meta = exported("pcb", "onnx")
-    paths = [p for p in test_mine.image_files(images, "x") if Image.open(p).mode in ("RGB", "L")]
+    paths = [p for p in data_manager.images_under(images, "x") if Image.open(p).mode in ("RGB", "L")]
     mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
     batch = []
     for p in paths:  # what a user without this project does
