@@ -257,8 +257,8 @@ class RegDBEval(Evaluator):
 
 
 class LLCMEval(Evaluator):
-    """LLCM (the official ZYK100/LLCM test.py): for each trial, one image per (identity, camera) of the gallery modality;
-    every query image; the metric of eval_llcm (same identity and camera excluded, de-duplicated CMC).
+    """LLCM (the official ZYK100/LLCM test.py): for each trial, one image per (identity, camera) of the
+    gallery modality; every query image; the metric of eval_llcm (same identity and camera excluded, de-duplicated CMC).
     Directions: ir2vis (A), vis2ir (B: the official script's swap, the sampled infrared images probe
     every visible image) and vis2ir_literal (C)."""
     protocol = "llcm"
@@ -324,23 +324,24 @@ def load_model(path, args, device, ckpt=None):
     return on_device(model, device), ckpt
 
 
-def evaluate_sysu(args, device, log, on_distance=None):
+# SYSU-MM01 and LLCM: one model, gallery trials drawn as the protocol draws them (default 0-9):
+# (a line naming the searches, the evaluator of trials at an image size) per dataset
+GALLERY_TRIALS = {
+    "sysu": (lambda a: f"SYSU-MM01 {a.mode} search, {a.gall_mode}-shot",
+             lambda a, trials, w, h: SYSUEval(a.data_path, a.mode, trials, a.gall_mode, w, h, a.workers)),
+    "llcm": (lambda a: "LLCM " + ", ".join(LLCM_LABELS[d] for d in LLCM_DIRECTIONS[a.direction]),
+             lambda a, trials, w, h: LLCMEval(a.data_path, trials, LLCM_DIRECTIONS[a.direction], w, h, a.workers)),
+}
+
+
+def evaluate_trials(args, device, log, on_distance=None):
+    """Records of every search of every gallery trial (SYSU-MM01, LLCM), and the model."""
     trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
     model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
     img_w, img_h = image_size(args, ckpt)
-    log(f"SYSU-MM01 {args.mode} search, {args.gall_mode}-shot, trials {trials}, {img_h}x{img_w}")
-    evaluator = SYSUEval(args.data_path, args.mode, trials, args.gall_mode, img_w, img_h, args.workers)
-    log(f"query {len(evaluator.query)} images; gallery {len(evaluator.trials[0][1])} images per trial")
-    return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
-
-
-def evaluate_llcm(args, device, log, on_distance=None):
-    trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
-    directions = LLCM_DIRECTIONS[args.direction]
-    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
-    img_w, img_h = image_size(args, ckpt)
-    log(f"LLCM {', '.join(LLCM_LABELS[d] for d in directions)}, trials {trials}, {img_h}x{img_w}")
-    evaluator = LLCMEval(args.data_path, trials, directions, img_w, img_h, args.workers)
+    describe, build = GALLERY_TRIALS[args.dataset]
+    log(f"{describe(args)}, trials {trials}, {img_h}x{img_w}")
+    evaluator = build(args, trials, img_w, img_h)
     for setting, _, (qm, qi), (gm, gi), _ in evaluator.searches()[::len(trials)]:
         log(f"{setting}: {len(qi)} {qm} queries against {len(gi)} {gm} gallery images per trial")
     return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
@@ -669,7 +670,7 @@ def main(args):
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k,
                               resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None
-    evaluate = {"sysu": evaluate_sysu, "llcm": evaluate_llcm}.get(args.dataset, evaluate_regdb)
+    evaluate = evaluate_trials if args.dataset in GALLERY_TRIALS else evaluate_regdb  # RegDB: a model per split
     records, model = evaluate(args, device, log, writer)
     labels = {v: k for k, v in LLCM_LABELS.items()} if args.dataset == "llcm" else None
     results = collect(records, model, log, labels)
