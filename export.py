@@ -54,6 +54,8 @@ def get_args_parser():
 def check_out(out):
     """--out can be made, and is absent, empty or an earlier export (every file listed in its model.json)."""
     fileio.check_output_dir(out, "--out")
+    # the new folder is built beside --out and renamed over it: its parent must be writable too
+    fileio.check_output_dir(os.path.dirname(os.path.abspath(os.path.normpath(out))), "--out", out)
     try:
         fileio.check_owned(out, MANIFEST, "export folder", "export.py")
     except FileExistsError as e:
@@ -201,3 +203,5 @@ if __name__ == "__main__":
         main()
     except (ValueError, OSError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted (nothing was written)")

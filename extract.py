@@ -220,3 +220,5 @@ if __name__ == "__main__":
         main()
     except (ValueError, OSError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted (nothing was written)")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 
 
@@ -30,12 +31,19 @@ class _RecordingFile:
         return getattr(self.f, name)
 
 
+def temp_tag(pid=None):
+    """'<host>-<pid>' in the names of this process's temporaries: a process is told dead only on its own
+    host (a shared --model_path may be written from several machines, each with its own pids)."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
 def atomic_write(path, write, binary=True):
-    """Call write(f) on <path>.tmp-<pid> beside path, flush it to disk, then rename it over path: a
+    """Call write(f) on <path>.tmp-<host>-<pid> beside path, flush it to disk, then rename it over path: a
     crash or a full disk never leaves half a file, and the previous file stays as it was until the
     new one is complete. Any failure is one OSError naming path and the cause."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{temp_tag()}"
     f = None
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -69,12 +77,18 @@ def pid_alive(pid):
     return True
 
 
-_TEMP_NAME = re.compile(r".+\.tmp-(\d+)")
+# what atomic_write leaves when killed: one of this project's outputs, then the writer's host and pid
+_TEMP_NAME = re.compile(r".+\.(?:pth|json|csv|png|npy|onnx|pt)\.tmp-([A-Za-z0-9_.]+)-(\d+)")
+
+
+def _dead_here(host, pid):
+    return host == temp_tag(0).rsplit("-", 1)[0] and not pid_alive(int(pid))
 
 
 def remove_dead_temps(folder):
-    """Delete the <name>.tmp-<pid> files that processes now dead left in folder (killed runs); a
-    live process's are kept. Returns the names removed."""
+    """Delete the temporaries of this project's outputs (<name>.tmp-<host>-<pid>) that processes now
+    dead on this host left in folder (killed runs); a live process's, another host's and any other
+    file are kept. Returns the names removed."""
     removed = []
     try:
         names = os.listdir(folder)
@@ -83,7 +97,7 @@ def remove_dead_temps(folder):
     for name in names:
         m = _TEMP_NAME.fullmatch(name)
         path = os.path.join(folder, name)
-        if m and not pid_alive(int(m.group(1))) and os.path.isfile(path) and not os.path.islink(path):
+        if m and _dead_here(*m.groups()) and os.path.isfile(path) and not os.path.islink(path):
             try:
                 os.remove(path)
                 removed.append(name)
@@ -116,6 +130,9 @@ def make_output_dir(folder, flag):
         raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
 
 
+INPUT_ENDINGS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".txt", ".npy")
+
+
 def check_output_file(path, flag, inputs=(), input_dirs=()):
     """An output file that can be written and is none of the inputs: not a checkpoint being read
     (inputs) nor an existing file under a data folder (input_dirs). Checked before any work, so that
@@ -126,13 +143,35 @@ def check_output_file(path, flag, inputs=(), input_dirs=()):
     for src in inputs:
         if src and os.path.realpath(src) == target:
             raise ValueError(f"{flag} {path}: that is the input {src} of this run; give another file name")
-    for folder in input_dirs:
+    for folder in input_dirs:  # the images and lists a data folder holds (not results written there before)
         inside = folder and os.path.commonpath([os.path.realpath(folder), target]) == os.path.realpath(folder)
-        if inside and os.path.exists(target):
-            raise ValueError(f"{flag} {path}: an existing file of the data folder {folder}; give another file name")
+        read = os.path.basename(target).lower().endswith(INPUT_ENDINGS)
+        if inside and read and os.path.exists(target):
+            raise ValueError(f"{flag} {path}: an image or list of the data folder {folder}; give another file name")
     check_output_dir(os.path.dirname(os.path.abspath(path)), flag, path)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ValueError(f"{flag} {path}: cannot write it (permission denied); give another file name")
+
+
+class locked_folder:  # noqa: N801 -- used as a context manager
+    """An exclusive OS lock on a folder while a file in it is read and rewritten (results.csv: runs of a
+    sweep append to one table); where folders cannot be locked, nothing is waited for."""
+
+    def __init__(self, folder):
+        self.folder, self.fd = folder, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+            self.fd = os.open(self.folder, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass  # unlocked: one writer at a time is then up to the user
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
 
 
 class RunLock:
@@ -154,8 +193,13 @@ class RunLock:
             owner = self._owner(fd)
             try:
                 if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                elif owner is not None and owner != os.getpid() and pid_alive(owner):
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise
+                    except OSError:  # a file system without flock (some NFS, Lustre): the pid file alone
+                        fcntl = None
+                if fcntl is None and owner is not None and owner != os.getpid() and pid_alive(owner):
                     raise BlockingIOError
             except BlockingIOError:
                 os.close(fd)
@@ -224,10 +268,19 @@ def _listed(meta):
     return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
 
 
+# files an operating system leaves in any folder a person opens: neither foreign nor listed
+LITTER = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+def _ours(files, listed, manifest):
+    return sorted(f for f in set(files) - listed - {manifest} if os.path.basename(f) not in LITTER)
+
+
 def check_owned(root, manifest, what, writer):
     """A one-line FileExistsError unless root is absent, an empty folder, or a real folder every file
     of which its manifest lists: the only things a writer may replace. what/writer name the folder
     kind and its writer in the message (e.g. 'demo folder', 'the demo generator')."""
+    root = os.path.normpath(root)  # 'link/' is the link, not the folder it points to
     if not os.path.lexists(root):
         return
     if os.path.islink(root):
@@ -247,24 +300,24 @@ def check_owned(root, manifest, what, writer):
         raise FileExistsError(f"{root}: its {manifest} has no file list (written by an older version), so files "
                               f"added to it cannot be told apart; refusing to replace it: delete the folder by "
                               f"hand to regenerate it")
-    added = sorted(set(files) - listed - {manifest})
+    added = _ours(files, listed, manifest)
     if added:
         raise FileExistsError(f"{root} holds {len(added)} file(s) {writer} did not write, e.g. {added[0]}; "
                               f"refusing to replace it (move them out first)")
 
 
 def new_build_folder(root):
-    """A fresh temporary sibling .<name>.tmp-<pid>-XXXXXXXX of root to build into (readable as the
+    """A fresh temporary sibling .<name>.tmp-<host>-<pid>-XXXXXXXX of root to build into (readable as the
     umask says), after removing those of dead processes (killed builds; a live pid's may be running)."""
     parent, name = os.path.split(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
-    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)-[a-z0-9_]{{8}}")
+    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-([A-Za-z0-9_.]+)-(\d+)-[a-z0-9_]{{8}}")
     with os.scandir(parent) as entries:
         for e in entries:
             m = pattern.fullmatch(e.name)
-            if m and e.is_dir(follow_symlinks=False) and not pid_alive(int(m.group(1))):
+            if m and e.is_dir(follow_symlinks=False) and _dead_here(*m.groups()):
                 shutil.rmtree(e.path, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-{temp_tag()}-", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
@@ -282,6 +335,7 @@ def write_manifest(folder, manifest, **fields):
 def replace_owned(new, root, manifest, what, writer):
     """Rename the finished folder new to root. An existing root is checked again (building takes a
     while: files may have been added meanwhile), moved aside, and only its listed files deleted."""
+    root = os.path.normpath(root)
     if not os.path.lexists(root):
         os.replace(new, root)  # a non-empty folder created meanwhile makes this fail, not vanish
         return root
@@ -297,8 +351,9 @@ def replace_owned(new, root, manifest, what, writer):
         os.replace(old, root)
         os.rmdir(trash)
         raise
-    for rel in set(tree_files(old)) & listed:  # found on disk: a listed '../x' cannot escape
-        os.remove(os.path.join(old, rel))
+    for rel in tree_files(old):  # found on disk: a listed '../x' cannot escape
+        if rel in listed or os.path.basename(rel) in LITTER:
+            os.remove(os.path.join(old, rel))
     for folder, _, _ in os.walk(trash, topdown=False):
         try:
             os.rmdir(folder)

@@ -386,7 +386,8 @@ def regdb_trials(args, path, log):
 def check_split(path, ckpt, trial, cross_split):
     """A checkpoint that records its training split is tested on that split only: another split's test
     identities are partly its training identities (unless --cross_split says that is the study)."""
-    saved = (ckpt.get("args") or {}).get("trial") if isinstance(ckpt, dict) else None
+    recorded = (ckpt.get("args") or {}) if isinstance(ckpt, dict) else {}
+    saved = recorded.get("trial") if recorded.get("dataset") in ("regdb", "demo") else None  # a split of its own
     if saved is not None and saved != trial and not cross_split:
         raise ValueError(f"{path} was trained on split {saved} (it records --trial {saved}), so testing it on "
                          f"split {trial} puts its training identities in the test set: use --trials {saved}, "
@@ -444,10 +445,6 @@ def append_results_csv(log_path, args, results):
     path = os.path.join(log_path, "results.csv")
     fields = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
              [f"{k}_mean" for k in METRICS] + [f"{k}_std" for k in METRICS]
-    old = ""
-    if os.path.exists(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            old = f.read()
     rows = []
     for setting, r in results.items():
         model, names = r["model"], r["features"]
@@ -467,7 +464,12 @@ def append_results_csv(log_path, args, results):
         if not old:
             writer.writeheader()
         writer.writerows(rows)
-    return fileio.atomic_write(path, write, binary=False)
+    with fileio.locked_folder(log_path):  # the runs of a sweep share the table: one rewrite at a time
+        old = ""
+        if os.path.exists(path):
+            with open(path, newline="", encoding="utf-8") as f:
+                old = f.read()
+        return fileio.atomic_write(path, write, binary=False)
 
 
 class RankedListWriter:
@@ -503,6 +505,10 @@ class RankedListWriter:
         except FileExistsError as e:
             raise ValueError(f"--vis_dir: {e}; nothing was deleted: move it away or choose another --vis_dir") \
                 from None
+        other = (fileio.read_manifest(self.folder, self.MANIFEST) or {}).get("checkpoint")
+        if other and os.path.abspath(other) != os.path.abspath(self.checkpoint):  # two files of one name
+            raise ValueError(f"--vis_dir: {self.folder} holds the pictures of another checkpoint, {other}; "
+                             f"nothing was deleted: choose another --vis_dir")
 
     def staging(self):
         """The temporary sibling the pictures go to until finish() (removed if the run stops before)."""
@@ -694,3 +700,5 @@ if __name__ == "__main__":
         main(get_args_parser().parse_args())
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted (nothing was written)")

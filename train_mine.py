@@ -660,10 +660,11 @@ def init_distributed(args):
     return args
 
 
-def check_data(args):
+def check_data(args, resuming=False):
     """Read every list the run needs (not the images) and check the stored training set and the
-    initial weights, so that a missing or broken dataset stops the run before any folder is made."""
-    if args.pretrained not in ("imagenet", "none") and not os.path.isfile(args.pretrained):
+    initial weights (not needed to resume), so that a missing or broken dataset stops the run before
+    any folder is made."""
+    if not resuming and args.pretrained not in ("imagenet", "none") and not os.path.isfile(args.pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {args.pretrained} (expected 'imagenet', 'none' "
                                 f"or a weights file)")
     if args.dataset in ("sysu", "llcm"):
@@ -693,7 +694,7 @@ def main(args):
         demo_data.ensure_demo(args, notes.append)  # logged with the run's first lines
     if args.world_size > 1:
         dist.barrier()
-    check_data(args)
+    check_data(args, resuming=ckpt is not None)
     lock = None
     try:
         if main_process:  # one writer per run: the lock, then the run's files checked again under it
@@ -855,3 +856,5 @@ if __name__ == "__main__":
         main(get_args_parser().parse_args())
     except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError, Interrupted) as e:
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:  # before training began (demo generation, the checks): nothing to resume
+        raise SystemExit("error: interrupted before training began; run the command again")

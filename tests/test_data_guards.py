@@ -15,6 +15,7 @@ import pytest
 import data_loader
 import data_manager
 import demo_data
+import fileio
 import pre_process_llcm
 import pre_process_sysu
 
@@ -177,7 +178,8 @@ def test_a_file_added_while_generating_stops_the_replacement(demo, tmp_path, mon
     monkeypatch.setattr(demo_data, "_run_jobs", run_jobs)
     before = hashes(demo)
     refused(root, "new_notes.txt", num_ids=6)
-    assert [re.fullmatch(rf"\.dd\.tmp-{os.getpid()}-[a-z0-9_]{{8}}", n) is not None for n in seen] == [True]
+    assert [re.fullmatch(rf"\.dd\.tmp-{re.escape(fileio.temp_tag())}-[a-z0-9_]{{8}}", n) is not None
+            for n in seen] == [True]
     after = hashes(root)
     assert after.pop("new_notes.txt") and after == before and siblings(root) == ["dd"]
 
@@ -190,14 +192,16 @@ def test_stale_temp_folders_of_dead_processes_only_are_removed(tmp_path):
         pass
     except OverflowError:
         pytest.skip("pid out of range")
-    dead, live = f".dd.tmp-{DEAD_PID}-abc_1234", f".dd.tmp-{os.getpid()}-zzzz9999"
-    kept_dirs = [live, f".other.tmp-{DEAD_PID}-abcd1234", f".dd.tmp-{DEAD_PID}-abc", f".dd.tmp-abcd1234",
-                 f".dd.old-abcd1234", f".dd.tmp-{DEAD_PID}-abcd12345", f"dd.tmp-{DEAD_PID}-abcd1234"]
+    tag = fileio.temp_tag(DEAD_PID)  # this host's
+    dead, live = f".dd.tmp-{tag}-abc_1234", f".dd.tmp-{fileio.temp_tag()}-zzzz9999"
+    kept_dirs = [live, f".other.tmp-{tag}-abcd1234", f".dd.tmp-{tag}-abc", f".dd.tmp-abcd1234",
+                 f".dd.old-abcd1234", f".dd.tmp-{tag}-abcd12345", f"dd.tmp-{tag}-abcd1234",
+                 f".dd.tmp-otherhost-{DEAD_PID}-abcd1234"]  # another machine's pid says nothing here
     for name in [dead] + kept_dirs:
         os.makedirs(tmp_path / name / "Visible")
         (tmp_path / name / "Visible" / "x.png").write_bytes(b"partial")
-    (tmp_path / f".dd.tmp-{DEAD_PID}-file1234").write_text("a file, not a build folder")
-    os.symlink(tmp_path / live, tmp_path / f".dd.tmp-{DEAD_PID}-link1234")  # a link: never followed
+    (tmp_path / f".dd.tmp-{tag}-file1234").write_text("a file, not a build folder")
+    os.symlink(tmp_path / live, tmp_path / f".dd.tmp-{tag}-link1234")  # a link: never followed
     before = {n: hashes(str(tmp_path / n)) for n in os.listdir(tmp_path)}
     demo_data.make_regdb_demo(str(tmp_path / "dd"), **TINY)
     del before[dead]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -101,15 +102,17 @@ def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_the
 def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb, tmp_path):  # noqa: F811
     models = tmp_path / "models"
     models.mkdir()
-    (models / f"x_last.pth.tmp-{DEAD_PID}").write_bytes(b"half a checkpoint")
-    (models / f"y_last.pth.tmp-{os.getpid()}").write_bytes(b"being written")
-    (models / "notes.tmp-draft").write_text("a user's file")
+    dead = f"x_last.pth.tmp-{fileio.temp_tag(DEAD_PID)}"
+    kept = [f"y_last.pth.tmp-{fileio.temp_tag()}",  # this process: alive
+            f"z_last.pth.tmp-otherhost-{DEAD_PID}",  # another machine writing to a shared folder
+            "notes.tmp-draft", "notes.tmp-20240101", f"notes.txt.tmp-{fileio.temp_tag(DEAD_PID)}"]  # not ours
+    for name in [dead] + kept:
+        (models / name).write_bytes(b"bytes")
     train_mine.main(train_args(tiny_regdb, str(tmp_path)))
     names = os.listdir(models)
-    assert f"x_last.pth.tmp-{DEAD_PID}" not in names
-    assert f"y_last.pth.tmp-{os.getpid()}" in names and "notes.tmp-draft" in names
+    assert dead not in names and all(k in names for k in kept)
     log = open(next((tmp_path / "log").glob("*.log"))).read()
-    assert f"removed 1 temporary file(s) of killed runs: x_last.pth.tmp-{DEAD_PID}" in log
+    assert f"removed 1 temporary file(s) of killed runs: {dead}" in log
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -123,7 +126,7 @@ def test_json_over_the_checkpoint_being_evaluated_is_refused_and_the_checkpoint_
     assert open(ckpt, "rb").read() == before
     listed = os.path.join(data, "idx", "test_visible_1.txt")  # a dataset file is an input too
     before = open(listed, "rb").read()
-    with pytest.raises(ValueError, match="an existing file of the data folder"):
+    with pytest.raises(ValueError, match="an image or list of the data folder"):
         test_mine.main(eval_args(data, ckpt, "--json", listed))
     assert open(listed, "rb").read() == before
 
@@ -281,3 +284,88 @@ def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path,
                                                      r"train_mine.py --resume .*_last.pth$"):
         train_mine.main(train_args(tiny_regdb, str(tmp_path), "--epochs", "2"))
     assert not list((tmp_path / "models").glob("*.lock"))  # released
+
+
+def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    go = tmp_path / "go"
+    code = (f"import os, sys, time, test_mine\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+            "args = test_mine.get_args_parser().parse_args(['--dataset', 'demo'])\n"
+            "model = {'share_net': 2, 'pcb': 'on', 'head': 'pcb'}\n"
+            "row = {k: 1.0 for k in test_mine.METRICS}\n"
+            "results = {'s': {'model': model, 'features': ['parts'], 'trials': [{'trial': 1}], 'mean': row,\n"
+            "                 'std': row}}\n"
+            f"for _ in range(40):\n    test_mine.append_results_csv({str(log)!r}, args, results)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(3)]
+    time.sleep(8)  # all three have imported torch and wait at the barrier
+    go.write_text("")
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    lines = (log / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 120 and lines[0].startswith("time,dataset")
+
+
+def test_a_checkpoint_of_another_dataset_is_not_held_to_a_split(trained, monkeypatch):
+    data, ckpt = trained
+    sysu_like = dict(torch.load(ckpt, weights_only=False))
+    sysu_like["args"] = dict(sysu_like["args"], dataset="sysu", trial=1)  # SYSU runs record the default trial
+    test_mine.check_split(ckpt, sysu_like, 2, None)  # no split of its own: a cross-dataset test is fine
+    with pytest.raises(ValueError, match="was trained on split 1"):
+        test_mine.check_split(ckpt, torch.load(ckpt, weights_only=False), 2, None)
+
+
+def test_results_written_before_inside_the_data_folder_do_not_block_a_rerun(trained, tmp_path):
+    data, ckpt = trained
+    inside = os.path.join(data, "my_results.json")
+    try:
+        test_mine.main(eval_args(data, ckpt, "--json", inside))
+        test_mine.main(eval_args(data, ckpt, "--json", inside))  # an earlier result is no input
+        assert json.load(open(inside))["setting"] == "visible->thermal"
+    finally:
+        os.remove(inside)
+
+
+def test_the_run_lock_works_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = fileio.RunLock(str(tmp_path), "run")
+    assert lock.acquire() is None  # the pid file alone
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
+    (tmp_path / "run.lock").write_text(f"{os.getppid()}\n")  # a live process's claim is refused
+    with pytest.raises(ValueError, match=f"process {os.getppid()} is training run run now"):
+        fileio.RunLock(str(tmp_path), "run").acquire()
+    (tmp_path / "run.lock").write_text(f"{DEAD_PID}\n")  # a dead process's pid file is taken over
+    lock = fileio.RunLock(str(tmp_path), "run")
+    assert lock.acquire() == DEAD_PID
+    lock.release()
+
+
+def test_resuming_needs_no_initial_weights_file(tiny_regdb, tmp_path):  # noqa: F811
+    weights = tmp_path / "r18.pth"
+    torch.save(__import__("torchvision").models.resnet18().state_dict(), weights)
+    train_mine.main(train_args(tiny_regdb, str(tmp_path), "--pretrained", str(weights)))
+    os.remove(weights)  # moved away after the first epoch
+    last = next(str(p) for p in (tmp_path / "models").glob("*_last.pth"))
+    train_mine.main(train_mine.get_args_parser().parse_args(["--resume", last, "--epochs", "2", "--gpu", "cpu",
+                                                             "--log_path", ""]))
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+
+def test_pictures_of_a_checkpoint_of_the_same_name_elsewhere_are_not_replaced(trained, tmp_path):
+    import shutil
+    data, ckpt = trained
+    twin = tmp_path / "other_run" / os.path.basename(ckpt)
+    twin.parent.mkdir()
+    shutil.copyfile(ckpt, twin)
+    vis = tmp_path / "vis"
+    test_mine.main(eval_args(data, ckpt, "--visualize", "2", "--vis_dir", str(vis)))
+    before = digest(vis)
+    with pytest.raises(ValueError, match="holds the pictures of another checkpoint"):
+        test_mine.main(eval_args(data, str(twin), "--visualize", "2", "--vis_dir", str(vis)))
+    assert digest(vis) == before
+    test_mine.main(eval_args(data, ckpt, "--visualize", "3", "--vis_dir", str(vis)))  # its own: replaced
