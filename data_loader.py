@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 import data_manager
+import fileio
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -317,33 +318,11 @@ def remove_stale_temps(root):
     return sorted(removed)
 
 
-def _try_lock_root(root):
-    """(descriptor, state) of a non-blocking exclusive lock on the root folder: "locked"; "held" by
-    another process (descriptor None); or "unsupported": no flock (Windows; descriptor None) or a
-    file system without folder locks (some NFS; descriptor open but unlocked)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None, "unsupported"
-    try:
-        fd = os.open(root, os.O_RDONLY)
-    except OSError as e:
-        raise OSError(f"cannot open {root}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None, "held"
-    except OSError:
-        return fd, "unsupported"
-    return fd, "locked"
-
-
 def _lock_root(root):
     """Exclusive lock on the root folder for a whole run (the OS drops it even on SIGKILL), so a
     second run on the same root stops at once instead of deleting this run's temporaries. Where
     locks are unsupported the run goes on unlocked: one run at a time is then up to the user."""
-    fd, state = _try_lock_root(root)
+    fd, state = fileio.lock_folder(root, wait=False)
     if state == "held":
         raise OSError(f"{root}: another pre-processing run is writing its training set now; "
                       f"wait for it to finish")
@@ -355,7 +334,7 @@ def remove_killed_run_temps(root):
     lock now (a held lock may be a run writing them: then, and where locks are unsupported, all
     stay). Never fails: a read-only or unreadable root keeps them. Returns the names removed."""
     try:
-        fd, state = _try_lock_root(root)
+        fd, state = fileio.lock_folder(root, wait=False)
     except OSError:
         return []
     try:

@@ -153,8 +153,31 @@ def check_output_file(path, flag, inputs=(), input_dirs=()):
         raise ValueError(f"{flag} {path}: cannot write it (permission denied); give another file name")
 
 
+def lock_folder(folder, wait=True):
+    """(descriptor, state) of an exclusive OS lock on a folder: "locked"; "held" by another process
+    (wait=False only; descriptor None); or "unsupported": no flock (Windows; descriptor None) or a file
+    system without folder locks (some NFS; descriptor open but unlocked). Closing the descriptor
+    releases it; a folder that cannot be opened is an OSError naming it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None, "unsupported"
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise OSError(f"cannot open {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None, "held"
+    except OSError:
+        return fd, "unsupported"
+    return fd, "locked"
+
+
 class locked_folder:  # noqa: N801 -- used as a context manager
-    """An exclusive OS lock on a folder while a file in it is read and rewritten (results.csv: runs of a
+    """lock_folder, waiting, while a file in the folder is read and rewritten (results.csv: runs of a
     sweep append to one table); where folders cannot be locked, nothing is waited for."""
 
     def __init__(self, folder):
@@ -162,11 +185,9 @@ class locked_folder:  # noqa: N801 -- used as a context manager
 
     def __enter__(self):
         try:
-            import fcntl
-            self.fd = os.open(self.folder, os.O_RDONLY)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass  # unlocked: one writer at a time is then up to the user
+            self.fd = lock_folder(self.folder)[0]
+        except OSError:
+            pass  # unlocked: the rewrite itself then names the folder if it cannot be written
         return self
 
     def __exit__(self, *exc):
