@@ -31,7 +31,6 @@ Both start from identical weights. The last lines turn the fast path's step time
 SYSU-MM01 epoch and of the paper's 61-epoch run with its evaluations.
 """
 import argparse
-import gc
 import itertools
 import os
 import resource
@@ -83,6 +82,12 @@ def get_args_parser():
                         help="the fast path's --compile (auto: CUDA graphs on a CUDA device)")
     parser.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
                         help="the fast path's --resident_data (auto: on a GPU where the set fits)")
+    parser.add_argument("--check", action="store_true",
+                        help="a self-check of the default training path for a new machine (OK/FAIL lines, exit "
+                             "status 1 on a FAIL): run it first on a new GPU")
+    parser.add_argument("--compile_backend", default=None, choices=tuple(train_mine.BACKENDS),
+                        help="--check on a CPU: the compiled path's backend (default inductor where a C++ "
+                             "compiler is found, else aot_eager)")
     return parser
 
 
@@ -317,11 +322,11 @@ def measure_fast(args, device, source):
     model = fast_model(args, device)
     optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
     mode, args.step_line = train_mine.compile_mode(train_args(args, 0), device)
+    dtype = train_mine.amp_dtype(args.amp, device)
+    model = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
     if mode is not None:
         model = train_mine.CompiledModel(model, mode, print)
-    dtype = train_mine.amp_dtype(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    criterion = losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off")
     augment = data_loader.BatchAugment()
     drain = 0
     if source == "synthetic":
@@ -338,8 +343,8 @@ def measure_fast(args, device, source):
     out = {}
 
     def run(n, epoch):
-        out.update(train_mine.train_one_epoch(model, criterion, optimizer, scaler, Take(it, n), augment, device,
-                                              epoch, train_args(args, n), dtype, show=False))
+        out.update(train_mine.train_one_epoch(model, optimizer, scaler, Take(it, n), augment, device,
+                                              epoch, train_args(args, n), show=False))
         return out["loss"]
 
     try:
@@ -460,6 +465,148 @@ def eval_timing(args, device):
     return out, rates
 
 
+# ----------------------------------------------------------------------------- --check
+
+CHECK_STEPS = 4  # steps of each path on the same batches, for the agreement
+
+
+def check_path(args, device):
+    """train_mine.py's arguments of the default path; on a CPU (eager by default) the same compiled
+    path with a CPU backend, so that the check exercises it."""
+    targs = train_args(args, 0)
+    mode, line = train_mine.compile_mode(targs, device)
+    targs.compile_backend = args.compile_backend
+    if mode is None and device.type == "cpu" and args.compile != "off":
+        targs.compile = "default"
+        targs.compile_backend = args.compile_backend or ("inductor" if shutil.which("g++") or shutil.which("c++")
+                                                         else "aot_eager")
+        mode, line = train_mine.compile_mode(targs, device)
+        line += " (this CPU's default is eager: the check runs the compiled path a GPU would run)"
+    return targs, mode, line
+
+
+def check_step(args, device, targs, mode, batches):
+    """(per-step losses, weights after, the step) of CHECK_STEPS steps from seeded weights on batches."""
+    model = fast_model(args, device)
+    optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
+    dtype = train_mine.amp_dtype(args.amp, device)
+    step = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
+    if mode is not None:
+        step = train_mine.CompiledModel(step, mode, print, targs.compile_backend or "inductor")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    augment, values = data_loader.BatchAugment(), []
+    torch.manual_seed(1)  # the same augmentation draws on both paths
+    step.train()
+    for i, batch in enumerate(batches):
+        values.append(train_mine.train_step(step, optimizer, scaler, batch, augment, device,
+                                            last=i == len(batches) - 1)["loss"].float().item())
+    return values, torch.cat([p.detach().flatten().float() for p in model.parameters()]), step, optimizer, scaler
+
+
+def launches_per_step(step, optimizer, scaler, batch, device):
+    """(graph launches, kernels launched outside graphs) of one CUDA step, by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        train_mine.train_step(step, optimizer, scaler, batch, data_loader.BatchAugment(), device)
+        synchronize(device)
+    names = [e.name for e in prof.events()]
+    return sum(n == "cudaGraphLaunch" for n in names), sum(n in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                 "cudaLaunchKernelExC") for n in names)
+
+
+def syncs_per_step(run, device, n):
+    """Host synchronisations per step of run(n) (train_one_epoch), counted by CUDA's sync debug mode."""
+    import warnings
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(n)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / n
+
+
+def self_check(args, device):
+    """--check: the default training path beside the eager one from the same weights and batches;
+    prints one OK/FAIL line per check and returns the number of FAIL lines."""
+    fails = []
+
+    def report(ok, text):
+        print(f"{'OK  ' if ok else 'FAIL'} {text}", flush=True)
+        fails.extend([] if ok else [text])
+    targs, mode, line = check_path(args, device)
+    report(mode is not None, f"path: {line}")
+    folder = tempfile.mkdtemp(prefix="bench-check-")
+    try:
+        args.data_folder = folder
+        write_training_set(folder, args, device)
+        data = data_loader.sysu_train_data(folder, args.img_w, args.img_h)
+        pairs = index_pairs(data.labels_v, data.labels_t, args.batch_size, args.num_pos, 10 ** 4)
+        source, data_line = train_mine.build_batches(data, pairs, targs, device)
+        it = iter(source)
+        batches = [tuple(x.to(device) for x in next(it)) for _ in range(CHECK_STEPS)]
+        eager_loss, eager_w, _, _, _ = check_step(args, device, targs, None, batches)
+        start = fast_model(args, device).parameters()
+        w0 = torch.cat([p.detach().flatten().float() for p in start])
+        loss, w, step, optimizer, scaler = check_step(args, device, targs, mode, batches)
+        compiled = isinstance(step, train_mine.CompiledModel) and step.compiled is not None
+        report(compiled or mode is None, "no fall-back to eager" if compiled else "fell back to eager (the note above)")
+        worst = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(eager_loss, loss))
+        report(worst <= 0.02, f"losses agree with eager over {CHECK_STEPS} steps: largest relative difference "
+                              f"{worst:.2e} (at most 2e-2)")
+        cos = float(torch.nn.functional.cosine_similarity((eager_w - w0).double(), (w - w0).double(), dim=0))
+        report(cos >= 0.99, f"the update agrees with eager: cosine {cos:.5f} (at least 0.99)")
+        check_graphs(step, report, device, optimizer, scaler, batches[0])
+        check_speed(args, device, targs, step, optimizer, scaler, it, report, data_line, source, data)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{len(fails)} check(s) failed" if fails else "all checks passed")
+    return len(fails)
+
+
+def check_graphs(step, report, device, optimizer, scaler, batch):
+    if not isinstance(step, train_mine.CompiledModel) or step.compiled is None:
+        return
+    now = {k: v - step.base[k] for k, v in train_mine.dynamo_counts().items()}
+    warm = step.warm or now
+    report(now["graphs"] >= 1, f"graphs: {now['graphs']}; graph breaks: 0 (compiled with fullgraph)")
+    report(now["graphs"] == warm["graphs"], f"recompiles after warm-up: {now['graphs'] - warm['graphs']}")
+    report(now["cudagraph_skips"] == 0, f"cudagraph skips since the start: {now['cudagraph_skips']}")
+    if device.type == "cuda":
+        graphs, kernels = launches_per_step(step, optimizer, scaler, batch, device)
+        report(graphs >= 1 or step.mode != "reduce-overhead",
+               f"per step: {graphs} graph launch(es), {kernels} kernel(s) launched outside graphs")
+
+
+def check_speed(args, device, targs, step, optimizer, scaler, it, report, data_line, source, data):
+    n = max(args.steps, 2)
+    augment = data_loader.BatchAugment()
+
+    def run(k, epoch=1):
+        return train_mine.train_one_epoch(step, optimizer, scaler, Take(it, k), augment, device, epoch,
+                                          train_args(args, k), show=False)
+    run(2)
+    if device.type == "cuda":
+        syncs = syncs_per_step(run, device, 10)
+        report(syncs <= 0.2, f"host synchronisations per step: {syncs:.2f} (one per --print_freq 10 steps: 0.1)")
+    else:
+        report(True, "host synchronisations: counted on CUDA devices only")
+    synchronize(device)
+    reset_peak(device)
+    start = time.perf_counter()
+    run(n)
+    synchronize(device)
+    rate = n * 2 * args.batch_size * args.num_pos / (time.perf_counter() - start)
+    report(rate > 0, f"{rate:.1f} img/s through the real data path ({data_line})")
+    resident = (data.visible.nbytes + data.thermal.nbytes) / 2 ** 30 \
+        if isinstance(source, data_loader.ResidentBatches) else 0.0
+    peak = peak_mib(device) / 1024
+    where = "allocated on the GPU" if device.type == "cuda" else "resident set of the process"
+    report(True, f"peak memory {peak:.2f} GiB ({where}): resident data {resident:.2f} GiB, training "
+                 f"{peak - resident:.2f} GiB")
+
+
 # ----------------------------------------------------------------------------- main
 
 def write_training_set(folder, args, device):
@@ -481,9 +628,8 @@ def write_training_set(folder, args, device):
 
 
 def release(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    """After a measurement: its compiled graphs, graph memory pool and counters do not reach the next."""
+    train_mine.reset_compiler()
 
 
 def main(args):
@@ -501,6 +647,8 @@ def main(args):
     if args.img_h % 16 or args.img_h // 16 % args.num_strips:
         raise SystemExit(f"error: --img_h {args.img_h}: the feature map (img_h/16 rows) must split into "
                          f"--num_strips {args.num_strips} strips")
+    if args.check:
+        return self_check(args, device)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # the authors' setting, and train_mine.py's
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -570,7 +718,10 @@ def print_run_prediction(args, rows, times, extract):
 
 
 if __name__ == "__main__":
+    options = get_args_parser().parse_args()
     try:
-        main(get_args_parser().parse_args())
+        failed = main(options)
     except (ValueError, RuntimeError, OSError) as e:
         raise SystemExit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    if options.check and failed:
+        raise SystemExit(1)

@@ -12,6 +12,7 @@ Every flag left out takes the published value of the chosen dataset and method (
 utils.METHOD_DEFAULTS); the first log line shows every value in effect.
 """
 import argparse
+import gc
 import hashlib
 import json
 import math
@@ -128,6 +129,9 @@ def get_args_parser(add_help=True):
                    choices=("auto", "off", "default", "reduce-overhead"),
                    help="torch.compile the model (auto: mode reduce-overhead, i.e. CUDA graphs, on a single "
                         "CUDA device; eager elsewhere)")
+    g.add_argument("--compile_backend", default=None, choices=tuple(BACKENDS),
+                   help="torch.compile's backend with --compile: inductor (default) | aot_eager (eager kernels, "
+                        "no C++ compiler: to tell an inductor failure from the model's)")
     g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
     g.add_argument("--seed", default=None, type=int, help="default 0")
@@ -416,10 +420,18 @@ def dtype_name(dtype):
 
 def compile_mode(args, device):
     """(torch.compile mode or None for eager, a line for the log)."""
+    mode, line = resolve_compile(args, device)
+    if mode is None and args.compile_backend:
+        raise ValueError(f"--compile_backend {args.compile_backend}: the step runs {line}; leave it out, or pass "
+                         f"--compile default")
+    return mode, line
+
+
+def resolve_compile(args, device):
     if args.compile == "off":
         return None, "eager (--compile off)"
     if args.compile != "auto":
-        return args.compile, f"torch.compile mode {args.compile}"
+        return args.compile, f"torch.compile mode {args.compile}, backend {args.compile_backend or 'inductor'}"
     if device.type != "cuda":
         return None, "eager (CUDA graphs need a CUDA device)"
     if args.world_size > 1:
@@ -434,45 +446,104 @@ def compile_mode(args, device):
     return "reduce-overhead", "CUDA graphs (torch.compile mode reduce-overhead)"
 
 
-def compiler_error(e):
-    """Whether e comes from torch.compile (dynamo/inductor), as opposed to the model or the data."""
-    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(e).__mro__)
+# --compile_backend -> torch.compile's backend: inductor (the default: generated kernels, CUDA graphs
+# with mode reduce-overhead) or aot_eager (the same graph capture and autograd split, run by eager
+# kernels: bit-identical to eager, no C++ compiler needed, what isolates an inductor failure)
+BACKENDS = {"inductor": "inductor", "aot_eager": "aot_eager"}
+WARMUP_STEPS = 3  # compiled steps during which any failure falls back to eager (compile, capture, re-record)
+
+
+def dynamo_counts():
+    """{'graphs', 'cudagraph_skips'}: torch.compile's process-wide counters so far (0 where absent)."""
+    try:
+        from torch._dynamo.utils import counters
+        return {"graphs": counters["stats"].get("unique_graphs", 0),
+                "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0)}
+    except (ImportError, KeyError, AttributeError):
+        return {"graphs": 0, "cudagraph_skips": 0}
+
+
+def out_of_memory(e):
+    """Whether e is an allocator's out-of-memory error (CUDA's class, or the CPU allocator's message)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, MemoryError) or (oom and isinstance(e, oom)) or "out of memory" in str(e).lower() or \
+        "can't allocate memory" in str(e).lower()
+
+
+def memory_line(device):
+    if device.type != "cuda":
+        return "on the CPU"
+    free, total = torch.cuda.mem_get_info(device)
+    return (f"{torch.cuda.memory_allocated(device) / 2 ** 30:.2f} GiB allocated, "
+            f"{torch.cuda.memory_reserved(device) / 2 ** 30:.2f} GiB reserved, {free / 2 ** 30:.2f} of "
+            f"{total / 2 ** 30:.2f} GiB free on {device}")
 
 
 class CompiledModel:
-    """The model under torch.compile, falling back to the eager model (with a one-line note) if
-    compilation fails: a missing compiler never stops a run. train()/eval() reach the eager model
-    (evaluation itself runs the eager model: its batch shapes differ from training's)."""
+    """The model under torch.compile (fullgraph: a graph break is a failure, never a silent slow path),
+    falling back to the eager model, with a one-line note, if any step fails during warm-up: a
+    missing or broken compiler never stops a run. train()/eval() reach the eager model (evaluation
+    itself runs the eager model: its batch shapes differ from training's)."""
 
-    def __init__(self, model, mode, log=print):
-        self.eager, self.mode, self.log = model, mode, log
-        self.compiled = torch.compile(model, mode=mode)
-        self.steps, self.start = 0, None
+    def __init__(self, model, mode, log=print, backend="inductor"):
+        self.eager, self.mode, self.log, self.backend = model, mode, log, backend
+        options = dict(mode=mode) if backend == "inductor" else {}
+        self.compiled = torch.compile(model, backend=BACKENDS[backend], fullgraph=True, **options)
+        self.steps, self.start, self.base, self.warm = 0, None, dynamo_counts(), None
 
     def run_step(self, fn, last=False):
-        """fn(model): one training step's forward and backward. During the first steps any compiler
-        failure (in the forward, or in the backward compiled lazily after the forward has updated the
-        batch-norm statistics) restores those statistics and reruns the step eagerly; the third
-        compiled step (or an earlier `last` one) logs what compilation and capture cost."""
+        """fn(model): one training step's forward and backward. During the first WARMUP_STEPS
+        compiled steps any exception (the forward, the backward compiled lazily after the forward
+        has updated the batch-norm statistics, a CUDA-graph capture) is a compile failure: once out
+        of the except block, with the failed attempt's tensors gone, the compiler is reset, the
+        statistics restored and the step rerun eagerly (an error that also happens eagerly is then
+        raised as itself). An out-of-memory error is reported as such and never retried."""
         if self.compiled is None:
             return fn(self)
+        if self.steps >= WARMUP_STEPS:
+            return fn(self)
         self.start = self.start or time.time()
-        saved = self.buffers_copy() if self.steps < 3 else None
+        saved, failure = self.buffers_copy(), None
         try:
             out = fn(self)
         except Exception as e:
-            if not compiler_error(e):
-                raise
-            self.fall_back(e, saved)
+            if out_of_memory(e):
+                device = next(self.eager.parameters()).device
+                raise MemoryError(f"out of memory in compiled training step {self.steps} "
+                                  f"({memory_line(device)}): lower --batch-size or --num_pos, or try "
+                                  f"--resident_data off or --compile off") from None
+            failure = f"{type(e).__name__}: {first_line(e)}"  # a string: the traceback's frames are freed
+        if failure is not None:
+            self.fall_back(failure, saved)
             return fn(self)
         self.steps += 1
-        if self.steps == 3 or (last and self.steps < 3):
-            if next(self.eager.parameters()).is_cuda:
-                torch.cuda.synchronize()
-            self.log(f"{self.mode} compilation and capture: {time.time() - self.start:.1f} s (steps 0.."
-                     f"{self.steps - 1}, paid once per run){self.graph_skips()}")
-            self.steps = 3
+        if self.steps == WARMUP_STEPS or (last and self.warm is None):
+            self.log_warm()
         return out
+
+    def log_warm(self):
+        """What compilation and capture cost, and the graphs they made (a short run: at its last step)."""
+        if next(self.eager.parameters()).is_cuda:
+            torch.cuda.synchronize()
+        self.warm = {k: v - self.base[k] for k, v in dynamo_counts().items()}
+        self.log(f"{self.mode or self.backend} compilation and capture: {time.time() - self.start:.1f} s "
+                 f"(steps 0..{self.steps - 1}, paid once per run); {self.health(self.warm)}")
+        self.steps = WARMUP_STEPS
+
+    def health(self, now):
+        skips = (f"; CUDA graphs skipped for {now['cudagraph_skips']} graph(s) (TORCH_LOGS=perf_hints says why)"
+                 if now["cudagraph_skips"] else "")
+        return f"{now['graphs']} graph(s){skips}"
+
+    def log_end(self):
+        """The graph health at the end of the run: a recompile after warm-up is named."""
+        if self.compiled is None or self.warm is None:
+            return
+        now = {k: v - self.base[k] for k, v in dynamo_counts().items()}
+        again = now["graphs"] - self.warm["graphs"]
+        self.log(f"compiled step at the end: {self.health(now)}; " + (
+            f"warning: {again} recompile(s) after warm-up (TORCH_LOGS=recompiles says why)" if again else
+            "no recompile after warm-up"))
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
@@ -481,30 +552,19 @@ class CompiledModel:
             torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier outputs may be reused
         return self.compiled(*args, **kwargs)
 
-    def graph_skips(self):
-        """'' or a note that inductor ran (part of) the step without CUDA graphs, and why: it decides
-        that itself, with only a debug log, so the log line alone could claim graphs that never ran."""
-        if self.mode != "reduce-overhead":
-            return ""
-        try:
-            from torch._dynamo.utils import counters
-            skips = dict(counters["inductor"]).get("cudagraph_skips", 0)
-        except (ImportError, KeyError, AttributeError):
-            return ""
-        return f"; note: CUDA graphs were skipped for {skips} graph(s) (TORCH_LOGS=perf_hints says why)" \
-            if skips else ""
-
     def buffers_copy(self):
         return {k: b.detach().clone() for k, b in self.eager.named_buffers()}
 
-    def fall_back(self, error, buffers=None):
+    def fall_back(self, failure, buffers=None):
+        """Drop the compiled model and everything it holds (graphs, CUDA-graph memory pool), restore
+        the batch-norm statistics of the failed step, note why."""
         self.compiled = None
+        reset_compiler()
         if buffers:
             with torch.no_grad():
                 for k, b in self.eager.named_buffers():
                     b.copy_(buffers[k])
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        self.log(f"note: torch.compile failed ({type(error).__name__}: {first}); training eager from here on")
+        self.log(f"note: torch.compile failed ({failure}); training eager from here on")
 
     def train(self, mode=True):
         self.eager.train(mode)
@@ -514,33 +574,62 @@ class CompiledModel:
         return self.train(False)
 
 
+def reset_compiler():
+    """A clean compiler state: compiled graphs, CUDA-graph trees and their memory pool freed."""
+    torch._dynamo.reset()
+    try:
+        from torch._inductor import cudagraph_trees
+        cudagraph_trees.reset_cudagraph_trees()
+    except (ImportError, AttributeError):
+        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 # ----------------------------------------------------------------------------- training
 
 def epoch_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def forward_backward(model, criterion, optimizer, scaler, v, t, labels, dtype, device, args):
-    """The loss and its named terms ({'loss', ...}) of one batch, gradients computed."""
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out = model(v, t, looped_head=args.looped_head) if args.looped_head else model(v, t)
-    loss, terms = criterion(out, labels)  # losses in float32, outside autocast
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    return {"loss": loss, **terms}
+class TrainingStep(torch.nn.Module):
+    """The step's math, the model and its loss together, so that torch.compile makes one graph of
+    both (the loss is ~300 small kernels otherwise launched between two graphs): the forward under
+    autocast, the losses in float32 outside it. Returns {'loss', the loss's named terms}."""
+
+    def __init__(self, model, criterion, dtype, looped_head=False):
+        super().__init__()
+        self.model, self.criterion, self.dtype, self.looped_head = model, criterion, dtype, looped_head
+
+    def forward(self, v, t, labels):
+        with torch.autocast(v.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            out = self.model(v, t, looped_head=True) if self.looped_head else self.model(v, t)
+        loss, terms = self.criterion(out, labels)
+        return {"loss": loss, **terms}
 
 
-def train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args, last=False):
-    """One optimisation step; returns its named values as device tensors (no synchronisation)."""
+def train_step(step, optimizer, scaler, batch, augment, device, last=False):
+    """One optimisation step of a TrainingStep (or its CompiledModel); returns its named values as
+    device tensors (no synchronisation; under CUDA graphs they are the graph's outputs, which
+    MetricLogger.add copies before the next replay)."""
     v, t, labels = (x.to(device, non_blocking=True) for x in batch)
     if v.dtype == torch.uint8:
         v, t = augment(v, t)
     v = v.contiguous(memory_format=torch.channels_last)
     t = t.contiguous(memory_format=torch.channels_last)
 
-    def step(m):
-        return forward_backward(m, criterion, optimizer, scaler, v, t, labels, dtype, device, args)
-    values = model.run_step(step, last) if isinstance(model, CompiledModel) else step(model)
+    def forward_backward(m):
+        values = m(v, t, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(values["loss"]).backward()
+        return values
+    values = step.run_step(forward_backward, last) if isinstance(step, CompiledModel) else forward_backward(step)
     scaler.step(optimizer)
     scaler.update()
     return values
@@ -555,9 +644,8 @@ def check_finite(names, rows, epoch, step):
                                  f"({names[0]} {rows[first, 0]:.4g}): lower --lr or try --amp off")
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device, epoch, args, dtype,
-                    show=True, tb=None):
-    """One epoch; returns the mean of every named value the loss gives ('loss', 'id', 'tri', 'acc', ...),
+def train_one_epoch(model, optimizer, scaler, loader, augment, device, epoch, args, show=True, tb=None):
+    """One epoch of model, a TrainingStep (or its CompiledModel); returns the mean of every named value the loss gives ('loss', 'id', 'tri', 'acc', ...),
     images/s and seconds. Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
@@ -571,8 +659,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, augment, device
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
-            metrics.add(train_step(model, criterion, optimizer, scaler, batch, augment, device, dtype, args,
-                                   last=step == steps - 1))
+            metrics.add(train_step(model, optimizer, scaler, batch, augment, device, last=step == steps - 1))
             images += batch[2].numel()
             if len(metrics.pending) == args.print_freq or step == steps - 1:
                 rows = metrics.flush()
@@ -687,6 +774,7 @@ def main(args):
     device = utils.select_device(args.gpu)  # before prepare_run creates any folder
     if args.sync_bn and args.world_size > 1 and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+    compile_mode(args, device)  # its errors before any folder is made
     ckpt, name, notes = prepare_run(args)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
@@ -782,22 +870,23 @@ def train(args, ckpt, name, notes, device, log):
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
+    model = TrainingStep(model, build_criterion(args), dtype, args.looped_head)
     if mode is not None:
-        model = CompiledModel(model, mode, log)
+        model = CompiledModel(model, mode, log, args.compile_backend or "inductor")
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
         f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
         f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
     log(f"step: {step_line}; data: {data_line}; amp: {dtype_name(dtype)}")
-    criterion = build_criterion(args)
     evaluator = build_evaluator(args) if main_process else None
-    tb = tensorboard_writer(os.path.join(args.log_path or ".", "tb", name)) if main_process else None
+    # --log_path "": no files of the log, TensorBoard's included
+    tb = tensorboard_writer(os.path.join(args.log_path, "tb", name)) if main_process and args.log_path else None
 
     paths = checkpoint_paths(args.model_path, name)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
-        stats = train_one_epoch(model, criterion, optimizer, scaler, batches, augment, device, epoch, args,
-                                dtype, show=main_process, tb=tb)
+        stats = train_one_epoch(model, optimizer, scaler, batches, augment, device, epoch, args,
+                                show=main_process, tb=tb)
         terms = utils.format_values({k: v for k, v in stats.items() if k not in ("seconds", "img_s")})
         log(f"epoch {epoch}: {terms} lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
         last = epoch == args.epochs - 1
@@ -826,6 +915,8 @@ def train(args, ckpt, name, notes, device, log):
             utils.atomic_save(state, paths["last"])
         if args.world_size > 1:
             dist.barrier()
+    if isinstance(model, CompiledModel):
+        model.log_end()
     if main_process and best["epoch"] >= 0:
         log(f"best: epoch {best['epoch']}: {test_mine.format_row(best)}")
         log(f"checkpoint: {paths['best']}")
@@ -854,7 +945,8 @@ def tensorboard_writer(folder):
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError, Interrupted) as e:
+    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError, MemoryError,
+            Interrupted) as e:
         raise SystemExit(f"error: {e}")
     except KeyboardInterrupt:  # before training began (demo generation, the checks): nothing to resume
         raise SystemExit("error: interrupted before training began; run the command again")

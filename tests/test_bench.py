@@ -161,3 +161,37 @@ def test_bench_runs_end_to_end_and_prints_both_paths(capsys):
         for size in (4, 8):
             assert f"feature extraction {half}, batch {size}:" in out
     assert "SYSU trial metrics" in out and "RegDB split metrics" in out
+
+
+def check_config(*extra):
+    return bench.get_args_parser().parse_args(
+        ["--check", "--device", "cpu", "--quick", "--arch", "resnet18", "--img_h", "32", "--img_w", "16",
+         "--num_strips", "2", "--local_feat_dim", "16", "--classes", "8", "--steps", "2",
+         "--compile_backend", "aot_eager", *extra])
+
+
+def test_the_self_check_runs_the_compiled_path_beside_eager_and_says_ok(capsys):
+    assert bench.main(check_config()) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("OK", "FAIL"))]
+    assert lines[0].startswith("OK   path: torch.compile mode default, backend aot_eager (this CPU's default is eager")
+    assert "OK   losses agree with eager over 4 steps: largest relative difference 0.00e+00" in out  # bit-identical
+    for text in ("OK   no fall-back to eager", "OK   graphs: 1; graph breaks: 0", "OK   recompiles after warm-up: 0",
+                 "img/s through the real data path", "peak memory"):
+        assert text in out, text
+    assert len(lines) == 10 and not any(line.startswith("FAIL") for line in lines)
+    assert out.rstrip().endswith("all checks passed")
+
+
+def test_the_self_check_fails_where_the_compiled_path_falls_back(capsys, monkeypatch):
+    import train_mine
+
+    def broken(gm, example_inputs):
+        def run(*args):
+            raise RuntimeError("injected: no working compiler")
+        return run
+    monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", broken)
+    assert bench.main(check_config()) == 1
+    out = capsys.readouterr().out
+    assert "FAIL fell back to eager (the note above)" in out and "note: torch.compile failed (RuntimeError: " \
+        "injected: no working compiler)" in out and out.rstrip().endswith("1 check(s) failed")

@@ -100,65 +100,112 @@ def test_graphs_are_off_on_the_cpu_and_the_log_says_which_path_runs(tiny_regdb, 
     assert train_mine.compile_mode(args, torch.device("cpu"))[0] is None
 
 
-class FakeCompilerError(Exception):
-    pass
+# Real torch.compile on the CPU with the aot_eager backend (graph capture and the autograd split, run
+# by eager kernels: bit-identical to eager, no C++ compiler needed); failures are injected as backends.
+
+def eager_backend(gm, example_inputs):
+    from torch._dynamo.backends.registry import lookup_backend
+    return lookup_backend("aot_eager")(gm, example_inputs)
 
 
-FakeCompilerError.__module__ = "torch._dynamo.exc"  # what compiler_error recognises
+def fails_in_the_forward(gm, example_inputs):
+    def run(*args):
+        raise RuntimeError("injected: the forward failed")
+    return run
 
 
-def test_a_compiler_failure_falls_back_to_eager_with_a_note(monkeypatch):
-    notes = []
-    model = torch.nn.Linear(3, 2)
+def fails_in_the_backward(gm, example_inputs):
+    """The forward runs (and updates the batch-norm statistics); the backward, compiled lazily, fails."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._dynamo.backends.debugging import boxed_nop
+    from torch._functorch.aot_autograd import make_boxed_func
 
-    def broken(m, mode=None):
-        def call(*a, **k):
-            raise FakeCompilerError("no working C++ compiler")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken)
-    wrapped = train_mine.CompiledModel(model, "default", notes.append)
-    x = torch.randn(4, 3)
-    with pytest.raises(FakeCompilerError) as e:
-        wrapped(x)
-    assert train_mine.compiler_error(e.value) and not train_mine.compiler_error(ValueError("data"))
-    wrapped.fall_back(e.value)
-    assert torch.equal(wrapped(x), model(x))
-    assert wrapped.eval() is wrapped and not model.training and wrapped.train() is wrapped and model.training
-    assert notes == ["note: torch.compile failed (FakeCompilerError: no working C++ compiler); training eager "
-                     "from here on"]
+    def backward(bw_gm, bw_inputs):
+        def run(*args):
+            raise RuntimeError("injected: the lazily compiled backward failed")
+        return make_boxed_func(run)
+    return aot_autograd(fw_compiler=boxed_nop, bw_compiler=backward)(gm, example_inputs)
 
 
-def test_a_fall_back_restores_the_batch_norm_statistics_of_the_failed_step(monkeypatch):
-    model = torch.nn.BatchNorm1d(3)
+def fails_at_the_second_step(gm, example_inputs):
+    """As a CUDA-graph capture fails at step 1, after a good step 0."""
+    compiled, calls = eager_backend(gm, example_inputs), []
 
-    def forward_then_fail(m, mode=None):  # as a backward compiled lazily fails after the forward ran
-        def call(*a, **k):
-            m(*a, **k)
-            raise FakeCompilerError("backward compilation failed")
-        return call
-
-    monkeypatch.setattr(torch, "compile", forward_then_fail)
-    wrapped = train_mine.CompiledModel(model, "default", lambda line: None)
-    before = wrapped.buffers_copy()
-    with pytest.raises(FakeCompilerError) as e:
-        wrapped(torch.randn(8, 3) + 5)
-    assert not torch.equal(model.running_mean, before["running_mean"])
-    wrapped.fall_back(e.value, before)
-    for k, b in model.named_buffers():
-        assert torch.equal(b, before[k]), k
+    def run(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected: capture failed at the second step")
+        return compiled(*args)
+    return run
 
 
-def test_training_through_a_failing_compiler_completes_eagerly(tiny_regdb, tmp_path, monkeypatch):
-    def broken(m, mode=None):
-        def call(*a, **k):
-            raise FakeCompilerError("inductor unavailable")
-        return call
+def compiled_run(data_path, out, monkeypatch, backend=eager_backend, *extra):
+    monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", backend)
+    return run(data_path, out, "--compile", "default", "--compile_backend", "aot_eager", *extra)
 
-    monkeypatch.setattr(torch, "compile", broken)
-    eager, _ = run(tiny_regdb, str(tmp_path / "eager"), "--compile", "off")
-    fell_back, log = run(tiny_regdb, str(tmp_path / "fallback"), "--compile", "default")
-    assert "note: torch.compile failed (FakeCompilerError: inductor unavailable)" in log
-    assert "compilation and capture" not in log  # nothing was compiled
+
+def test_the_compiled_step_trains_bit_identically_to_eager_through_an_evaluation(tiny_regdb, tmp_path,
+                                                                                monkeypatch):
+    evaluated = ("--eval_start", "0", "--eval_every", "1")
+    eager, _ = run(tiny_regdb, str(tmp_path / "eager"), "--compile", "off", *evaluated)
+    compiled, log = compiled_run(tiny_regdb, str(tmp_path / "compiled"), monkeypatch, eager_backend, *evaluated)
+    assert "step: torch.compile mode default, backend aot_eager" in log
+    assert "default compilation and capture: " in log and "paid once per run); 1 graph(s)" in log
+    assert "compiled step at the end: 1 graph(s); no recompile after warm-up" in log  # eval between epochs
+    assert "torch.compile failed" not in log and log.count("eval: Rank-1") == 2
     for k, v in eager["model"].items():
+        assert torch.equal(v, compiled["model"][k]), k
+    assert eager["metrics"] == compiled["metrics"]
+
+
+def test_a_resume_crosses_between_the_compiled_and_the_eager_step(tiny_regdb, tmp_path, monkeypatch):
+    full, _ = run(tiny_regdb, str(tmp_path / "full"), "--compile", "off", "--epochs", "4")
+    cut, _ = compiled_run(tiny_regdb, str(tmp_path / "cut"), monkeypatch)  # epochs 0..1 compiled
+    path = os.path.join(tmp_path, "cut", "models", cut["name"] + "_last.pth")
+    resume = ["--resume", path, "--gpu", "cpu", "--log_path", ""]
+    train_mine.main(train_mine.get_args_parser().parse_args(resume + ["--epochs", "3", "--compile", "off"]))
+    train_mine.main(train_mine.get_args_parser().parse_args(resume + ["--epochs", "4", "--compile", "default",
+                                                                      "--compile_backend", "aot_eager"]))
+    end = torch.load(path, weights_only=False)
+    assert end["epoch"] == 3
+    for k, v in full["model"].items():
+        assert torch.equal(v, end["model"][k]), k
+
+
+@pytest.mark.parametrize("backend", [fails_in_the_forward, fails_in_the_backward, fails_at_the_second_step])
+def test_a_failure_in_warm_up_falls_back_to_eager_on_the_eager_trajectory(tiny_regdb, tmp_path, monkeypatch,
+                                                                           backend):
+    eager, _ = run(tiny_regdb, str(tmp_path / "eager"), "--compile", "off")
+    fell_back, log = compiled_run(tiny_regdb, str(tmp_path / "fallback"), monkeypatch, backend)
+    notes = [line for line in log.splitlines() if "torch.compile failed" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: torch.compile failed (") and "injected: " in notes[0]
+    assert notes[0].endswith("training eager from here on")
+    for k, v in eager["model"].items():  # batch-norm statistics of the failed attempt restored
         assert torch.equal(v, fell_back["model"][k]), k
+
+
+def test_an_out_of_memory_error_is_reported_and_never_retried(tiny_regdb, tmp_path, monkeypatch):
+    def out_of_memory(gm, example_inputs):
+        def run(*args):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+        return run
+    with pytest.raises(MemoryError, match=r"out of memory in compiled training step 0 \(on the CPU\): lower "):
+        compiled_run(tiny_regdb, str(tmp_path), monkeypatch, out_of_memory)
+    log = open(next(p for p in (tmp_path / "log").iterdir() if p.suffix == ".log")).read()
+    assert "torch.compile failed" not in log and log.rstrip().splitlines()[-1].startswith("error: out of memory")
+
+
+def test_an_error_the_eager_step_also_raises_is_raised_as_itself(monkeypatch):
+    notes = []
+    monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", eager_backend)
+    wrapped = train_mine.CompiledModel(torch.nn.Linear(3, 2), "default", notes.append, backend="aot_eager")
+
+    def step(model):
+        model(torch.randn(4, 3)).sum().backward()
+        raise ValueError("labels out of range")  # the data's fault, compiled or not
+    with pytest.raises(ValueError, match="labels out of range"):
+        wrapped.run_step(step)
+    assert notes == ["note: torch.compile failed (ValueError: labels out of range); training eager from here on"]
+    x = torch.randn(2, 3)
+    assert torch.equal(wrapped(x), wrapped.eager(x))  # eager from here on
+    assert wrapped.eval() is wrapped and not wrapped.eager.training and wrapped.train() is wrapped
