@@ -374,6 +374,10 @@ def build_optimizer(model, args):
     groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
     optim = args.optim or "sgd"
     weight_decay = 5e-4 if args.weight_decay is None else args.weight_decay
+    # torch's default implementation: foreach on CUDA, the per-tensor loop on the CPU. fused=True
+    # (one kernel) waits for a GPU measurement: torch keeps foreach the default because fused is the
+    # newer implementation (torch.optim's documentation; pytorch/pytorch#95241), and a failure of the
+    # optimiser step is outside the compiled step's fall-back
     if optim == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     if optim == "adam":
