@@ -467,6 +467,15 @@ def dynamo_counts():
         return {"graphs": 0, "cudagraph_skips": 0}
 
 
+def recompile_reasons():
+    """Why torch.compile recompiled so far: the guard failures it records, oldest first."""
+    try:
+        from torch._dynamo.utils import guard_failures
+        return [reason for reasons in list(guard_failures.values()) for reason in reasons]
+    except (ImportError, AttributeError):
+        return []
+
+
 def out_of_memory(e):
     """Whether e is an allocator's out-of-memory error (CUDA's class, or the CPU allocator's message)."""
     oom = getattr(torch.cuda, "OutOfMemoryError", ())
@@ -530,6 +539,7 @@ class CompiledModel:
         if next(self.eager.parameters()).is_cuda:
             torch.cuda.synchronize()
         self.warm = {k: v - self.base[k] for k, v in dynamo_counts().items()}
+        self.warm_reasons = len(recompile_reasons())
         self.log(f"{self.mode or self.backend} compilation and capture: {time.time() - self.start:.1f} s "
                  f"(steps 0..{self.steps - 1}, paid once per run); {self.health(self.warm)}")
         self.steps = WARMUP_STEPS
@@ -545,9 +555,9 @@ class CompiledModel:
             return
         now = {k: v - self.base[k] for k, v in dynamo_counts().items()}
         again = now["graphs"] - self.warm["graphs"]
+        why = "; ".join(recompile_reasons()[self.warm_reasons:][-3:]) or "TORCH_LOGS=recompiles says why"
         self.log(f"compiled step at the end: {self.health(now)}; " + (
-            f"warning: {again} recompile(s) after warm-up (TORCH_LOGS=recompiles says why)" if again else
-            "no recompile after warm-up"))
+            f"warning: {again} recompile(s) after warm-up ({why})" if again else "no recompile after warm-up"))
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:

@@ -209,3 +209,21 @@ def test_an_error_the_eager_step_also_raises_is_raised_as_itself(monkeypatch):
     x = torch.randn(2, 3)
     assert torch.equal(wrapped(x), wrapped.eager(x))  # eager from here on
     assert wrapped.eval() is wrapped and not wrapped.eager.training and wrapped.train() is wrapped
+
+
+def test_a_recompile_after_warm_up_is_logged_with_its_reason(monkeypatch):
+    notes = []
+    monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", eager_backend)
+    torch._dynamo.reset()
+    wrapped = train_mine.CompiledModel(torch.nn.Linear(3, 2), "default", notes.append, backend="aot_eager")
+
+    def step(rows):
+        return lambda model: model(torch.randn(rows, 3)).sum().backward()
+    for _ in range(train_mine.WARMUP_STEPS):
+        wrapped.run_step(step(4))
+    wrapped.log_end()
+    assert notes[-1] == "compiled step at the end: 1 graph(s); no recompile after warm-up"
+    wrapped.run_step(step(5))  # a new batch shape: a recompile
+    wrapped.log_end()
+    assert notes[-1].startswith("compiled step at the end: 2 graph(s); warning: 1 recompile(s) after warm-up (")
+    assert "size mismatch" in notes[-1]  # torch's guard failure, its words
