@@ -316,17 +316,23 @@ class Take:
         return itertools.islice(self.it, self.n)
 
 
+def fast_step(args, device, mode, backend="inductor"):
+    """(network, its TrainingStep, under torch.compile for a mode, optimiser, gradient scaler) as
+    train_mine.py builds them, from fast_model's seeded weights."""
+    model = fast_model(args, device)
+    optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
+    dtype = train_mine.amp_dtype(args.amp, device)
+    step = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
+    if mode is not None:
+        step = train_mine.CompiledModel(step, mode, print, backend)
+    return model, step, optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def measure_fast(args, device, source):
     """(images/s, ms/step, peak MiB, loss) of train_mine.train_one_epoch on `source`: 'synthetic' or
     'pipeline', with train_mine.py's step (CUDA graphs or eager) and data path (resident or loader)."""
-    model = fast_model(args, device)
-    optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
     mode, args.step_line = train_mine.compile_mode(train_args(args, 0), device)
-    dtype = train_mine.amp_dtype(args.amp, device)
-    model = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
-    if mode is not None:
-        model = train_mine.CompiledModel(model, mode, print)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    _, model, optimizer, scaler = fast_step(args, device, mode)
     augment = data_loader.BatchAugment()
     drain = 0
     if source == "synthetic":
@@ -486,15 +492,10 @@ def check_path(args, device):
 
 
 def check_step(args, device, targs, mode, batches):
-    """(per-step losses, the weights after the first step, the step, its optimiser and scaler) of
-    CHECK_STEPS steps from seeded weights on batches."""
-    model = fast_model(args, device)
-    optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
-    dtype = train_mine.amp_dtype(args.amp, device)
-    step = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
-    if mode is not None:
-        step = train_mine.CompiledModel(step, mode, print, targs.compile_backend or "inductor")
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    """(per-step losses, the first step's update of the weights, the step, its optimiser and scaler)
+    of CHECK_STEPS steps from seeded weights on batches."""
+    model, step, optimizer, scaler = fast_step(args, device, mode, targs.compile_backend or "inductor")
+    start = torch.cat([p.detach().flatten().double() for p in model.parameters()])
     augment, values = data_loader.BatchAugment(), []
     torch.manual_seed(1)  # the same augmentation draws on both paths
     step.train()
@@ -502,8 +503,8 @@ def check_step(args, device, targs, mode, batches):
         values.append(train_mine.train_step(step, optimizer, scaler, batch, augment, device,
                                             last=i == len(batches) - 1)["loss"].float().item())
         if i == 0:  # one update from the same weights: later ones drift apart by rounding alone
-            first = torch.cat([p.detach().flatten().double() for p in model.parameters()])
-    return values, first, step, optimizer, scaler
+            update = torch.cat([p.detach().flatten().double() for p in model.parameters()]) - start
+    return values, update, step, optimizer, scaler
 
 
 def launches_per_step(step, optimizer, scaler, batch, device):
@@ -542,26 +543,23 @@ def self_check(args, device):
     report(mode is not None, f"path: {line}")
     folder = tempfile.mkdtemp(prefix="bench-check-")
     try:
-        args.data_folder = folder
         write_training_set(folder, args, device)
         data = data_loader.sysu_train_data(folder, args.img_w, args.img_h)
         pairs = index_pairs(data.labels_v, data.labels_t, args.batch_size, args.num_pos, 10 ** 4)
         source, data_line = train_mine.build_batches(data, pairs, targs, device)
         it = iter(source)
         batches = [tuple(x.to(device) for x in next(it)) for _ in range(CHECK_STEPS)]
-        eager_loss, eager_w, _, _, _ = check_step(args, device, targs, None, batches)
-        start = fast_model(args, device).parameters()
-        w0 = torch.cat([p.detach().flatten().double() for p in start])
-        loss, w, step, optimizer, scaler = check_step(args, device, targs, mode, batches)
+        eager_loss, eager_update, _, _, _ = check_step(args, device, targs, None, batches)
+        loss, update, step, optimizer, scaler = check_step(args, device, targs, mode, batches)
         compiled = isinstance(step, train_mine.CompiledModel) and step.compiled is not None
         report(compiled or mode is None, "no fall-back to eager" if compiled else "fell back to eager (the note above)")
         worst = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(eager_loss, loss))
         report(worst <= 0.02, f"losses agree with eager over {CHECK_STEPS} steps: largest relative difference "
                               f"{worst:.2e} (at most 2e-2)")
-        cos = float(torch.nn.functional.cosine_similarity(eager_w - w0, w - w0, dim=0))
+        cos = float(torch.nn.functional.cosine_similarity(eager_update, update, dim=0))
         report(cos >= 0.99, f"the first update agrees with eager: cosine {cos:.5f} (at least 0.99)")
         check_graphs(step, report, device, optimizer, scaler, batches[0])
-        check_speed(args, device, targs, step, optimizer, scaler, it, report, data_line, source, data)
+        check_speed(args, device, step, optimizer, scaler, it, report, data_line, source, data)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{len(fails)} check(s) failed" if fails else "all checks passed")
@@ -571,7 +569,7 @@ def self_check(args, device):
 def check_graphs(step, report, device, optimizer, scaler, batch):
     if not isinstance(step, train_mine.CompiledModel) or step.compiled is None:
         return
-    now = {k: v - step.base[k] for k, v in train_mine.dynamo_counts().items()}
+    now = step.counts()
     warm = step.warm or now
     report(now["graphs"] >= 1, f"graphs: {now['graphs']}; graph breaks: 0 (compiled with fullgraph)")
     report(now["graphs"] == warm["graphs"], f"recompiles after warm-up: {now['graphs'] - warm['graphs']}")
@@ -582,7 +580,7 @@ def check_graphs(step, report, device, optimizer, scaler, batch):
                f"per step: {graphs} graph launch(es), {kernels} kernel(s) launched outside graphs")
 
 
-def check_speed(args, device, targs, step, optimizer, scaler, it, report, data_line, source, data):
+def check_speed(args, device, step, optimizer, scaler, it, report, data_line, source, data):
     n = max(args.steps, 2)
     augment = data_loader.BatchAugment()
 

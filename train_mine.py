@@ -502,7 +502,7 @@ class CompiledModel:
         self.eager, self.mode, self.log, self.backend = model, mode, log, backend
         options = dict(mode=mode) if backend == "inductor" else {}
         self.compiled = torch.compile(model, backend=BACKENDS[backend], fullgraph=True, **options)
-        self.steps, self.start, self.base, self.warm = 0, None, dynamo_counts(), None
+        self.steps, self.start, self.base, self.warm, self.warm_reasons = 0, None, dynamo_counts(), None, 0
 
     def run_step(self, fn, last=False):
         """fn(model): one training step's forward and backward. During the first WARMUP_STEPS
@@ -511,9 +511,7 @@ class CompiledModel:
         of the except block, with the failed attempt's tensors gone, the compiler is reset, the
         statistics restored and the step rerun eagerly (an error that also happens eagerly is then
         raised as itself). An out-of-memory error is reported as such and never retried."""
-        if self.compiled is None:
-            return fn(self)
-        if self.steps >= WARMUP_STEPS:
+        if self.compiled is None or self.steps >= WARMUP_STEPS:
             return fn(self)
         self.start = self.start or time.time()
         saved, failure = self.buffers_copy(), None
@@ -538,11 +536,15 @@ class CompiledModel:
         """What compilation and capture cost, and the graphs they made (a short run: at its last step)."""
         if next(self.eager.parameters()).is_cuda:
             torch.cuda.synchronize()
-        self.warm = {k: v - self.base[k] for k, v in dynamo_counts().items()}
+        self.warm = self.counts()
         self.warm_reasons = len(recompile_reasons())
         self.log(f"{self.mode or self.backend} compilation and capture: {time.time() - self.start:.1f} s "
                  f"(steps 0..{self.steps - 1}, paid once per run); {self.health(self.warm)}")
         self.steps = WARMUP_STEPS
+
+    def counts(self):
+        """dynamo_counts() since this model was built."""
+        return {k: v - self.base[k] for k, v in dynamo_counts().items()}
 
     def health(self, now):
         skips = (f"; CUDA graphs skipped for {now['cudagraph_skips']} graph(s) (TORCH_LOGS=perf_hints says why)"
@@ -553,7 +555,7 @@ class CompiledModel:
         """The graph health at the end of the run: a recompile after warm-up is named."""
         if self.compiled is None or self.warm is None:
             return
-        now = {k: v - self.base[k] for k, v in dynamo_counts().items()}
+        now = self.counts()
         again = now["graphs"] - self.warm["graphs"]
         why = "; ".join(recompile_reasons()[self.warm_reasons:][-3:]) or "TORCH_LOGS=recompiles says why"
         self.log(f"compiled step at the end: {self.health(now)}; " + (
@@ -659,8 +661,8 @@ def check_finite(names, rows, epoch, step):
 
 
 def train_one_epoch(model, optimizer, scaler, loader, augment, device, epoch, args, show=True, tb=None):
-    """One epoch of model, a TrainingStep (or its CompiledModel); returns the mean of every named value the loss gives ('loss', 'id', 'tri', 'acc', ...),
-    images/s and seconds. Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
+    """One epoch of model, a TrainingStep (or its CompiledModel); returns the mean of every named value
+    the loss gives ('loss', 'id', 'tri', 'acc', ...), images/s and seconds. Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
     torch.manual_seed(epoch_seed(args.seed, epoch, args.rank))
