@@ -454,7 +454,6 @@ def eval_timing(args, device):
         synchronize(device)
         out[name] = time.perf_counter() - start
 
-    import test_mine  # only the evaluation needs it
     model = fast_model(args, device)
     sizes, per_size = ((4, 8), 2) if args.quick else ((128, 512), 4)
     images = rng.integers(0, 256, (max(sizes) * per_size, args.img_h, args.img_w, 3), dtype=np.uint8)
@@ -462,10 +461,10 @@ def eval_timing(args, device):
     for half in (False, True):
         for size in sizes:
             # one batch of this shape first: cuDNN autotunes each new shape, and that is not extraction
-            test_mine.extract_features(model, images[:size], 1, device, size, half)
+            eval_metrics.extract_features(model, images[:size], 1, device, size, half)
             synchronize(device)
             start = time.perf_counter()
-            test_mine.extract_features(model, images[:size * per_size], 1, device, size, half)
+            eval_metrics.extract_features(model, images[:size * per_size], 1, device, size, half)
             synchronize(device)
             rates[half, size] = size * per_size / (time.perf_counter() - start)
     return out, rates

@@ -10,13 +10,20 @@ Ranking is ascending distance with a stable sort: equal distances keep gallery o
   k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3) -> distance [Q, G]
   random_walk(q_feat, g_feat, alpha=0.95) -> distance [Q, G]
 
+and the evaluators of the datasets' protocols (SYSUEval, RegDBEval, LLCMEval: the lists read, the
+images read once, every search of every named feature), with the feature extraction they share.
+
 cmc is a numpy float32 array of length max_rank; mAP and mINP are Python floats; all are
 fractions. Queries without a true match in the (kept) gallery are skipped.
 """
 import numpy as np
 import torch
 
-__all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "removed_mask", "k_reciprocal", "random_walk"]
+import data_loader
+import data_manager
+
+__all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "removed_mask", "k_reciprocal", "random_walk", "extract_features",
+           "distance", "metrics_row", "format_row", "summarize", "SYSUEval", "RegDBEval", "LLCMEval"]
 
 # eval_regdb counts, for each true match, how many gallery items rank before it: 2 * R
 # vectorised comparisons per matrix entry (R = matches per query). On CPU a stable row sort
@@ -379,3 +386,207 @@ def random_walk(q_feat, g_feat, alpha=0.95):
     # S W^T = (1-alpha) S (I - alpha A)^-T = (1-alpha) ((I - alpha A)^-1 S^T)^T
     sim = (1 - alpha) * torch.linalg.solve(eye - alpha * a, (q @ g.T).T).T
     return -sim
+
+
+# ----------------------------------------------------------------------------- evaluators
+
+METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
+              "both": ("visible->thermal", "thermal->visible")}
+# LLCM (ZYK100/LLCM, test.py): A, B (the official test script's role swap: what the published table's second
+# column group reports) and C (the literal reading).
+LLCM_LABELS = {"ir2vis": "infrared->visible", "vis2ir": "visible->infrared (official: roles swapped)",
+               "vis2ir_literal": "visible->infrared (literal)"}
+LLCM_DIRECTIONS = {"ir2vis": ("ir2vis",), "vis2ir": ("vis2ir",), "vis2ir_literal": ("vis2ir_literal",),
+                   "both": ("ir2vis", "vis2ir"), "all": ("ir2vis", "vis2ir", "vis2ir_literal")}
+def half_dtype(device):
+    """--half's autocast dtype: bf16, or fp16 on GPUs without bf16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+@torch.no_grad()
+def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False):
+    """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
+    visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
+    named feature of the model (model.feature_names, the reported one first)."""
+    model.eval()
+    feats = {n: [] for n in model.feature_names}
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
+        x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
+            out = model.features(x, modal)
+        for n in feats:
+            feats[n].append(out[n])
+    feats = {n: torch.cat(v) for n, v in feats.items()}
+    # never rank with NaN distances: that gives a silent wrong result
+    if not all(torch.isfinite(f).all() for f in feats.values()):
+        raise ValueError("the model gives non-finite (NaN/inf) features: its weights are broken "
+                         "(a diverged training run?)")
+    return feats if all_features else feats[model.feature_names[0]]
+
+
+def distance(qf, gf, re_rank="no"):
+    if re_rank in ("no", "none", "off", None):
+        return -(qf @ gf.T)
+    if re_rank == "k_reciprocal":
+        return k_reciprocal(qf, gf)
+    if re_rank == "random_walk":
+        return random_walk(qf, gf)
+    raise ValueError(f"--re_rank must be no, k_reciprocal or random_walk, got {re_rank}")
+
+
+def metrics_row(cmc, mAP, mINP):
+    """Rank-1/5/10/20, mAP, mINP in percent."""
+    return {"rank1": 100 * float(cmc[0]), "rank5": 100 * float(cmc[4]), "rank10": 100 * float(cmc[9]),
+            "rank20": 100 * float(cmc[19]), "mAP": 100 * float(mAP), "mINP": 100 * float(mINP)}
+
+
+def format_row(row):
+    return " | ".join(f"{name}: {row[k]:.2f}%" for name, k in zip(
+        ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP"), METRICS))
+
+
+def summarize(rows):
+    """Mean and (population) standard deviation of every metric over trials."""
+    values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in METRICS}
+    return {k: float(v.mean()) for k, v in values.items()}, {k: float(v.std()) for k, v in values.items()}
+
+
+class Evaluator:
+    """Features once per image, then every (setting, trial) search; run() returns one record per
+    (setting, feature, trial): {'setting', 'feature', 'trial', 'cmc', 'mAP', 'mINP'}."""
+
+    def searches(self):
+        """[(setting, trial, query (modal, indices), gallery (modal, indices), metric)] to run."""
+        raise NotImplementedError
+
+    def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None):
+        """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
+        q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
+        removed_mask takes, so that pictures leave out what the metric leaves out)."""
+        feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
+                                     all_features=True) for m in self.images}
+        names = model.feature_names
+        records = []
+        for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
+            qi_t, gi_t = torch.as_tensor(qi, device=device), torch.as_tensor(gi, device=device)
+            for feature in names:
+                dist = distance(feats[qm][feature][qi_t], feats[gm][feature][gi_t], re_rank)
+                if on_distance is not None and feature == names[0]:
+                    on_distance(setting, trial, dist, [self.paths[qm][i] for i in qi],
+                                [self.paths[gm][i] for i in gi], self.pids[qm][qi], self.pids[gm][gi],
+                                q_camids=self.camids[qm][qi], g_camids=self.camids[gm][gi], protocol=self.protocol)
+                cmc, mAP, mINP = metric(dist, qi, gi)
+                records.append({"setting": setting, "feature": feature, "trial": trial, "cmc": cmc, "mAP": mAP,
+                                "mINP": mINP})
+        return records
+
+    def run_first(self, model, device, batch_size=128):
+        """{feature: (cmc, mAP, mINP)} of the first search (what training evaluates and selects on)."""
+        records = self.run(model, device, batch_size)
+        first = (records[0]["setting"], records[0]["trial"])
+        return {r["feature"]: (r["cmc"], r["mAP"], r["mINP"]) for r in records
+                if (r["setting"], r["trial"]) == first}
+
+    def _index(self, lists):
+        """Read every image once: lists is {modality: [(paths, pids, camids), ...]}; sets self.paths,
+        self.pids, self.camids, self.images per modality and returns each list's indices into them."""
+        self.paths, self.pids, self.camids, self.images = {}, {}, {}, {}
+        out = {}
+        for m, entries in lists.items():
+            meta = {}
+            for paths, pids, camids in entries:
+                meta.update(zip(paths, zip(np.asarray(pids).tolist(), np.asarray(camids).tolist())))
+            self.paths[m] = sorted(meta)
+            where = {p: i for i, p in enumerate(self.paths[m])}
+            self.pids[m] = np.array([meta[p][0] for p in self.paths[m]], dtype=np.int64)
+            self.camids[m] = np.array([meta[p][1] for p in self.paths[m]], dtype=np.int64)
+            self.images[m] = data_loader.load_images(self.paths[m], self.img_w, self.img_h, self.workers)
+            out[m] = [np.array([where[p] for p in paths], dtype=np.int64) for paths, _, _ in entries]
+        return out
+
+
+class SYSUEval(Evaluator):
+    """SYSU-MM01: thermal queries against each trial's visible gallery; every image read once."""
+    protocol = "sysu"
+
+    def __init__(self, data_path, mode="all", trials=(0,), gall_mode="single", img_w=144, img_h=288, workers=4):
+        self.img_w, self.img_h, self.workers, self.setting = img_w, img_h, workers, f"{mode} search"
+        query = data_manager.process_query_sysu(data_path, mode)
+        galleries = [data_manager.process_gallery_sysu(data_path, mode, t, gall_mode) for t in trials]
+        idx = self._index({"thermal": [query], "visible": galleries})
+        self.query = idx["thermal"][0]
+        self.trials = list(zip(trials, idx["visible"]))
+
+    def searches(self):
+        def metric(dist, qi, gi):
+            return eval_sysu(dist, self.pids["thermal"][qi], self.pids["visible"][gi],
+                                          self.camids["thermal"][qi], self.camids["visible"][gi])
+        return [(self.setting, t, ("thermal", self.query), ("visible", gi), metric) for t, gi in self.trials]
+
+
+class RegDBEval(Evaluator):
+    """One RegDB split's test images (visible and thermal), read once."""
+    protocol = "regdb"
+
+    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",)):
+        self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
+        lists = {}
+        for m in ("visible", "thermal"):
+            paths, labels = data_manager.process_test_regdb(data_path, trial, m)
+            lists[m] = [(paths, labels, np.zeros(len(paths), dtype=np.int64))]
+        idx = self._index(lists)
+        self.all = {m: idx[m][0] for m in idx}
+
+    def searches(self):
+        def metric(q, g):
+            return lambda dist, qi, gi: eval_regdb(dist, self.pids[q][qi], self.pids[g][gi])
+        out = []
+        for d in self.directions:
+            q, g = ("visible", "thermal") if d == "visible->thermal" else ("thermal", "visible")
+            out.append((d, self.trial, (q, self.all[q]), (g, self.all[g]), metric(q, g)))
+        return out
+
+
+class LLCMEval(Evaluator):
+    """LLCM (the official ZYK100/LLCM test.py): for each trial, one image per (identity, camera) of the
+    gallery modality; every query image; the metric of eval_llcm (same identity and camera excluded, de-duplicated CMC).
+    Directions: ir2vis (A), vis2ir (B: the official script's swap, the sampled infrared images probe
+    every visible image) and vis2ir_literal (C)."""
+    protocol = "llcm"
+
+    def __init__(self, data_path, trials=(0,), directions=("ir2vis",), img_w=144, img_h=288, workers=4):
+        self.img_w, self.img_h, self.workers = img_w, img_h, workers
+        self.trials, self.directions = list(trials), list(directions)
+        lists = {"visible": [], "thermal": []}
+        if "ir2vis" in directions:
+            lists["thermal"].append(data_manager.process_query_llcm(data_path, "thermal"))
+            lists["visible"] += [data_manager.process_gallery_llcm(data_path, "visible", t) for t in trials]
+        if set(directions) - {"ir2vis"}:
+            lists["visible"].append(data_manager.process_query_llcm(data_path, "visible"))
+            lists["thermal"] += [data_manager.process_gallery_llcm(data_path, "thermal", t) for t in trials]
+        idx = self._index({m: v for m, v in lists.items() if v})
+        n = len(self.trials)
+        if "ir2vis" in directions:
+            self.nir_all, self.vis_gallery = idx["thermal"][0], idx["visible"][:n]
+        if set(directions) - {"ir2vis"}:
+            self.vis_all, self.nir_gallery = idx["visible"][-1], idx["thermal"][-n:]
+
+    def searches(self):
+        def metric(q, g):
+            return lambda dist, qi, gi: eval_llcm(dist, self.pids[q][qi], self.pids[g][gi],
+                                                               self.camids[q][qi], self.camids[g][gi])
+        out = []
+        for d in self.directions:
+            for i, t in enumerate(self.trials):
+                if d == "ir2vis":
+                    q, g = ("thermal", self.nir_all), ("visible", self.vis_gallery[i])
+                elif d == "vis2ir":
+                    q, g = ("thermal", self.nir_gallery[i]), ("visible", self.vis_all)
+                else:
+                    q, g = ("visible", self.vis_all), ("thermal", self.nir_gallery[i])
+                out.append((LLCM_LABELS[d], t, q, g, metric(q[0], g[0])))
+        return out

@@ -24,6 +24,7 @@ from PIL import Image
 
 import data_loader
 import data_manager
+import eval_metrics
 import fileio
 import test_mine
 import utils
@@ -129,7 +130,7 @@ class FeatureExtractor:
 
     def features_of(self, batch, modal):
         """{name: float32 [B, D] on the CPU} of a uint8 [B, H, W, 3] batch: test_mine's extraction itself."""
-        out = test_mine.extract_features(self.model, batch, modal, self.device, len(batch), self.half,
+        out = eval_metrics.extract_features(self.model, batch, modal, self.device, len(batch), self.half,
                                          all_features=True)
         return {name: f.cpu() for name, f in out.items()}
 

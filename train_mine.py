@@ -32,7 +32,7 @@ import demo_data
 import fileio
 import loss as losses
 import model_mine
-import test_mine
+import eval_metrics
 import utils
 
 # Flags that define the experiment: they name the run, and a resumed run takes those not given
@@ -735,11 +735,11 @@ def build_batches(data, sampler, args, device):
 
 def build_evaluator(args):
     if args.dataset == "sysu":
-        return test_mine.SYSUEval(args.data_path, args.mode, (0,), "single", args.img_w, args.img_h,
+        return eval_metrics.SYSUEval(args.data_path, args.mode, (0,), "single", args.img_w, args.img_h,
                                   max(args.workers, 1))
     if args.dataset == "llcm":
-        return test_mine.LLCMEval(args.data_path, (0,), ("ir2vis",), args.img_w, args.img_h, max(args.workers, 1))
-    return test_mine.RegDBEval(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
+        return eval_metrics.LLCMEval(args.data_path, (0,), ("ir2vis",), args.img_w, args.img_h, max(args.workers, 1))
+    return eval_metrics.RegDBEval(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
 
 
 def evaluate(model, evaluator, device, args):
@@ -912,9 +912,9 @@ def train(args, ckpt, name, notes, device, log):
             if due:
                 results = evaluate(raw, evaluator, device, args)
                 for i, (feature, (cmc, mAP, mINP)) in enumerate(results.items()):
-                    row = test_mine.metrics_row(cmc, mAP, mINP)
+                    row = eval_metrics.metrics_row(cmc, mAP, mINP)
                     metrics = row if i == 0 else metrics
-                    log(f"epoch {epoch} eval{' ' + feature if len(results) > 1 else ''}: {test_mine.format_row(row)}")
+                    log(f"epoch {epoch} eval{' ' + feature if len(results) > 1 else ''}: {eval_metrics.format_row(row)}")
                 if tb is not None:
                     for k, x in metrics.items():
                         tb.add_scalar(f"eval/{k}", x, epoch)
@@ -934,7 +934,7 @@ def train(args, ckpt, name, notes, device, log):
     if isinstance(model, CompiledModel):
         model.log_end()
     if main_process and best["epoch"] >= 0:
-        log(f"best: epoch {best['epoch']}: {test_mine.format_row(best)}")
+        log(f"best: epoch {best['epoch']}: {eval_metrics.format_row(best)}")
         log(f"checkpoint: {paths['best']}")
         log("re-evaluate with: " + test_command(args, paths["best"]))
     return best

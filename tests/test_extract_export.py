@@ -12,6 +12,7 @@ from PIL import Image
 
 import data_loader
 import data_manager
+import eval_metrics
 import export
 import extract
 import model_mine
@@ -85,7 +86,7 @@ def test_extractor_gives_test_mines_features(checkpoints, images, head):
     got = {}
     for modality, modal in extract.MODALITIES.items():
         got[modality] = extractor(images, modality, all_features=True)
-        want = test_mine.extract_features(model, uint8, modal, CPU, batch_size=3, all_features=True)
+        want = eval_metrics.extract_features(model, uint8, modal, CPU, batch_size=3, all_features=True)
         assert list(got[modality]) == list(want) == list(model.feature_names)  # the reported feature first
         for name, f in want.items():
             assert got[modality][name].dtype == np.float32

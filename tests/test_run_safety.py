@@ -293,7 +293,7 @@ def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
     code = (f"import os, sys, time, test_mine\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
             "args = test_mine.get_args_parser().parse_args(['--dataset', 'demo'])\n"
             "model = {'share_net': 2, 'pcb': 'on', 'head': 'pcb'}\n"
-            "row = {k: 1.0 for k in test_mine.METRICS}\n"
+            "row = {k: 1.0 for k in eval_metrics.METRICS}\n"
             "results = {'s': {'model': model, 'features': ['parts'], 'trials': [{'trial': 1}], 'mean': row,\n"
             "                 'std': row}}\n"
             f"for _ in range(40):\n    test_mine.append_results_csv({str(log)!r}, args, results)\n")

@@ -50,7 +50,7 @@ def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
                   "--json", str(out), "--log_path", str(tmp_path), "--visualize", "2")
     saved = json.load(open(out))
     assert [t["trial"] for t in saved["trials"]] == [0, 1, 2]
-    for k in test_mine.METRICS:
+    for k in eval_metrics.METRICS:
         values = [t[k] for t in saved["trials"]]
         assert saved["mean"][k] == pytest.approx(np.mean(values)) and saved["std"][k] == pytest.approx(np.std(values))
         assert all(0 <= v <= 100 for v in values)
@@ -151,7 +151,7 @@ def llcm_root(tmp_path_factory):
 
 def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, checkpoint):
     model, _ = utils.model_from_checkpoint(checkpoint)
-    ev = test_mine.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
+    ev = eval_metrics.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
     searches = {(s, t): (q, g) for s, t, q, g, _ in ev.searches()}
     nir_q = data_manager.process_query_llcm(llcm_root, "thermal")[0]
     vis_q = data_manager.process_query_llcm(llcm_root, "visible")[0]
@@ -167,7 +167,7 @@ def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, ch
         assert (paths(q), paths(g)) == (vis_q, nir_g)  # C
     records = {(r["setting"], r["trial"]): r for r in ev.run(model, torch.device("cpu"), 16)}
     # B is C's distance matrix transposed, evaluated with the roles swapped, as the official script does
-    feats = {m: test_mine.extract_features(model, ev.images[m], 1 if m == "visible" else 2, torch.device("cpu"))
+    feats = {m: eval_metrics.extract_features(model, ev.images[m], 1 if m == "visible" else 2, torch.device("cpu"))
              for m in ev.images}
     q, g = searches["visible->infrared (literal)", 1]
     literal = -(feats[q[0]][q[1]] @ feats[g[0]][g[1]].T)
@@ -202,7 +202,7 @@ def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
 
 
 def test_llcm_every_direction_through_the_cli_names_its_direction(llcm_root, checkpoint, tmp_path, capsys):
-    labels = list(test_mine.LLCM_LABELS.values())
+    labels = list(eval_metrics.LLCM_LABELS.values())
     results = run("--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint, "--trials", "0", "1",
                   "--direction", "all", "--json", str(tmp_path / "all.json"), "--log_path", str(tmp_path))
     assert list(results) == labels
@@ -228,7 +228,7 @@ def test_llcm_every_direction_through_the_cli_names_its_direction(llcm_root, che
 def refuse_evaluation(monkeypatch):
     def evaluated(*a, **k):
         raise AssertionError("a split was evaluated before every input was checked")
-    monkeypatch.setattr(test_mine.Evaluator, "run", evaluated)
+    monkeypatch.setattr(eval_metrics.Evaluator, "run", evaluated)
 
 
 def broken_input(case, regdb_root, checkpoint, folder):
