@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import data_loader
 import eval_metrics
-import loss as losses
 import model_mine
+import settings
 import train_mine
 
 MARGIN = 0.3  # the hetero-center margin of both published settings
@@ -58,7 +58,7 @@ FAST_PREFETCH = 4  # train_mine.build_batches'
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Benchmark training and evaluation speed")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="small batch, few steps (CPU smoke run)")
     parser.add_argument("--steps", default=None, type=int, help="timed steps per measurement (default 30; quick 3)")
     parser.add_argument("--warmup", default=None, type=int, help="untimed steps first (default 10; quick 1)")
@@ -68,8 +68,8 @@ def get_args_parser():
                                                                   "(default 8, SYSU-MM01's; quick 2)")
     parser.add_argument("--img_h", default=288, type=int)
     parser.add_argument("--img_w", default=144, type=int)
-    parser.add_argument("--arch", default="resnet50", help="resnet50 | resnet18")
-    parser.add_argument("--share_net", default=2, type=int)
+    parser.add_argument("--arch", default="resnet50", choices=settings.CHOICES["arch"])
+    parser.add_argument("--share_net", default=2, type=int, choices=settings.CHOICES["share_net"])
     parser.add_argument("--num_strips", default=6, type=int)
     parser.add_argument("--local_feat_dim", default=256, type=int)
     parser.add_argument("--gem_p", default=3.0, type=float, help="GeM power (SYSU-MM01: 3)")
@@ -286,18 +286,23 @@ def measure_reference(args, device, source):
 # ----------------------------------------------------------------------------- the fast path
 
 def fast_model(args, device):
-    """embed_net as train_mine.py builds it, seeded: the reference is given the same weights."""
+    """The network train_mine.py builds (the paper's method), seeded: the reference is given the same weights."""
     torch.manual_seed(0)
-    model = model_mine.embed_net(args.classes, arch=args.arch, share_net=args.share_net, pcb="on",
-                                 local_feat_dim=args.local_feat_dim, num_strips=args.num_strips, gem_p=args.gem_p)
+    model = train_mine.build_model(args.classes, train_args(args, 0), "none")
     return model.to(device).to(memory_format=torch.channels_last)
 
 
 def train_args(args, steps):
-    """The train_mine.py arguments of one fast measurement: its defaults."""
-    targs = train_mine.get_args_parser().parse_args(["--compile", args.compile, "--resident_data",
-                                                     args.resident_data])
-    targs.seed, targs.rank, targs.world_size, targs.steps_per_epoch, targs.print_freq = 0, 0, 1, steps, 10
+    """train_mine.py's settings of one fast measurement, resolved as train_mine.py resolves them: the
+    paper's SYSU-MM01 setting at this benchmark's network, batch and image shape, at the rate LR."""
+    flags = dict(dataset="sysu", data_path=".", compile=args.compile, resident_data=args.resident_data, lr=LR,
+                 arch=args.arch, share_net=args.share_net, num_strips=args.num_strips, gem_p=args.gem_p,
+                 local_feat_dim=args.local_feat_dim, batch_size=args.batch_size, num_pos=args.num_pos,
+                 img_h=args.img_h, img_w=args.img_w, margin=MARGIN, w_center=W_CENTER, label_smooth="off")
+    targs = train_mine.get_args_parser().parse_args([])
+    vars(targs).update(flags, rank=0, world_size=1)
+    settings.resolve_training(targs, explicit=set(flags))
+    targs.steps_per_epoch, targs.print_freq = steps, 10
     targs.workers, targs.cpu_aug, targs.pad, targs.looped_head = args.workers, False, data_loader.PAD, False
     return targs
 
@@ -320,9 +325,10 @@ def fast_step(args, device, mode, backend="inductor"):
     """(network, its TrainingStep, under torch.compile for a mode, optimiser, gradient scaler) as
     train_mine.py builds them, from fast_model's seeded weights."""
     model = fast_model(args, device)
-    optimizer = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", str(LR)]))
+    targs = train_args(args, 0)
+    optimizer = train_mine.build_optimizer(model, targs)
     dtype = train_mine.amp_dtype(args.amp, device)
-    step = train_mine.TrainingStep(model, losses.ReIDLoss("hctri", MARGIN, W_CENTER, "off"), dtype)
+    step = train_mine.TrainingStep(model, settings.METHODS[targs.method].loss(targs), dtype)
     if mode is not None:
         step = train_mine.CompiledModel(step, mode, print, backend)
     return model, step, optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -644,9 +650,10 @@ def main(args):
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit(f"error: --steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     args.workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-    if args.img_h % 16 or args.img_h // 16 % args.num_strips:
-        raise SystemExit(f"error: --img_h {args.img_h}: the feature map (img_h/16 rows) must split into "
-                         f"--num_strips {args.num_strips} strips")
+    try:
+        train_args(args, 0)  # the settings checked as train_mine.py checks them
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     if args.check:
         return self_check(args, device)
     benchmark = torch.backends.cudnn.benchmark

@@ -26,6 +26,7 @@ import data_loader
 import data_manager
 import eval_metrics
 import fileio
+import settings
 import test_mine
 import utils
 
@@ -53,11 +54,7 @@ def model_args(flags):
     for key, value in flags.items():
         if value is not None:
             setattr(args, key, value)
-    args.explicit = sorted(k for k in test_mine.ARCH_FLAGS if getattr(args, k) is not None)
-    if args.method is None and {"bpool", "cpool", "fuse"} & set(args.explicit):
-        args.method = "dgtl"  # as test_mine: the DGTL reference's commands have no --method
-    utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial", "data_path"))
-    test_mine.validate_args(args)
+    test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial", "data_path"), log=lambda *a: None)
     return args
 
 
@@ -70,7 +67,8 @@ def load_model(checkpoint, **flags):
     saved = ckpt.get("args") if isinstance(ckpt, dict) else None
     saved = saved if isinstance(saved, dict) else {}
     img_w, img_h = test_mine.image_size(args, ckpt)
-    method = saved.get("method") or ("dgtl" if model.config["head"] == "dgtl" else args.method)
+    method = saved.get("method") or (args.method if model.config["head"] in settings.METHODS[args.method].heads
+                                     else settings.method_of(model.config)[0])
     return model.eval(), {"checkpoint": path, "img_w": img_w, "img_h": img_h, "method": method}
 
 

@@ -109,19 +109,6 @@ def softmax_weights(dist, mask):
     return e / (e.sum(-1, keepdim=True) + 1e-6)
 
 
-def triplet_criterion(method, margin=0.3):
-    """The metric loss for --method; None for id-only."""
-    if method == "hctri":
-        return CenterTripletLoss(margin=margin)
-    if method == "batch-hard":
-        return TripletLoss(margin=margin)
-    if method == "agw":
-        return TripletLoss_WRT()
-    if method == "id-only":
-        return None
-    raise ValueError(f"--method must be hctri, batch-hard, agw or id-only, got {method}")
-
-
 class ReIDLoss(nn.Module):
     """The paper's total loss, on the head's named training outputs:
 
@@ -132,10 +119,10 @@ class ReIDLoss(nn.Module):
     as the authors report it.
     """
 
-    def __init__(self, method, margin, w_center, label_smooth):
+    def __init__(self, tri, w_center, label_smooth):
         super().__init__()
         self.id_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if label_smooth == "on" else 0.0)
-        self.tri = triplet_criterion(method, margin)
+        self.tri = tri  # the triplet loss module (CenterTripletLoss for the paper's), or None: the ID loss alone
         self.w_center = w_center
 
     def _tri(self, feats, labels, modal):

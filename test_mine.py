@@ -24,20 +24,22 @@ import data_manager
 import demo_data
 import fileio
 import eval_metrics
+import settings
 import utils
 import visualize
 
 RE_RANK = ("no", "k_reciprocal", "random_walk")
-REGDB_SPLITS = range(1, 11)
 
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Evaluate a VT Re-ID checkpoint", add_help=add_help)
+    C = settings.CHOICES
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="sysu", help="sysu | regdb | llcm | demo")
+    g.add_argument("--dataset", default="sysu", choices=tuple(settings.DATASETS))
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
-    g.add_argument("--mode", default=None, help="SYSU search mode: all (default) | indoor")
-    g.add_argument("--gall_mode", default=None, help="SYSU gallery: single (default) | multi (10 per camera)")
+    g.add_argument("--mode", default=None, choices=C["mode"], help="SYSU search mode (default all)")
+    g.add_argument("--gall_mode", default=None, choices=("single", "multi"),
+                   help="SYSU gallery: single (default) | multi (10 per camera)")
     g.add_argument("--trials", default=None, nargs="+",
                    help="SYSU/LLCM gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in "
                         "--resume, else the checkpoint's own); e.g. 0-9, 1,3,5 or 0 1 2")
@@ -45,7 +47,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--cross_split", default=None, action="store_true",
                    help="RegDB/demo: allow testing a checkpoint on a split other than the one it records "
                         "(a cross-split study; its training identities are then among the test ones)")
-    g.add_argument("--tvsearch", nargs="?", const="on", default=None, choices=("off", "on", "both"),
+    g.add_argument("--tvsearch", nargs="?", const="on", default=None, choices=tuple(settings.REGDB_DIRECTIONS),
                    help="RegDB direction: visible->thermal (default), --tvsearch thermal->visible, 'both'")
     g.add_argument("--direction", default=None, choices=tuple(eval_metrics.LLCM_DIRECTIONS),
                    help="LLCM: ir2vis (infrared->visible, default), vis2ir (visible->infrared as the official "
@@ -58,21 +60,21 @@ def get_args_parser(add_help=True):
     g.add_argument("--resume", default="", help="checkpoint file; for RegDB may contain {trial}")
     g.add_argument("--model_path", default="save_model/", help="folder tried when --resume is not found as given")
     g = parser.add_argument_group("architecture of the original code's checkpoints (ours carry theirs)")
-    g.add_argument("--method", default=None, help="hctri, batch-hard, agw, id-only (one network: PCB / global "
-                                                  "head) | dgtl (default hctri; dgtl where --bpool, --cpool or "
-                                                  "--fuse is given)")
-    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50)")
-    g.add_argument("--share_net", default=None, type=int, help="default 2")
-    g.add_argument("--pcb", default=None, help="on | off (default on; DGTL off)")
+    g.add_argument("--method", default=None, choices=tuple(settings.METHODS),
+                   help="the method that trained the network (default hctri; a flag that one method reads "
+                        "alone, such as DGTL's --bpool, --cpool or --fuse, implies that method)")
+    g.add_argument("--arch", default=None, choices=C["arch"], help="default resnet50")
+    g.add_argument("--share_net", default=None, type=int, choices=C["share_net"], help="default 2")
+    g.add_argument("--pcb", default=None, choices=C["pcb"], help="default on; DGTL off")
     g.add_argument("--local_feat_dim", default=None, type=int, help="default 256")
     g.add_argument("--num_strips", default=None, type=int, help="default 6")
-    g.add_argument("--gm_pool", default=None, help="default on")
+    g.add_argument("--gm_pool", default=None, choices=C["gm_pool"], help="default on")
     g.add_argument("--gem_p", default=None, type=float, help="default: PCB 10 (RegDB), 3 (SYSU); --pcb off 3")
-    g.add_argument("--bpool", default=None, help="DGTL fine pooling (default RegDB max, SYSU avg)")
-    g.add_argument("--cpool", default=None, help="DGTL coarse pooling (default max)")
-    g.add_argument("--fuse", default=None, help="DGTL fusion: sum | cat (default sum)")
+    g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine pooling (default RegDB max, SYSU avg)")
+    g.add_argument("--cpool", default=None, choices=C["cpool"], help="DGTL coarse pooling (default max)")
+    g.add_argument("--fuse", default=None, choices=C["fuse"], help="DGTL fusion (default sum)")
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--re_rank", default="no", help="no | k_reciprocal | random_walk")
+    g.add_argument("--re_rank", default="no", choices=RE_RANK)
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--half", action="store_true", help="extract features under bf16/fp16 autocast")
     g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
@@ -81,12 +83,13 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("pictures and searching your own images")
     g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
     g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
-    g.add_argument("--vis_order", default="hardest", help="hardest (worst first true match first) | random")
+    g.add_argument("--vis_order", default="hardest", choices=("hardest", "random"),
+                   help="hardest (worst first true match first) or random")
     g.add_argument("--top_k", default=10, type=int, help="gallery images per ranked list / CSV row set")
     g.add_argument("--query_dir", default=None, help="search: folder of query images (any names and sizes)")
     g.add_argument("--gallery_dir", default=None, help="search: folder of gallery images")
-    g.add_argument("--query_modal", default=None, help="search: modality of the query images, "
-                                                        "thermal (default) | visible (the gallery is the other)")
+    g.add_argument("--query_modal", default=None, choices=("thermal", "visible"),
+                   help="search: modality of the query images (default thermal; the gallery is the other)")
     return parser
 
 
@@ -107,7 +110,7 @@ def resolve_checkpoint(path, model_path):
 def image_size(args, ckpt):
     """--img_w/--img_h, else the size the checkpoint was trained at, else the dataset's."""
     saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
-    defaults = utils.DATASET_DEFAULTS[args.dataset]
+    defaults = settings.DATASETS[args.dataset].defaults
     return (args.img_w or saved.get("img_w") or defaults["img_w"],
             args.img_h or saved.get("img_h") or defaults["img_h"])
 
@@ -121,24 +124,14 @@ def load_model(path, args, device, ckpt=None):
     return on_device(model, device), ckpt
 
 
-# SYSU-MM01 and LLCM: one model, gallery trials drawn as the protocol draws them (default 0-9):
-# (a line naming the searches, the evaluator of trials at an image size) per dataset
-GALLERY_TRIALS = {
-    "sysu": (lambda a: f"SYSU-MM01 {a.mode} search, {a.gall_mode}-shot",
-             lambda a, trials, w, h: eval_metrics.SYSUEval(a.data_path, a.mode, trials, a.gall_mode, w, h, a.workers)),
-    "llcm": (lambda a: "LLCM " + ", ".join(eval_metrics.LLCM_LABELS[d] for d in eval_metrics.LLCM_DIRECTIONS[a.direction]),
-             lambda a, trials, w, h: eval_metrics.LLCMEval(a.data_path, trials, eval_metrics.LLCM_DIRECTIONS[a.direction], w, h, a.workers)),
-}
-
-
 def evaluate_trials(args, device, log, on_distance=None):
     """Records of every search of every gallery trial (SYSU-MM01, LLCM), and the model."""
-    trials = utils.parse_trials(args.trials if args.trials is not None else "0-9")
+    trials = utils.parse_trials(args.trials if args.trials is not None else settings.DATASETS[args.dataset].default_trials)
     model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
     img_w, img_h = image_size(args, ckpt)
-    describe, build = GALLERY_TRIALS[args.dataset]
-    log(f"{describe(args)}, trials {trials}, {img_h}x{img_w}")
-    evaluator = build(args, trials, img_w, img_h)
+    dataset = settings.DATASETS[args.dataset]
+    log(f"{dataset.describe(args)}, trials {trials}, {img_h}x{img_w}")
+    evaluator = dataset.evaluator(args, trials, img_w, img_h)
     for setting, _, (qm, qi), (gm, gi), _ in evaluator.searches()[::len(trials)]:
         log(f"{setting}: {len(qi)} {qm} queries against {len(gi)} {gm} gallery images per trial")
     return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
@@ -152,7 +145,7 @@ def regdb_trials(args, path, log):
     if args.trials is not None:
         trials = utils.parse_trials(args.trials)
     elif per_trial:
-        trials = [args.trial] if args.trial else list(REGDB_SPLITS)
+        trials = [args.trial] if args.trial else splits(args)
     else:
         ckpt = read[path] = utils.load_checkpoint(path)
         recorded = args.trial or (ckpt.get("args", {}) if isinstance(ckpt, dict) else {}).get("trial")
@@ -184,7 +177,8 @@ def check_split(path, ckpt, trial, cross_split):
     """A checkpoint that records its training split is tested on that split only: another split's test
     identities are partly its training identities (unless --cross_split says that is the study)."""
     recorded = (ckpt.get("args") or {}) if isinstance(ckpt, dict) else {}
-    saved = recorded.get("trial") if recorded.get("dataset") in ("regdb", "demo") else None  # a split of its own
+    own = recorded.get("dataset") in settings.DATASETS and settings.DATASETS[recorded["dataset"]].splits
+    saved = recorded.get("trial") if own else None  # a split of its own
     if saved is not None and saved != trial and not cross_split:
         raise ValueError(f"{path} was trained on split {saved} (it records --trial {saved}), so testing it on "
                          f"split {trial} puts its training identities in the test set: use --trials {saved}, "
@@ -198,11 +192,12 @@ def evaluate_regdb(args, device, log, on_distance=None):
     for t, (path, ckpt) in regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log).items():
         model, _ = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
         models[t] = model, image_size(args, ckpt)
-    records = []
+    records, dataset = [], settings.DATASETS[args.dataset]
+    log(f"{dataset.describe(args)}, split(s) {list(models)}")
     for t in list(models):
         model, (img_w, img_h) = models.pop(t)
         model = on_device(model, device)
-        evaluator = eval_metrics.RegDBEval(args.data_path, t, img_w, img_h, args.workers, eval_metrics.DIRECTIONS[args.tvsearch])
+        evaluator = dataset.evaluator(args, [t], img_w, img_h)
         records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance)
     return records, model
 
@@ -365,39 +360,47 @@ def search_folders(args, device, log):
     return csv_path
 
 
-# flags that apply to some datasets (or to a folder search) only, with their defaults there
-SEARCH_FLAGS = {"sysu": {"mode": "all", "gall_mode": "single"},
-                "regdb": {"tvsearch": "off", "trial": None, "cross_split": False},
-                "llcm": {"direction": "ir2vis"}, "search": {"query_modal": "thermal"}}
-SEARCH_FLAGS["demo"] = SEARCH_FLAGS["regdb"]
+FOLDER_SEARCH_FLAGS = {"query_modal": "thermal"}  # a folder search's own flags, with their defaults
 
 
 def resolve_search_flags(args, searching):
     """A flag given where it does not apply is an error (never silently ignored); the others get
-    their defaults."""
-    where = "search" if searching else args.dataset
-    own = SEARCH_FLAGS.get(where, {})
-    given = [f for flags in SEARCH_FLAGS.values() for f in flags if getattr(args, f) is not None and f not in own]
+    their defaults: the dataset's test flags (settings.DATASETS), or a folder search's."""
+    own = FOLDER_SEARCH_FLAGS if searching else settings.DATASETS[args.dataset].test_flags
+    every = dict(FOLDER_SEARCH_FLAGS, **{f: v for d in settings.DATASETS.values() for f, v in d.test_flags.items()})
+    given = [f for f in every if getattr(args, f) is not None and f not in own]
     if searching and args.trials is not None:
         given.append("trials")
     if given:
         scope = "a folder search (--query_dir/--gallery_dir)" if searching else f"--dataset {args.dataset}"
-        raise ValueError(f"{', '.join('--' + f for f in dict.fromkeys(given))}: not used by {scope}; leave "
-                         f"{'it' if len(set(given)) == 1 else 'them'} out")
+        raise ValueError(f"{', '.join('--' + f for f in given)}: not used by {scope}; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
     for flag, default in own.items():
         if getattr(args, flag) is None:
             setattr(args, flag, default)
 
 
+def resolve_model_flags(args, skip=(), log=print):
+    """The architecture flags (test_mine.py's, extract.py's) resolved once: those given explicitly are
+    recorded (they must agree with a checkpoint of ours, which carries its own), a flag that one method
+    alone reads implies that method, the dataset's defaults fill the rest, and every value is checked."""
+    args.explicit = sorted(k for k in ARCH_FLAGS if getattr(args, k) is not None)
+    if args.method is None:
+        for name, method in settings.METHODS.items():
+            own = [f"--{f}" for f in args.explicit if f in method.flags and
+                   all(f not in m.flags for m in settings.METHODS.values() if m is not method)]
+            if own:  # e.g. the reference DGTL code's test commands, which have no --method
+                args.method = name
+                log(f"note: {', '.join(own)} given without --method: evaluating as --method {name}")
+                break
+    settings.fill_defaults(args, skip=skip)
+    validate_args(args)
+
+
 def validate_args(args):
-    for flag, allowed in (("re_rank", RE_RANK), ("mode", ("all", "indoor")), ("gall_mode", ("single", "multi")),
-                          ("vis_order", ("hardest", "random")), ("query_modal", ("thermal", "visible")),
-                          ("method", utils.METHODS), ("pcb", ("on", "off")), ("gm_pool", ("on", "off"))):
-        value = getattr(args, flag)
-        if value not in allowed and not (value is None and flag in ("mode", "gall_mode", "query_modal")):
-            raise ValueError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    settings.check_choices(args, settings.CHOICES)
     for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0), ("img_w", 1),
-                      ("img_h", 1), ("share_net", 0), ("local_feat_dim", 1), ("num_strips", 1)):
+                      ("img_h", 1), ("local_feat_dim", 1), ("num_strips", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
     if args.gem_p is not None and not (math.isfinite(args.gem_p) and args.gem_p > 0):
@@ -406,20 +409,25 @@ def validate_args(args):
         utils.parse_trials(args.trials)
         if args.trial is not None:
             raise ValueError("--trial and --trials: give one of them (--trials takes one split or several)")
-    if args.dataset in ("regdb", "demo"):
-        check_regdb_splits(args)
+    if settings.DATASETS[args.dataset].splits:
+        check_splits(args)
 
 
-def check_regdb_splits(args):
+def check_splits(args):
     """RegDB's splits are 1..10; the demo's start at 1 too (it may have more: its idx files are checked
     before any work)."""
     flag, value = ("--trials", args.trials) if args.trials is not None else ("--trial", args.trial)
     if value is None:
         return
-    trials = utils.parse_trials(value)
-    if min(trials) < 1 or (args.dataset == "regdb" and max(trials) > REGDB_SPLITS[-1]):
-        span = "RegDB splits are 1..10" if args.dataset == "regdb" else "the demo's splits are numbered from 1"
+    trials, top = utils.parse_trials(value), settings.DATASETS[args.dataset].max_split
+    if min(trials) < 1 or (top and max(trials) > top):
+        span = f"RegDB splits are 1..{top}" if top else "the demo's splits are numbered from 1"
         raise ValueError(f"{flag} {' '.join(map(str, trials))}: {span}")
+
+
+def splits(args):
+    """The splits evaluated by default: the dataset's default trials."""
+    return utils.parse_trials(settings.DATASETS[args.dataset].default_trials)
 
 
 def input_files(args):
@@ -428,7 +436,7 @@ def input_files(args):
     if "{trial}" not in path:
         return [path]
     trials = utils.parse_trials(args.trials) if args.trials is not None else [args.trial] if args.trial else \
-        list(REGDB_SPLITS)
+        splits(args)
     return [path.format(trial=t) for t in trials]
 
 
@@ -451,16 +459,9 @@ def check_outputs(args, searching):
 def main(args):
     log = print
     searching = bool(args.query_dir or args.gallery_dir)
-    # architecture flags given explicitly must agree with a checkpoint of ours (which carries its own)
-    args.explicit = sorted(k for k in ARCH_FLAGS if getattr(args, k) is not None)
-    dgtl_flags = [f"--{k}" for k in ("bpool", "cpool", "fuse") if k in args.explicit]
-    if dgtl_flags and args.method is None:  # the reference DGTL code's test commands have no --method
-        args.method = "dgtl"
-        log(f"note: {', '.join(dgtl_flags)} given without --method: evaluating as --method dgtl")
     resolve_search_flags(args, searching)  # before the dataset's defaults fill what is left out
     # the image size comes from the checkpoint first; a folder search needs no dataset
-    utils.fill_dataset_defaults(args, skip=("img_w", "img_h", "trial") + (("data_path",) if searching else ()))
-    validate_args(args)
+    resolve_model_flags(args, ("img_w", "img_h", "trial") + (("data_path",) if searching else ()), log)
     device = utils.select_device(args.gpu)
     if args.half and device.type == "cpu" and utils.cpu_has_amx():
         log(f"warning: --half on a CPU with AMX: {utils.AMX_BF16}; leave --half out for float32 features")
@@ -473,10 +474,10 @@ def main(args):
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k,
                               resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None
-    evaluate = evaluate_trials if args.dataset in GALLERY_TRIALS else evaluate_regdb  # RegDB: a model per split
+    dataset = settings.DATASETS[args.dataset]
+    evaluate = evaluate_regdb if dataset.splits else evaluate_trials  # RegDB: a model per split
     records, model = evaluate(args, device, log, writer)
-    labels = {v: k for k, v in eval_metrics.LLCM_LABELS.items()} if args.dataset == "llcm" else None
-    results = collect(records, model, log, labels)
+    results = collect(records, model, log, dataset.labels)
     log(f"evaluated in {time.time() - start:.1f} s on {device}")
     if writer is not None:
         curves = {setting: np.mean([row["cmc"] for row in r["trials"]], 0) for setting, r in results.items()}

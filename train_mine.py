@@ -8,14 +8,13 @@ or the authors' follow-up DGTL (Liu et al., SPL 2021).
     python train_mine.py --dataset demo                                      # generated data, CPU, minutes
     torchrun --nproc_per_node=4 train_mine.py --dataset sysu --data_path ... # all GPUs of a node
 
-Every flag left out takes the published value of the chosen dataset and method (utils.DATASET_DEFAULTS,
-utils.METHOD_DEFAULTS); the first log line shows every value in effect.
+Every flag left out takes the published value of the chosen dataset and method (settings.DATASETS,
+settings.METHODS); the first log line shows every value in effect.
 """
 import argparse
 import gc
 import hashlib
 import json
-import math
 import os
 import shlex
 import time
@@ -27,12 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data_loader
-import data_manager
 import demo_data
-import fileio
-import loss as losses
-import model_mine
 import eval_metrics
+import fileio
+import settings
 import utils
 
 # Flags that define the experiment: they name the run, and a resumed run takes those not given
@@ -45,20 +42,17 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "eval_every", "amp")
 LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse")
-# Flags that only some models or losses read: given explicitly where they are not read, they are an
-# error rather than silently ignored.
-HCTRI_ONLY = ("w_center", "gm_pool") + utils.PCB_ONLY
-DGTL_ONLY = utils.DGTL_ONLY + ("hcloss", "margin_hc")
 
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Train a VT Re-ID model (HcTri / PCB / share_net, or DGTL)",
                                      add_help=add_help)
+    C = settings.CHOICES
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default=None, help="sysu | regdb | llcm | demo (default sysu)")
+    g.add_argument("--dataset", default=None, choices=tuple(settings.DATASETS), help="default sysu")
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
     g.add_argument("--trial", default=None, type=int, help="RegDB split 1..10 (default 1)")
-    g.add_argument("--mode", default=None, help="SYSU evaluation during training: all | indoor (default all)")
+    g.add_argument("--mode", default=None, choices=C["mode"], help="SYSU evaluation during training (default all)")
     g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 32)")
     g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 64); PCB: a multiple of 16 x strips")
     g.add_argument("--workers", default=None, type=int,
@@ -77,29 +71,30 @@ def get_args_parser(add_help=True):
     g.add_argument("--cpu_aug", default=None, action="store_true",
                    help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default=None, help="resnet50 | resnet18 (default resnet50; demo resnet18)")
-    g.add_argument("--share_net", default=None, type=int, help="0 all shared ... 5 nothing shared (default 2)")
-    g.add_argument("--pcb", default=None, help="on: part strips; off: global feature (default on; DGTL off)")
+    g.add_argument("--arch", default=None, choices=C["arch"], help="default resnet50; demo resnet18")
+    g.add_argument("--share_net", default=None, type=int, choices=C["share_net"],
+                   help="0 all shared ... 5 nothing shared (default 2)")
+    g.add_argument("--pcb", default=None, choices=C["pcb"], help="on: part strips; off: global feature (default on; "
+                                                               "DGTL off)")
     g.add_argument("--local_feat_dim", default=None, type=int, help="PCB strip feature size (default 256)")
     g.add_argument("--num_strips", default=None, type=int, help="PCB strips (default 6; demo 4)")
-    g.add_argument("--gm_pool", default=None, help="GeM pooling on | off (default on)")
+    g.add_argument("--gm_pool", default=None, choices=C["gm_pool"], help="GeM pooling (default on)")
     g.add_argument("--gem_p", default=None, type=float,
                    help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
-    g.add_argument("--bpool", default=None, help="DGTL fine-branch pooling: avg | max | gem")
-    g.add_argument("--cpool", default=None,
-                   help="DGTL coarse-branch pooling: no | avg | max | gem (the reference's unpublished wpa is "
-                        "not implemented)")
-    g.add_argument("--fuse", default=None, help="DGTL coarse fusion with the BN-ed fine feature: sum | cat")
+    g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine-branch pooling")
+    g.add_argument("--cpool", default=None, choices=C["cpool"],
+                   help="DGTL coarse-branch pooling (the reference's unpublished wpa is not implemented)")
+    g.add_argument("--fuse", default=None, choices=C["fuse"], help="DGTL coarse fusion with the BN-ed fine feature")
     g = parser.add_argument_group("loss")
-    g.add_argument("--method", default=None, help="hctri | batch-hard | agw | id-only | dgtl (default hctri)")
+    g.add_argument("--method", default=None, choices=tuple(settings.METHODS), help="default hctri")
     g.add_argument("--margin", default=None, type=float, help="triplet margin (default 0.3)")
     g.add_argument("--w_center", default=None, type=float, help="weight of the strips' triplet losses")
-    g.add_argument("--label_smooth", default=None, help="on | off")
-    g.add_argument("--hcloss", default=None, help="DGTL center-granularity loss: HcTri | OriTri | no")
+    g.add_argument("--label_smooth", default=None, choices=C["label_smooth"])
+    g.add_argument("--hcloss", default=None, choices=C["hcloss"], help="DGTL center-granularity loss")
     g.add_argument("--margin_hc", default=None, type=float, help="DGTL: added to --margin for HcTri")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--optim", default=None, help="sgd | adam (default sgd; demo adam)")
+    g.add_argument("--optim", default=None, choices=C["optim"], help="default sgd; demo adam")
     g.add_argument("--lr", default=None, type=float,
                    help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3; "
                         "a default is multiplied by the number of processes)")
@@ -123,8 +118,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--resume", default="", help="continue the run of this checkpoint (its _last.pth)")
     g = parser.add_argument_group("speed and hardware")
     g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
-    g.add_argument("--amp", default=None, help="auto | bf16 | fp16 | off (auto: bf16 on GPUs that have it, else "
-                                                "fp16; full precision on the CPU)")
+    g.add_argument("--amp", default=None, choices=C["amp"], help="auto: bf16 on GPUs that have it, else fp16; full "
+                                                                 "precision on the CPU")
     g.add_argument("--compile", default="auto", nargs="?", const="default",
                    choices=("auto", "off", "default", "reduce-overhead"),
                    help="torch.compile the model (auto: mode reduce-overhead, i.e. CUDA graphs, on a single "
@@ -141,124 +136,15 @@ def get_args_parser(add_help=True):
 
 # ----------------------------------------------------------------------------- settings
 
-def parse_lr_steps(text):
-    try:
-        steps = tuple(int(x) for x in str(text).split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--lr_steps: expected comma-separated epochs such as 20,50, got {text!r}") from None
-    if list(steps) != sorted(steps) or any(s < 0 for s in steps):
-        raise ValueError(f"--lr_steps: expected ascending non-negative epochs such as 20,50, got {text!r}")
-    return steps
-
-
-def check_ranges(args):
-    """Numbers no comparison below would catch, or that would fail late or train a term that is always 0."""
-    bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
-    if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
-        raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")
-    if args.seed > 2 ** 32 - 1:
-        raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
-    if args.dataset == "regdb" and args.trial > 10:
-        raise ValueError(f"--trial {args.trial}: RegDB splits are 1..10")
-    if args.batch_size == 1 and args.method != "id-only":
-        raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
-                         f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
-
-
-def validate_args(args, explicit):
-    """Every flag checked before any work, each error naming its flag."""
-    def choice(flag, allowed):
-        if getattr(args, flag) not in allowed:
-            raise ValueError(f"--{flag} must be one of {', '.join(map(str, allowed))}, got {getattr(args, flag)!r}")
-
-    def at_least(flag, low):
-        value = getattr(args, flag)
-        if value is None or value < low:
-            raise ValueError(f"--{flag} must be >= {low}, got {value}")
-
-    choice("method", utils.METHODS)
-    choice("arch", model_mine.ARCHS)
-    choice("share_net", range(6))
-    for flag in ("pcb", "gm_pool", "label_smooth"):
-        choice(flag, ("on", "off"))
-    choice("optim", ("sgd", "adam"))
-    choice("amp", ("auto", "bf16", "fp16", "off"))
-    choice("mode", ("all", "indoor"))
-    for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
-                 "local_feat_dim", "num_strips", "trial"):
-        at_least(flag, 1)
-    for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
-                 "backbone_lr_mult", "w_center", "seed"):
-        at_least(flag, 0)
-    if args.workers is not None:
-        at_least("workers", 0)
-    check_ranges(args)
-    for flag in ("erasing_p", "channel_aug"):
-        if not 0 <= getattr(args, flag) <= 1:
-            raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
-    for flag in ("lr", "gem_p"):
-        if not getattr(args, flag) > 0:
-            raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    parse_lr_steps(args.lr_steps)
-    if args.method == "dgtl":
-        if args.pcb == "on":
-            raise ValueError("--pcb on: DGTL uses global features (leave --pcb out with --method dgtl)")
-        choice("bpool", ("avg", "max", "gem"))
-        if args.cpool == "wpa":
-            raise ValueError("--cpool wpa (IWPA, unpublished in the reference code) is not implemented: "
-                             "use no, avg, max or gem")
-        choice("cpool", ("no", "avg", "max", "gem"))
-        choice("fuse", ("sum", "cat"))
-        choice("hcloss", losses.HCLOSSES)
-        at_least("margin_hc", 0)
-        config = dict(head="dgtl", bpool=args.bpool, cpool=args.cpool)
-        # w_center is HcTri's; the center-granularity loss acts on the coarse branch, and margin_hc is
-        # HcTri's only (hijune6/DGTL-for-VT-ReID, train.py)
-        loss_only = ["w_center"] + (["hcloss", "margin_hc"] if args.cpool == "no" else
-                                    ["margin_hc"] if args.hcloss != "HcTri" else [])
-        owner = f"--method dgtl --cpool {args.cpool} --hcloss {args.hcloss}"
-    else:
-        config = dict(head="pcb" if args.pcb == "on" else "global", gm_pool=args.gm_pool)
-        # agw's weighted triplet has no margin; id-only has no triplet term at all
-        loss_only = ["hcloss", "margin_hc"] + (["margin"] if args.method in ("agw", "id-only") else []) + \
-            (["w_center"] if args.method == "id-only" else [])
-        owner = f"--method {args.method} --pcb {args.pcb} --gm_pool {args.gm_pool}"
-    unused = utils.unused_arch_flags(config, explicit) + [f for f in loss_only if f in explicit]
-    if args.cpu_aug:  # the per-image transform replaces the batched augmentation, which applies these
-        owner += " --cpu_aug"
-        unused += [f for f in ("erasing_p", "channel_aug") if f in explicit and getattr(args, f) > 0]
-    if unused:
-        raise ValueError(f"{', '.join('--' + f for f in unused)}: not used by {owner}; leave "
-                         f"{'it' if len(unused) == 1 else 'them'} out")
-    if "mode" in explicit and args.dataset != "sysu":
-        raise ValueError(f"--mode: only SYSU-MM01 has search modes (all | indoor); leave it out for --dataset "
-                         f"{args.dataset}")
-    if "trial" in explicit and args.dataset not in ("regdb", "demo"):
-        raise ValueError(f"--trial: --dataset {args.dataset} has one training set (RegDB and the demo have "
-                         f"splits 1..10); leave it out")
-    if args.looped_head and (args.method == "dgtl" or args.pcb == "off"):
-        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
-    if args.sync_bn and args.world_size == 1:
-        raise ValueError("--sync_bn synchronises batch norm across the processes of a torchrun launch; a single "
-                         "process has nothing to synchronise: leave it out")
-    if args.cpu_aug and args.resident_data == "on":
-        raise ValueError("--cpu_aug runs the per-image transform in the loader's workers, which "
-                         "--resident_data on bypasses: use one of the two")
-    if args.pcb == "on" and args.method != "dgtl" and (args.img_h % 16 or args.img_h // 16 % args.num_strips):
-        raise ValueError(f"--img_h {args.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
-                         f"{args.num_strips} strips; use a multiple of {16 * args.num_strips}")
-
-
 def run_name(args):
     """A readable name plus a hash of every experiment flag: different experiments never share files."""
     # the split is in the readable name, not in the hash: one {trial} template names every split's run
     values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial"}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    trial = f"_trial{args.trial}" if args.dataset in ("regdb", "demo") else ""
+    trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
     arch = "" if args.arch == "resnet50" else f"_{args.arch}"
-    head = f"dgtl-{args.bpool}-{args.cpool}" if args.method == "dgtl" else f"{args.method}_pcb-{args.pcb}"
-    return f"{args.dataset}{trial}_{head}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
+    return f"{args.dataset}{trial}_{settings.METHODS[args.method].tag(args)}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
            f"_seed{args.seed}_{digest}"
 
 
@@ -289,21 +175,7 @@ def prepare_run(args):
             raise ValueError(f"--resume {args.resume}: not a training checkpoint of this project (checkpoints "
                              f"of the original code can be evaluated with test_mine.py, not resumed)")
         notes = resume_flags(args, explicit, ckpt)
-    args.dataset = args.dataset or "sysu"
-    lr_given = args.lr is not None
-    utils.fill_dataset_defaults(args)
-    args.amp = args.amp or "auto"
-    if args.lr is None:
-        args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
-    if not lr_given:
-        args.lr *= args.world_size  # the linear scaling rule, for a default learning rate only
-    args.cpu_aug = bool(args.cpu_aug)
-    args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
-    validate_args(args, explicit)
-    # flags the chosen model and loss do not read are shown (and hashed) as None, not as a default
-    unused = HCTRI_ONLY if args.method == "dgtl" else DGTL_ONLY + (utils.PCB_ONLY if args.pcb == "off" else ())
-    for flag in unused + (("w_center",) if args.method == "id-only" else ()):
-        setattr(args, flag, None)
+    settings.resolve_training(args, explicit)
     name = run_name(args)
     if ckpt is not None:
         name = ckpt.get("name") or os.path.basename(args.resume).rsplit("_", 1)[0]
@@ -362,43 +234,28 @@ def adjust_learning_rate(optimizer, epoch, lr, warmup=10, steps=(20, 50), backbo
 
 def schedule(args):
     """adjust_learning_rate's keyword arguments from the flags."""
-    return dict(warmup=args.warmup_epochs, steps=parse_lr_steps(args.lr_steps), backbone_mult=args.backbone_lr_mult)
+    return dict(warmup=args.warmup_epochs, steps=settings.parse_lr_steps(args.lr_steps),
+                backbone_mult=args.backbone_lr_mult)
 
 
 def build_optimizer(model, args):
-    head = [p for p in model.head_parameters() if p.requires_grad]
+    """The method's two parameter groups (backbone at --backbone_lr_mult, head at 1x), from resolved settings."""
+    head = [p for p in settings.METHODS[args.method].head_params(model) if p.requires_grad]
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    mult = getattr(args, "backbone_lr_mult", None)
-    mult = 0.1 if mult is None else mult  # an explicit 0 (a frozen backbone) stays 0
-    groups = [{"params": backbone, "lr": mult * args.lr}, {"params": head, "lr": args.lr}]
-    optim = args.optim or "sgd"
-    weight_decay = 5e-4 if args.weight_decay is None else args.weight_decay
+    groups = [{"params": backbone, "lr": args.backbone_lr_mult * args.lr}, {"params": head, "lr": args.lr}]
     # torch's default implementation: foreach on CUDA, the per-tensor loop on the CPU. fused=True
     # (one kernel) waits for a GPU measurement: torch keeps foreach the default because fused is the
     # newer implementation (torch.optim's documentation; pytorch/pytorch#95241), and a failure of the
     # optimiser step is outside the compiled step's fall-back
-    if optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    if optim == "adam":
-        return torch.optim.Adam(groups, lr=args.lr, weight_decay=weight_decay)
-    raise ValueError(f"--optim must be sgd or adam, got {args.optim}")
-
-
-def build_criterion(args):
-    if args.method == "dgtl":
-        return losses.DGTLLoss(args.margin, args.margin_hc, args.hcloss, args.label_smooth)
-    return losses.ReIDLoss(args.method, args.margin, args.w_center, args.label_smooth)
+    if args.optim == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
+    return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
 def build_model(num_classes, args, pretrained):
-    if args.method == "dgtl":
-        kwargs = dict(head="dgtl", bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
-    else:
-        kwargs = dict(pcb=args.pcb, gm_pool=args.gm_pool, local_feat_dim=args.local_feat_dim,
-                      num_strips=args.num_strips)
-    return model_mine.embed_net(num_classes, arch=args.arch, share_net=args.share_net, gem_p=args.gem_p,
-                                pretrained=pretrained, **{k: v for k, v in kwargs.items() if v is not None})
+    method = settings.METHODS[args.method]
+    return method.model(num_classes, pretrained=pretrained, **method.config(args))
 
 
 # ----------------------------------------------------------------------------- precision and speed
@@ -697,10 +554,7 @@ def train_one_epoch(model, optimizer, scaler, loader, augment, device, epoch, ar
 
 
 def build_train_data(args):
-    if args.dataset in ("sysu", "llcm"):
-        load = data_loader.sysu_train_data if args.dataset == "sysu" else data_loader.llcm_train_data
-        return load(args.data_path, args.img_w, args.img_h)
-    return data_loader.regdb_train_data(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
+    return settings.DATASETS[args.dataset].train_data(args)
 
 
 def build_batches(data, sampler, args, device):
@@ -734,12 +588,11 @@ def build_batches(data, sampler, args, device):
 
 
 def build_evaluator(args):
-    if args.dataset == "sysu":
-        return eval_metrics.SYSUEval(args.data_path, args.mode, (0,), "single", args.img_w, args.img_h,
-                                  max(args.workers, 1))
-    if args.dataset == "llcm":
-        return eval_metrics.LLCMEval(args.data_path, (0,), ("ir2vis",), args.img_w, args.img_h, max(args.workers, 1))
-    return eval_metrics.RegDBEval(args.data_path, args.trial, args.img_w, args.img_h, max(args.workers, 1))
+    """The dataset's evaluator at its test flags' defaults: the training split's, else gallery trial 0."""
+    dataset = settings.DATASETS[args.dataset]
+    s = settings.with_test_flags(args)
+    s.workers = max(args.workers, 1)
+    return dataset.evaluator(s, [args.trial] if dataset.splits else [0], args.img_w, args.img_h)
 
 
 def evaluate(model, evaluator, device, args):
@@ -770,18 +623,7 @@ def check_data(args, resuming=False):
     if not resuming and args.pretrained not in ("imagenet", "none") and not os.path.isfile(args.pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {args.pretrained} (expected 'imagenet', 'none' "
                                 f"or a weights file)")
-    if args.dataset in ("sysu", "llcm"):
-        build_train_data(args)  # memory maps: the files, their sizes and the image size, no pixels read
-        if args.dataset == "sysu":
-            data_manager.process_query_sysu(args.data_path, args.mode)
-            data_manager.process_gallery_sysu(args.data_path, args.mode, 0)
-        else:
-            data_manager.process_query_llcm(args.data_path, "thermal")
-            data_manager.process_gallery_llcm(args.data_path, "visible", 0)
-        return
-    for split in ("train", "test"):
-        for modal in ("visible", "thermal"):
-            data_manager.read_regdb_list(args.data_path, args.trial, modal, split)
+    settings.DATASETS[args.dataset].check(args)
 
 
 def main(args):
@@ -886,7 +728,7 @@ def train(args, ckpt, name, notes, device, log):
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
-    model = TrainingStep(model, build_criterion(args), dtype, args.looped_head)
+    model = TrainingStep(model, settings.METHODS[args.method].loss(args), dtype, args.looped_head)
     if mode is not None:
         model = CompiledModel(model, mode, log, args.compile_backend or "inductor")
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
@@ -921,9 +763,8 @@ def train(args, ckpt, name, notes, device, log):
             state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
                      "metrics": metrics, "train": stats, "best": best, "name": name}
-            # DGTL's reference keeps the later of two epochs with equal Rank-1 (>=), the HcTri code the first
-            if metrics is not None and (metrics["rank1"] > best["rank1"] or
-                                        (args.method == "dgtl" and metrics["rank1"] == best["rank1"])):
+            if metrics is not None and (metrics["rank1"] > best["rank1"] or (
+                    settings.METHODS[args.method].keep_ties and metrics["rank1"] == best["rank1"])):
                 best = {**metrics, "epoch": epoch}
                 state["best"] = best
                 utils.atomic_save(state, paths["best"])
@@ -942,7 +783,7 @@ def train(args, ckpt, name, notes, device, log):
 
 def test_command(args, checkpoint):
     cmd = ["python", "test_mine.py", "--dataset", args.dataset, "--data_path", args.data_path, "--resume", checkpoint]
-    if args.dataset in ("regdb", "demo"):
+    if settings.DATASETS[args.dataset].splits:
         cmd += ["--trials", str(args.trial)]
     if args.gpu is not None:
         cmd += ["--gpu", str(args.gpu)]

@@ -1,4 +1,4 @@
-"""Settings tables, seeding, the metric logger, logging, devices and checkpoint files."""
+"""Seeding, trial lists, the metric logger, logging, devices and checkpoint files."""
 import logging
 import os
 import random
@@ -9,66 +9,7 @@ import torch
 
 import fileio
 import model_mine
-
-
-# --method: the training methods (train_mine.py); test_mine.py reads them as the network they train: all
-# but dgtl train the same PCB / global-head one
-METHODS = ("hctri", "batch-hard", "agw", "id-only", "dgtl")
-# Every flag of the experiment defaults to None on the command line, so that a flag given explicitly
-# can be told from one left out: a resumed run takes the latter from its checkpoint, and a flag that
-# does not apply to the chosen method is an error only when it was given. fill_dataset_defaults then
-# sets what is left out, in this order: the method's published value for the dataset (DGTL), the
-# dataset's (the authors' train scripts), then COMMON_DEFAULTS.
-COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
-                       method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
-                       eval_every=2, mode="all", steps_per_epoch=0, trial=1)
-PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)
-SYSU_SETTING = dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
-                    epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE)
-DATASET_DEFAULTS = {
-    "sysu": SYSU_SETTING,
-    "regdb": dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=144, img_h=288,
-                  epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE),
-    # LLCM: no HcTri setting was published; this project uses the paper's SYSU-MM01 one (README)
-    "llcm": SYSU_SETTING,
-    # demo: from scratch (no ImageNet weights offline), in full precision, inside minutes on a slow 2-core
-    # CPU: ResNet-18 at 64x32 (4 strips of one feature-map row), Adam, GeM p=3, a short schedule (each
-    # chosen by measurement: README). Pad 2 moves a 64x32 image by the fraction pad 10 moves a 288x144
-    # one (more would push body parts into the neighbouring 16 px strip, and its classifier would hardly
-    # learn)
-    "demo": dict(batch_size=8, num_pos=4, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=32, img_h=64,
-                 arch="resnet18", num_strips=4, epochs=12, pretrained="none", data_path=os.path.join("data", "demo"),
-                 optim="adam", lr=4e-3, backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="10", eval_start=11, pad=2),
-}
-# DGTL (hijune6/DGTL-for-VT-ReID, README and train.py): global features, 31 epochs on RegDB and 61 on SYSU-MM01, evaluated every
-# 5 epochs from epoch 5; LLCM takes the SYSU-MM01 setting, the demo the RegDB one on its own schedule.
-_DGTL_REGDB = dict(bpool="max", cpool="max", fuse="sum", margin_hc=0.0, hcloss="HcTri", pcb="off", gem_p=3.0,
-                   label_smooth="off", batch_size=8, num_pos=4)
-_DGTL_SYSU = dict(bpool="avg", cpool="max", fuse="sum", margin_hc=0.5, hcloss="HcTri", pcb="off", gem_p=3.0,
-                  label_smooth="off", batch_size=6, num_pos=8, epochs=61, eval_start=5, eval_every=5)
-METHOD_DEFAULTS = {
-    "dgtl": {"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
-             "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
-}
-
-
-def fill_dataset_defaults(args, skip=()):
-    """Set every flag left at None (but those in skip) to the published value for args.dataset
-    (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
-    if args.dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, got {args.dataset}")
-    method = getattr(args, "method", None) or COMMON_DEFAULTS["method"]
-    layers = (METHOD_DEFAULTS.get(method, {}).get(args.dataset, {}), DATASET_DEFAULTS[args.dataset],
-              COMMON_DEFAULTS)
-    for layer in layers:
-        for key, value in layer.items():
-            if key == "gem_p" and getattr(args, "pcb", None) == "off":
-                value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
-            if key not in skip and hasattr(args, key) and getattr(args, key) is None:
-                setattr(args, key, value)
-    if "data_path" not in skip and getattr(args, "data_path", "") is None:
-        raise ValueError(f"--data_path is required for --dataset {args.dataset} (the dataset's root folder)")
-    return args
+import settings
 
 
 def parse_trials(text):
@@ -242,38 +183,15 @@ def load_weights(model, state_dict, path):
     model.load_state_dict(state_dict)
 
 
-# Architecture flags only some heads read (train_mine.validate_args's rules): one given explicitly
-# for a head that does not read it is an error, never silently dropped.
-PCB_ONLY = ("local_feat_dim", "num_strips")
-DGTL_ONLY = ("bpool", "cpool", "fuse")
-
-
-def unused_arch_flags(config, explicit):
-    """The flags of explicit that a model of this config (embed_net's) does not read."""
-    if config["head"] == "dgtl":
-        unused = [f for f in PCB_ONLY + ("gm_pool",) if f in explicit]
-        if "gem_p" in explicit and "gem" not in (config["bpool"], config["cpool"]):
-            unused.append("gem_p")
-        if "fuse" in explicit and config["cpool"] == "no":  # nothing to fuse without a coarse branch
-            unused.append("fuse")
-        return unused
-    unused = [f for f in DGTL_ONLY if f in explicit]
-    if config["head"] == "global":
-        unused += [f for f in PCB_ONLY if f in explicit]
-    if config["gm_pool"] == "off" and "gem_p" in explicit:
-        unused.append("gem_p")
-    return unused
-
-
 def check_arch_flags(path, config, args, explicit, recorded):
     """Explicit architecture flags against the model built for path: a flag its head does not read is
     an error, and so (recorded: one of our files, which carry their architecture) is one that differs."""
     head = config["head"]
-    unused = unused_arch_flags(config, explicit)
+    unused = settings.unused_arch_flags(config, explicit)
     if recorded:
-        saved = dict(config, method=f"{head} head")  # --method names the head family: dgtl or not
+        saved = dict(config, method=f"{head} head")  # --method names the network: its methods build this head
         wrong = [k for k in explicit if k not in unused and k in saved and (
-            (args.method == "dgtl") != (head == "dgtl") if k == "method" else getattr(args, k) != saved[k])]
+            head not in settings.METHODS[args.method].heads if k == "method" else getattr(args, k) != saved[k])]
         shown = [f"--{k} {getattr(args, k)} (the file's {head} head does not read it)" for k in unused] + \
                 [f"--{k} {getattr(args, k)} (the file: {saved[k]})" for k in wrong]
         if shown:
@@ -288,13 +206,7 @@ def original_arch(state_dict, path, args):
     """embed_net's arguments for a checkpoint of the original code, which does not record them: the flags."""
     if args is None:
         raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
-    arch = dict(class_num=original_class_num(state_dict, path), share_net=args.share_net, gem_p=args.gem_p,
-                gm_pool=args.gm_pool, arch=getattr(args, "arch", None) or "resnet50")
-    if getattr(args, "method", None) == "dgtl":
-        arch.update(head="dgtl", pcb=getattr(args, "pcb", None), bpool=args.bpool, cpool=args.cpool, fuse=args.fuse)
-    else:
-        arch.update(pcb=args.pcb, local_feat_dim=args.local_feat_dim, num_strips=args.num_strips)
-    return arch
+    return dict(settings.METHODS[args.method].config(args), class_num=original_class_num(state_dict, path))
 
 
 def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
@@ -309,7 +221,7 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
         arch = original_arch(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
-    model = model_mine.embed_net(**arch)
+    model = settings.method_of(arch)[1].model(**arch)
     check_arch_flags(path, model.config, args, explicit, recorded)
     load_weights(model, sd, path)
     return model, ckpt

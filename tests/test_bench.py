@@ -58,7 +58,7 @@ def test_reference_loss_and_gradients_equal_the_fast_path():
     ref = bench.reference_model(args, torch.device("cpu")).train()
     v, t, labels = authors_batch()
     w_center = 2.0  # not 1, so that a misplaced weight shows
-    total_f = losses.ReIDLoss("hctri", 0.3, w_center, "off")(fast(v, t), labels)[0]
+    total_f = losses.ReIDLoss(losses.CenterTripletLoss(margin=0.3), w_center, "off")(fast(v, t), labels)[0]
     total_r, loss_id, loss_tri, correct = bench.reference_loss(
         ref(v, t), labels, torch.nn.CrossEntropyLoss(), bench.ReferenceCenterLoss(0.3), w_center)
     assert loss_tri.item() > 0.05  # the triplet part matters in this comparison

@@ -1,5 +1,6 @@
 """Faults and bad input as a new user meets them: every case gets a clear one-line error naming the flag
 or file and the way out, before any work, and a run never destroys another run's files."""
+import argparse
 import os
 import shlex
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import demo_data
+import settings
 import test_mine
 import train_mine
 import utils
@@ -145,10 +147,8 @@ def test_resuming_from_an_earlier_best_never_writes_over_the_later_last(tiny_reg
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch_size must be >= 1"),
     (["--erasing_p", "2"], "--erasing_p is a probability"),
-    (["--share_net", "7"], "--share_net must be one of 0, 1, 2, 3, 4, 5"),
     (["--method", "dgtl", "--w_center", "2"], "--w_center.*: not used by --method dgtl"),
     (["--bpool", "max"], "--bpool: not used by --method hctri"),
-    (["--method", "dgtl", "--cpool", "wpa"], "--cpool wpa .* is not implemented"),
     (["--pcb", "off"], "--local_feat_dim, --num_strips: not used by --method hctri --pcb off"),
     (["--method", "dgtl", "--cpool", "no", "--hcloss", "OriTri"], "--hcloss: not used by --method dgtl --cpool no"),
     (["--method", "dgtl", "--hcloss", "OriTri", "--margin_hc", "0.5"],
@@ -169,6 +169,21 @@ def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_mine.main(args)
     assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("script", [train_mine, test_mine])
+@pytest.mark.parametrize("flags", [["--share_net", "7"], ["--method", "dgtl", "--cpool", "wpa"], ["--method", "pcb"],
+                                   ["--dataset", "market"], ["--pcb", "yes"], ["--arch", "resnet34"]])
+def test_closed_sets_are_the_parsers_choices(script, flags, capsys):
+    with pytest.raises(SystemExit) as err:
+        script.get_args_parser().parse_args(flags)
+    assert err.value.code == 2 and f"argument {flags[-2]}: invalid choice: '{flags[-1]}'" in capsys.readouterr().err
+
+
+def test_a_value_from_elsewhere_is_checked_against_the_same_choices():
+    # a namespace built by hand, or a resumed run's checkpoint, never went through the parser
+    with pytest.raises(ValueError, match=r"^--share_net must be one of 0, 1, 2, 3, 4, 5, got 7$"):
+        settings.check_choices(argparse.Namespace(share_net=7), settings.CHOICES)
 
 
 def test_the_per_strip_loop_is_refused_without_strips(tmp_path):

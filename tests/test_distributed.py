@@ -12,6 +12,7 @@ import demo_data
 import loss as losses
 import model_mine
 import train_mine
+import settings
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ FLAGS = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", 
 def reference_step(data_path):
     """One SGD step of a single process on the mean of the two ranks' separately computed gradients."""
     args = train_mine.get_args_parser().parse_args(FLAGS + ["--data_path", data_path])
-    utils.fill_dataset_defaults(args)
+    settings.fill_defaults(args)
     args.world_size = 2
     data = data_loader.regdb_train_data(data_path, 1, 16, 32)
     utils.set_seed(args.seed)
@@ -32,7 +33,7 @@ def reference_step(data_path):
                                  num_strips=2, gem_p=args.gem_p, pretrained=args.pretrained)
     optimizer = train_mine.build_optimizer(model, args)
     train_mine.adjust_learning_rate(optimizer, 0, args.lr, **train_mine.schedule(args))
-    criterion = losses.ReIDLoss("hctri", 0.3, args.w_center, args.label_smooth)
+    criterion = losses.ReIDLoss(losses.CenterTripletLoss(margin=0.3), args.w_center, args.label_smooth)
     grads = []
     for rank in (0, 1):
         sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, 2, 2, args.seed, rank)

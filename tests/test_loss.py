@@ -2,6 +2,7 @@ import torch
 import pytest
 
 import loss
+import settings
 
 
 def direct_hetero_center(feats, labels, modal, margin=0.3):
@@ -106,7 +107,7 @@ def test_pcb_total_loss_composition():
     feats = [torch.randn(2 * p * k, d) for _ in range(s)]
     logits = [torch.randn(2 * p * k, c) for _ in range(s)]
     feat_all = torch.cat(feats, 1)
-    crit = loss.ReIDLoss("hctri", margin=0.3, w_center=2.0, label_smooth="on")
+    crit = loss.ReIDLoss(loss.CenterTripletLoss(margin=0.3), w_center=2.0, label_smooth="on")
     total, parts = crit({"strips": torch.stack(feats), "strip_logits": torch.stack(logits), "feat": feat_all}, labels)
     loss_id, loss_tri, acc = parts["id"], parts["tri"], parts["acc"]
     ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -123,7 +124,7 @@ def test_global_total_loss_composition():
     torch.manual_seed(1)
     labels = torch.arange(3).repeat_interleave(2).repeat(2)
     x_pool, logits = torch.randn(12, 16), torch.randn(12, 4)
-    crit = loss.ReIDLoss("hctri", margin=0.3, w_center=0.5, label_smooth="off")  # the former defaults
+    crit = loss.ReIDLoss(loss.CenterTripletLoss(margin=0.3), w_center=0.5, label_smooth="off")  # the former defaults
     total, _ = crit({"feat": x_pool, "logits": logits}, labels)
     want = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * loss.CenterTripletLoss()(x_pool, labels)[0]
     assert total.item() == pytest.approx(want.item(), rel=1e-5)
@@ -139,5 +140,5 @@ def test_label_smoothing_is_the_authors_formula():
 
 
 def test_unknown_method_is_a_clear_error():
-    with pytest.raises(ValueError, match="--method"):
-        loss.triplet_criterion("triplet++")
+    with pytest.raises(ValueError, match="--method must be one of hctri, .*, got 'triplet\\+\\+'"):
+        settings.get_method("triplet++")

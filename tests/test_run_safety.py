@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import data_loader
 import fileio
 import test_mine
 import train_mine
@@ -53,7 +54,7 @@ def no_images_read(monkeypatch):
     """Fail the test if any image is read (the refusals below must come before the work)."""
     def refuse(*a, **k):
         raise AssertionError("an image was read before the refusal")
-    monkeypatch.setattr(test_mine.data_loader, "load_images", refuse)
+    monkeypatch.setattr(data_loader, "load_images", refuse)
 
 
 # ----------------------------------------------------------------------------- one run, one writer

@@ -11,6 +11,7 @@ import loss as losses
 import model_mine
 import test_mine
 import train_mine
+import settings
 import utils
 
 
@@ -29,10 +30,16 @@ def tiny_args(data_path, out, *extra):
         "--amp", "off", *extra])
 
 
+def resolved(*flags):
+    """train_mine.py's settings of these flags (SYSU-MM01's defaults), resolved as train_mine resolves them."""
+    args = train_mine.get_args_parser().parse_args(["--data_path", "unused", *flags])
+    args.world_size = 1
+    return settings.resolve_training(args, explicit=set())
+
+
 def test_learning_rate_schedule_and_groups():
     model = model_mine.embed_net(5, share_net=2, pcb="on")
-    args = train_mine.get_args_parser().parse_args(["--lr", "0.1"])
-    opt = train_mine.build_optimizer(model, args)
+    opt = train_mine.build_optimizer(model, resolved("--lr", "0.1"))
     head = {id(p) for p in model.head.parameters()}
     assert {id(p) for p in opt.param_groups[1]["params"]} == head
     assert len(opt.param_groups[0]["params"]) + len(head) == len(list(model.parameters()))
@@ -46,7 +53,7 @@ def test_learning_rate_schedule_and_groups():
 
 def test_global_head_groups():
     model = model_mine.embed_net(5, pcb="off")
-    opt = train_mine.build_optimizer(model, train_mine.get_args_parser().parse_args(["--lr", "0.1", "--optim", "adam"]))
+    opt = train_mine.build_optimizer(model, resolved("--lr", "0.1", "--optim", "adam", "--pcb", "off"))
     assert isinstance(opt, torch.optim.Adam)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in opt.param_groups[1]["params"]) == ["bottleneck.weight", "classifier.weight"]
@@ -79,21 +86,21 @@ def test_sampler_rejects_more_identities_than_exist():
 
 def test_published_defaults():
     args = train_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", "x"])
-    utils.fill_dataset_defaults(args)
+    settings.fill_defaults(args)
     assert (args.batch_size, args.num_pos, args.w_center, args.label_smooth, args.gem_p) == (6, 8, 1.0, "off", 3.0)
     assert (args.epochs, args.img_h, args.img_w, args.pretrained, args.share_net, args.pcb) == \
         (61, 288, 144, "imagenet", 2, "on")
     args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--trial", "3"])
-    utils.fill_dataset_defaults(args)
+    settings.fill_defaults(args)
     assert (args.batch_size, args.num_pos, args.w_center, args.label_smooth, args.gem_p, args.trial) == \
         (8, 4, 2.0, "on", 10.0, 3)
     # the global head pools with p = 3 on every dataset (the authors' code); an explicit --gem_p wins
     for flags, p in (([], 3.0), (["--gem_p", "5"], 5.0)):
         args = train_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"]
                                                        + flags)
-        assert utils.fill_dataset_defaults(args).gem_p == p
+        assert settings.fill_defaults(args).gem_p == p
     args = test_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", "x", "--pcb", "off"])
-    assert utils.fill_dataset_defaults(args).gem_p == 3.0
+    assert settings.fill_defaults(args).gem_p == 3.0
 
 
 def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
@@ -158,7 +165,7 @@ def test_bf16_autocast_tracks_fp32():
     model = model_mine.embed_net(8, gem_p=10.0)
     v, t = torch.randn(16, 3, 96, 48), torch.randn(16, 3, 96, 48)
     labels = torch.arange(4).repeat_interleave(4).repeat(2)
-    crit = losses.ReIDLoss("hctri", margin=0.3, w_center=2.0, label_smooth="on")
+    crit = losses.ReIDLoss(losses.CenterTripletLoss(margin=0.3), w_center=2.0, label_smooth="on")
     emb = {}
     # oneDNN's AMX bf16 kernels gave NaN on Xeons (README): off, the test means the same on every CPU
     with torch.backends.mkldnn.flags(enabled=False):

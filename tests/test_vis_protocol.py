@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import data_loader
 import eval_metrics
 import test_mine
 import visualize as vis
@@ -268,7 +269,7 @@ def images(tmp_path):
 def refuse_reading_images(monkeypatch):
     def read(*a, **k):
         raise AssertionError("images were read before the picture folder was checked")
-    monkeypatch.setattr(test_mine.data_loader, "load_images", read)
+    monkeypatch.setattr(data_loader, "load_images", read)
 
 
 @pytest.mark.parametrize("intruder", ["user file", "no manifest", "symlink"])

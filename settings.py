@@ -1,0 +1,400 @@
+"""The table of methods, the table of datasets, and the resolution of the flags against them.
+
+A method is one entry of METHODS: the model it builds, the loss it trains with, the flags it reads
+and its published defaults per dataset. A dataset is one entry of DATASETS: its training set, its
+evaluator (the protocol), whether it has numbered training splits, the test flags that apply to it
+and its defaults. train_mine.py, test_mine.py, bench.py and the tests resolve their flags here,
+once: every flag of the experiment defaults to None on the command line, so that one given
+explicitly can be told from one left out (a resumed run takes the latter from its checkpoint, and a
+flag the chosen method does not read is an error only when it was given).
+"""
+import math
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable
+
+import data_loader
+import data_manager
+import eval_metrics
+import loss as losses
+import model_mine
+
+# Closed sets of values, one list per flag: the parsers' choices=, and the check of values that do not
+# come from a command line (a resumed run's checkpoint, a namespace built by hand).
+CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on", "off"), gm_pool=("on", "off"),
+               label_smooth=("on", "off"), optim=("sgd", "adam"), amp=("auto", "bf16", "fp16", "off"),
+               mode=("all", "indoor"), bpool=model_mine.POOLS, cpool=("no",) + model_mine.POOLS,
+               fuse=("sum", "cat"), hcloss=losses.HCLOSSES)
+
+
+# ----------------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class Method:
+    """One training method. `flags` are the method-dependent flags it may read (METHOD_FLAGS is the
+    union over all methods); `reads(s)` those the settings s give it (the others are shown and
+    hashed as None); `unread(s)` those it has but that s makes inert (an error when given)."""
+    model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
+    #                       .features(x, modal), .head_parameters())
+    config: Callable      # settings -> the network's architecture (what its checkpoints record)
+    loss: Callable        # settings -> nn.Module: (training outputs, labels) -> (total, {name: term})
+    flags: tuple
+    heads: tuple          # the config["head"] values of its networks: how a checkpoint finds its method
+    reads: Callable = None
+    unread: Callable = lambda s: ()
+    defaults: dict = field(default_factory=dict)  # {dataset: {flag: published value}}
+    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
+    #                                                                  --backbone_lr_mult
+    keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
+    tag: Callable = lambda s: f"{s.method}_pcb-{s.pcb}"  # the run name's readable part
+    describe: Callable = lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}"
+    check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
+
+
+def two_stream_config(s):
+    """embed_net's architecture: the PCB head (--pcb on) or the global one."""
+    return dict(arch=s.arch, share_net=s.share_net, pcb=s.pcb, gm_pool=s.gm_pool, gem_p=s.gem_p,
+                **(dict(local_feat_dim=s.local_feat_dim, num_strips=s.num_strips) if s.pcb == "on" else {}))
+
+
+def check_two_stream(s):
+    if s.pcb == "on" and (s.img_h % 16 or s.img_h // 16 % s.num_strips):
+        raise ValueError(f"--img_h {s.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
+                         f"{s.num_strips} strips; use a multiple of {16 * s.num_strips}")
+    if getattr(s, "looped_head", False) and s.pcb == "off":
+        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
+
+
+def paper_family(triplet, margin=True, center=True):
+    """A method of the paper's network and total loss (ReIDLoss) with its own triplet term
+    (triplet(settings) -> loss module, or None for the ID loss alone)."""
+    def reads(s):
+        strips = ("local_feat_dim", "num_strips") if s.pcb == "on" else ()
+        return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth") + strips + (("w_center",) if center else ())
+
+    def check(s):
+        check_two_stream(s)
+        if s.batch_size == 1 and triplet is not None:
+            raise ValueError(f"--batch-size 1: the {s.method} triplet term compares identities and needs at least "
+                             f"2 per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
+    return Method(
+        model=model_mine.embed_net, config=two_stream_config,
+        loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
+        flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center"),
+        heads=("pcb", "global"), reads=reads, check=check,
+        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)))
+
+
+def dgtl_config(s):
+    return dict(arch=s.arch, share_net=s.share_net, head="dgtl", pcb=s.pcb, gem_p=s.gem_p, bpool=s.bpool,
+                cpool=s.cpool, fuse=s.fuse)
+
+
+def dgtl_unread(s):
+    """gem_p without a GeM branch; fuse, hcloss and margin_hc without a coarse branch; margin_hc is
+    HcTri's only (hijune6/DGTL-for-VT-ReID, train.py)."""
+    unread = () if "gem" in (s.bpool, s.cpool) else ("gem_p",)
+    if s.cpool == "no":
+        return unread + ("fuse", "hcloss", "margin_hc")
+    return unread + (("margin_hc",) if s.hcloss != "HcTri" else ())
+
+
+def check_dgtl(s):
+    if s.pcb == "on":
+        raise ValueError("--pcb on: DGTL uses global features (leave --pcb out with --method dgtl)")
+    if getattr(s, "looped_head", False):
+        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
+
+
+# DGTL (hijune6/DGTL-for-VT-ReID, README and train.py): global features, 31 epochs on RegDB and 61 on
+# SYSU-MM01, evaluated every 5 epochs from epoch 5; LLCM takes the SYSU-MM01 setting, the demo the RegDB
+# one on its own schedule.
+_DGTL_REGDB = dict(bpool="max", cpool="max", fuse="sum", margin_hc=0.0, hcloss="HcTri", pcb="off", gem_p=3.0,
+                   label_smooth="off", batch_size=8, num_pos=4)
+_DGTL_SYSU = dict(bpool="avg", cpool="max", fuse="sum", margin_hc=0.5, hcloss="HcTri", pcb="off", gem_p=3.0,
+                  label_smooth="off", batch_size=6, num_pos=8, epochs=61, eval_start=5, eval_every=5)
+
+METHODS = {
+    # the paper's: ID + hetero-center triplet (Liu et al., TMM 2021)
+    "hctri": paper_family(lambda s: losses.CenterTripletLoss(margin=s.margin)),
+    "batch-hard": paper_family(lambda s: losses.TripletLoss(margin=s.margin)),
+    # AGW's weighted regularised triplet on this network: no margin
+    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
+    "id-only": paper_family(None, margin=False, center=False),
+    # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
+    "dgtl": Method(
+        model=model_mine.embed_net, config=dgtl_config, heads=("dgtl",),
+        loss=lambda s: losses.DGTLLoss(s.margin, s.margin_hc, s.hcloss, s.label_smooth),
+        flags=("pcb", "gem_p", "bpool", "cpool", "fuse", "margin", "label_smooth", "hcloss", "margin_hc"),
+        unread=dgtl_unread, check=check_dgtl, keep_ties=True,
+        defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
+                  "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+        tag=lambda s: f"dgtl-{s.bpool}-{s.cpool}",
+        describe=lambda s: f"--method dgtl --cpool {s.cpool} --hcloss {s.hcloss}"),
+}
+
+
+def method_flags():
+    """Every flag that some method reads: a flag given for a method that does not read it is an error."""
+    return tuple(dict.fromkeys(f for m in METHODS.values() for f in m.flags))
+
+
+def method_reads(method, s):
+    return method.reads(s) if method.reads is not None else method.flags
+
+
+def unread_flags(method, s, explicit):
+    """The flags of explicit that method, under settings s, does not read (in METHOD_FLAGS order)."""
+    off = (set(method_flags()) - set(method_reads(method, s))) | set(method.unread(s))
+    return [f for f in method_flags() if f in off and f in explicit]
+
+
+def get_method(name, flag="--method"):
+    if name not in METHODS:
+        raise ValueError(f"{flag} must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def method_of(config):
+    """(name, method) of the first method whose networks have this head (a checkpoint's architecture)."""
+    head = config.get("head", "pcb" if config.get("pcb", "on") == "on" else "global")
+    for name, method in METHODS.items():
+        if head in method.heads:
+            return name, method
+    raise ValueError(f"a network with head {head!r}, which no method of METHODS builds")
+
+
+def as_settings(config):
+    """A checkpoint's architecture as settings a method's rules can read (absent flags are None)."""
+    names = set(method_flags()) | {"arch", "share_net", "method", "img_h", "batch_size"}
+    return SimpleNamespace(**{**dict.fromkeys(names), **config})
+
+
+def unused_arch_flags(config, explicit):
+    """The flags of explicit that a network of this config (a checkpoint's) does not read."""
+    _, method = method_of(config)
+    return unread_flags(method, as_settings(config), explicit)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset. splits: numbered training splits (--trial; a checkpoint per split, tested on its own)
+    rather than one training set whose gallery is drawn in trials at test time."""
+    defaults: dict
+    train_data: Callable   # settings -> data_loader.TrainData
+    evaluator: Callable    # (settings with the test flags, trials, img_w, img_h) -> eval_metrics.Evaluator
+    check: Callable        # settings -> None: read every list a training run needs (not the images)
+    describe: Callable     # settings -> the line naming the searches
+    test_flags: dict       # test_mine.py's flags of this dataset, with their defaults
+    splits: bool = False
+    max_split: int = None
+    default_trials: str = "0-9"  # what test_mine.py evaluates by default: gallery trials, or splits
+    train_flags: tuple = ()  # train_mine.py's flags of this dataset only
+    labels: dict = None    # setting -> the name of its direction (the JSON's 'direction')
+
+
+def check_sysu(s):
+    data_loader.sysu_train_data(s.data_path, s.img_w, s.img_h)  # memory maps: no pixels read
+    data_manager.process_query_sysu(s.data_path, s.mode)
+    data_manager.process_gallery_sysu(s.data_path, s.mode, 0)
+
+
+def check_llcm(s):
+    data_loader.llcm_train_data(s.data_path, s.img_w, s.img_h)
+    data_manager.process_query_llcm(s.data_path, "thermal")
+    data_manager.process_gallery_llcm(s.data_path, "visible", 0)
+
+
+def check_regdb(s):
+    for split in ("train", "test"):
+        for modal in ("visible", "thermal"):
+            data_manager.read_regdb_list(s.data_path, s.trial, modal, split)
+
+
+PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)
+SYSU_SETTING = dict(batch_size=6, num_pos=8, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=144, img_h=288,
+                    epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE)
+REGDB_SETTING = dict(batch_size=8, num_pos=4, w_center=2.0, label_smooth="on", gem_p=10.0, img_w=144, img_h=288,
+                     epochs=61, pretrained="imagenet", data_path=None, pad=10, **PAPER_SCHEDULE)
+# demo: from scratch (no ImageNet weights offline), in full precision, inside minutes on a slow 2-core
+# CPU: ResNet-18 at 64x32 (4 strips of one feature-map row), Adam, GeM p=3, a short schedule (each
+# chosen by measurement: README). Pad 2 moves a 64x32 image by the fraction pad 10 moves a 288x144
+# one (more would push body parts into the neighbouring 16 px strip, and its classifier would hardly learn)
+DEMO_SETTING = dict(batch_size=8, num_pos=4, w_center=1.0, label_smooth="off", gem_p=3.0, img_w=32, img_h=64,
+                    arch="resnet18", num_strips=4, epochs=12, pretrained="none", data_path=os.path.join("data", "demo"),
+                    optim="adam", lr=4e-3, backbone_lr_mult=1.0, warmup_epochs=2, lr_steps="10", eval_start=11, pad=2)
+# RegDB (the authors' test script): a direction per --tvsearch
+REGDB_DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
+                    "both": ("visible->thermal", "thermal->visible")}
+REGDB_TEST_FLAGS = {"tvsearch": "off", "trial": None, "cross_split": False}
+
+
+def regdb_dataset(defaults, max_split):
+    return Dataset(
+        defaults=defaults, splits=True, max_split=max_split, default_trials="1-10", train_flags=("trial",),
+        test_flags=REGDB_TEST_FLAGS,
+        train_data=lambda s: data_loader.regdb_train_data(s.data_path, s.trial, s.img_w, s.img_h, max(s.workers, 1)),
+        evaluator=lambda s, trials, w, h: eval_metrics.RegDBEval(s.data_path, trials[0], w, h, s.workers,
+                                                                 REGDB_DIRECTIONS[s.tvsearch]),
+        check=check_regdb, describe=lambda s: "RegDB " + ", ".join(REGDB_DIRECTIONS[s.tvsearch]))
+
+
+DATASETS = {
+    "sysu": Dataset(
+        defaults=SYSU_SETTING, train_flags=("mode",), test_flags={"mode": "all", "gall_mode": "single"},
+        train_data=lambda s: data_loader.sysu_train_data(s.data_path, s.img_w, s.img_h),
+        evaluator=lambda s, trials, w, h: eval_metrics.SYSUEval(s.data_path, s.mode, trials, s.gall_mode, w, h,
+                                                                s.workers),
+        check=check_sysu, describe=lambda s: f"SYSU-MM01 {s.mode} search, {s.gall_mode}-shot"),
+    "regdb": regdb_dataset(REGDB_SETTING, 10),
+    # LLCM: no HcTri setting was published; this project uses the paper's SYSU-MM01 one (README)
+    "llcm": Dataset(
+        defaults=SYSU_SETTING, test_flags={"direction": "ir2vis"},
+        labels={v: k for k, v in eval_metrics.LLCM_LABELS.items()},
+        train_data=lambda s: data_loader.llcm_train_data(s.data_path, s.img_w, s.img_h),
+        evaluator=lambda s, trials, w, h: eval_metrics.LLCMEval(
+            s.data_path, trials, eval_metrics.LLCM_DIRECTIONS[s.direction], w, h, s.workers),
+        check=check_llcm,
+        describe=lambda s: "LLCM " + ", ".join(eval_metrics.LLCM_LABELS[d]
+                                              for d in eval_metrics.LLCM_DIRECTIONS[s.direction])),
+    "demo": regdb_dataset(DEMO_SETTING, None),  # generated RegDB-style splits (demo_data.py)
+}
+
+
+def get_dataset(name):
+    if name not in DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {name}")
+    return DATASETS[name]
+
+
+def with_test_flags(args):
+    """args with the dataset's test flags that it lacks at their defaults (training evaluates with them)."""
+    flags = get_dataset(args.dataset).test_flags
+    return SimpleNamespace(**{**flags, **{k: v for k, v in vars(args).items() if k not in flags or v is not None}})
+
+
+# ----------------------------------------------------------------------------- defaults
+
+COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
+                       method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
+                       eval_every=2, mode="all", steps_per_epoch=0, trial=1)
+
+
+def fill_defaults(args, skip=()):
+    """Set every flag left at None (but those in skip) to the published value for args.dataset
+    (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
+    dataset = get_dataset(args.dataset)
+    method = get_method(getattr(args, "method", None) or COMMON_DEFAULTS["method"])
+    for layer in (method.defaults.get(args.dataset, {}), dataset.defaults, COMMON_DEFAULTS):
+        for key, value in layer.items():
+            if key == "gem_p" and getattr(args, "pcb", None) == "off":
+                value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
+            if key not in skip and hasattr(args, key) and getattr(args, key) is None:
+                setattr(args, key, value)
+    if "data_path" not in skip and getattr(args, "data_path", "") is None:
+        raise ValueError(f"--data_path is required for --dataset {args.dataset} (the dataset's root folder)")
+    return args
+
+
+def check_choices(args, flags):
+    """Closed-set flags (CHOICES) among flags whose value is set: one of their values."""
+    for flag in flags:
+        value = getattr(args, flag, None)
+        if value is not None and flag in CHOICES and value not in CHOICES[flag]:
+            raise ValueError(f"--{flag} must be one of {', '.join(map(str, CHOICES[flag]))}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- training's settings
+
+def resolve_training(args, explicit):
+    """train_mine.py's settings resolved and checked, before any work: the defaults of the dataset
+    and method filled in, every flag checked, the method's unread flags set to None (so that they
+    are shown and hashed as unset). explicit: the flags given on the command line."""
+    args.dataset = args.dataset or "sysu"
+    lr_given = args.lr is not None
+    fill_defaults(args)
+    args.amp = args.amp or "auto"
+    if args.lr is None:
+        args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
+    if not lr_given:
+        args.lr *= getattr(args, "world_size", 1)  # the linear scaling rule, for a default learning rate only
+    args.cpu_aug = bool(args.cpu_aug)
+    args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
+    check_training(args, explicit)
+    method = METHODS[args.method]
+    for flag in set(method_flags()) - set(method_reads(method, args)):
+        setattr(args, flag, None)
+    return args
+
+
+def check_training(args, explicit):
+    """Every training flag checked, each error naming its flag."""
+    method = get_method(args.method)
+    check_choices(args, CHOICES)
+    for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
+                 "local_feat_dim", "num_strips", "trial"):
+        at_least(args, flag, 1)
+    for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
+                 "backbone_lr_mult", "w_center", "seed", "margin_hc") + (("workers",) if args.workers is not None
+                                                                          else ()):
+        at_least(args, flag, 0, skip_none=flag == "margin_hc")
+    bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
+        raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")
+    for flag in ("erasing_p", "channel_aug"):
+        if not 0 <= getattr(args, flag) <= 1:
+            raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
+    for flag in ("lr", "gem_p"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
+    if args.seed > 2 ** 32 - 1:
+        raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
+    parse_lr_steps(args.lr_steps)
+    method.check(args)
+    check_flags_apply(args, explicit, method)
+
+
+def at_least(args, flag, low, skip_none=False):
+    value = getattr(args, flag)
+    if (value is None and not skip_none) or (value is not None and value < low):
+        raise ValueError(f"--{flag} must be >= {low}, got {value}")
+
+
+def check_flags_apply(args, explicit, method):
+    """A flag given where nothing reads it is an error: the method's, the dataset's, --cpu_aug's."""
+    unused = unread_flags(method, args, explicit)
+    owner = method.describe(args)
+    if args.cpu_aug:  # the per-image transform replaces the batched augmentation, which applies these
+        owner += " --cpu_aug"
+        unused += [f for f in ("erasing_p", "channel_aug") if f in explicit and getattr(args, f) > 0]
+    if unused:
+        raise ValueError(f"{', '.join('--' + f for f in unused)}: not used by {owner}; leave "
+                         f"{'it' if len(unused) == 1 else 'them'} out")
+    dataset = DATASETS[args.dataset]
+    if "mode" in explicit and "mode" not in dataset.train_flags:
+        raise ValueError(f"--mode: only SYSU-MM01 has search modes (all | indoor); leave it out for --dataset "
+                         f"{args.dataset}")
+    if "trial" in explicit and not dataset.splits:
+        raise ValueError(f"--trial: --dataset {args.dataset} has one training set (RegDB and the demo have "
+                         f"splits 1..10); leave it out")
+    if dataset.max_split and args.trial > dataset.max_split:
+        raise ValueError(f"--trial {args.trial}: RegDB splits are 1..{dataset.max_split}")
+    if args.sync_bn and args.world_size == 1:
+        raise ValueError("--sync_bn synchronises batch norm across the processes of a torchrun launch; a single "
+                         "process has nothing to synchronise: leave it out")
+    if args.cpu_aug and args.resident_data == "on":
+        raise ValueError("--cpu_aug runs the per-image transform in the loader's workers, which "
+                         "--resident_data on bypasses: use one of the two")
+
+
+def parse_lr_steps(text):
+    try:
+        steps = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--lr_steps: expected comma-separated epochs such as 20,50, got {text!r}") from None
+    if list(steps) != sorted(steps) or any(s < 0 for s in steps):
+        raise ValueError(f"--lr_steps: expected ascending non-negative epochs such as 20,50, got {text!r}")
+    return steps
