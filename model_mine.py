@@ -294,7 +294,11 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
     'pcb'    part strips (pcb 'on', the default);
     'global' one GeM/average-pooled feature with a BN neck (pcb 'off');
     'dgtl'   DGTL's fine branch f = bpool(X), b = BN1(f), W1 b and, unless cpool is 'no', its coarse
-             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h (hijune6/DGTL-for-VT-ReID, model_main.py).
+             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h
+             (hijune6/DGTL-for-VT-ReID, model_main.py).
+
+    The scripts pass every option resolved (settings.METHODS); the keyword defaults here are the
+    paper's SYSU-MM01 network, for use from Python (GeM p = 3 for every head).
 
     arch: 'resnet50' (the paper's) or 'resnet18', both with last stride 1.
     pretrained: 'imagenet' (the paper's initialisation; what train_mine.py uses for SYSU-MM01 and
@@ -303,7 +307,7 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
     """
 
     def __init__(self, class_num, no_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb=None,
-                 local_feat_dim=256, num_strips=6, gem_p=None, pretrained="none", head=None, bpool=None,
+                 local_feat_dim=256, num_strips=6, gem_p=3.0, pretrained="none", head=None, bpool=None,
                  cpool=None, fuse=None):
         super().__init__()
         if no_local != "off":
@@ -316,7 +320,7 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         bpool, cpool, fuse = dgtl_options(head, bpool, cpool, fuse, gm_pool)
         self.kind, self.share_net, self.pcb, self.gm_pool = head, share_net, pcb, gm_pool
         self.bpool, self.cpool, self.fuse = bpool, cpool, fuse
-        self.gem_p = float(gem_p if gem_p is not None else (10.0 if head == "pcb" else 3.0))
+        self.gem_p = float(gem_p)
         # everything embed_net(**config) needs to rebuild this model (the weights are loaded after)
         self.config = dict(class_num=class_num, share_net=share_net, pcb=pcb, local_feat_dim=local_feat_dim,
                            num_strips=num_strips, arch=arch, head=head, gm_pool=gm_pool, gem_p=self.gem_p,

@@ -50,6 +50,7 @@ class Method:
     tag: Callable = lambda s: f"{s.method}_pcb-{s.pcb}"  # the run name's readable part
     describe: Callable = lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}"
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
+    compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
 
 
 def two_stream_config(s):
@@ -73,16 +74,11 @@ def paper_family(triplet, margin=True, center=True):
         strips = ("local_feat_dim", "num_strips") if s.pcb == "on" else ()
         return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth") + strips + (("w_center",) if center else ())
 
-    def check(s):
-        check_two_stream(s)
-        if s.batch_size == 1 and triplet is not None:
-            raise ValueError(f"--batch-size 1: the {s.method} triplet term compares identities and needs at least "
-                             f"2 per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
     return Method(
         model=model_mine.embed_net, config=two_stream_config,
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center"),
-        heads=("pcb", "global"), reads=reads, check=check,
+        heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
         unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)))
 
 
@@ -187,8 +183,8 @@ class Dataset:
     train_data: Callable   # settings -> data_loader.TrainData
     evaluator: Callable    # (settings with the test flags, trials, img_w, img_h) -> eval_metrics.Evaluator
     check: Callable        # settings -> None: read every list a training run needs (not the images)
-    describe: Callable     # settings -> the line naming the searches
     test_flags: dict       # test_mine.py's flags of this dataset, with their defaults
+    describe: Callable = None  # settings -> the line naming the searches of its gallery trials
     splits: bool = False
     max_split: int = None
     default_trials: str = "0-9"  # what test_mine.py evaluates by default: gallery trials, or splits
@@ -239,7 +235,7 @@ def regdb_dataset(defaults, max_split):
         train_data=lambda s: data_loader.regdb_train_data(s.data_path, s.trial, s.img_w, s.img_h, max(s.workers, 1)),
         evaluator=lambda s, trials, w, h: eval_metrics.RegDBEval(s.data_path, trials[0], w, h, s.workers,
                                                                  REGDB_DIRECTIONS[s.tvsearch]),
-        check=check_regdb, describe=lambda s: "RegDB " + ", ".join(REGDB_DIRECTIONS[s.tvsearch]))
+        check=check_regdb)
 
 
 DATASETS = {
@@ -352,6 +348,9 @@ def check_training(args, explicit):
             raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
     if args.seed > 2 ** 32 - 1:
         raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
+    if args.batch_size == 1 and method.compares_identities:
+        raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
+                         f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
     parse_lr_steps(args.lr_steps)
     method.check(args)
     check_flags_apply(args, explicit, method)

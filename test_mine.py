@@ -126,7 +126,8 @@ def load_model(path, args, device, ckpt=None):
 
 def evaluate_trials(args, device, log, on_distance=None):
     """Records of every search of every gallery trial (SYSU-MM01, LLCM), and the model."""
-    trials = utils.parse_trials(args.trials if args.trials is not None else settings.DATASETS[args.dataset].default_trials)
+    default = settings.DATASETS[args.dataset].default_trials
+    trials = utils.parse_trials(args.trials if args.trials is not None else default)
     model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
     img_w, img_h = image_size(args, ckpt)
     dataset = settings.DATASETS[args.dataset]
@@ -193,7 +194,6 @@ def evaluate_regdb(args, device, log, on_distance=None):
         model, _ = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
         models[t] = model, image_size(args, ckpt)
     records, dataset = [], settings.DATASETS[args.dataset]
-    log(f"{dataset.describe(args)}, split(s) {list(models)}")
     for t in list(models):
         model, (img_w, img_h) = models.pop(t)
         model = on_device(model, device)
@@ -245,7 +245,7 @@ def append_results_csv(log_path, args, results):
             tag = "" if UNTAGGED.get(model["head"]) == feature else f" [{model['head']} {feature}]"
             row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
                    "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
-                   "share_net": model["share_net"], "pcb": model.get("pcb", "on"), "re_rank": args.re_rank}
+                   "share_net": model.get("share_net", ""), "pcb": model.get("pcb", ""), "re_rank": args.re_rank}
             row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in eval_metrics.METRICS})
             row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in eval_metrics.METRICS})
             rows.append(row)

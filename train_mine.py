@@ -47,7 +47,13 @@ LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips",
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Train a VT Re-ID model (HcTri / PCB / share_net, or DGTL)",
                                      add_help=add_help)
-    C = settings.CHOICES
+    for add in (data_flags, model_flags, schedule_flags, speed_flags):
+        add(parser, settings.CHOICES)
+    return parser
+
+
+def data_flags(parser, C):
+    """The data and its augmentation."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=None, choices=tuple(settings.DATASETS), help="default sysu")
     g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
@@ -70,6 +76,10 @@ def get_args_parser(add_help=True):
                    help="probability of the channel augmentation of Ye et al. ICCV 2021 (default 0: off)")
     g.add_argument("--cpu_aug", default=None, action="store_true",
                    help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
+
+
+def model_flags(parser, C):
+    """The network and its loss."""
     g = parser.add_argument_group("model")
     g.add_argument("--arch", default=None, choices=C["arch"], help="default resnet50; demo resnet18")
     g.add_argument("--share_net", default=None, type=int, choices=C["share_net"],
@@ -93,6 +103,10 @@ def get_args_parser(add_help=True):
     g.add_argument("--label_smooth", default=None, choices=C["label_smooth"])
     g.add_argument("--hcloss", default=None, choices=C["hcloss"], help="DGTL center-granularity loss")
     g.add_argument("--margin_hc", default=None, type=float, help="DGTL: added to --margin for HcTri")
+
+
+def schedule_flags(parser, C):
+    """Optimisation, evaluation and checkpoints."""
     g = parser.add_argument_group("optimisation")
     g.add_argument("--optim", default=None, choices=C["optim"], help="default sgd; demo adam")
     g.add_argument("--lr", default=None, type=float,
@@ -116,6 +130,10 @@ def get_args_parser(add_help=True):
                    help="checkpoint folder (default save_model/; a resumed run: its checkpoint's folder)")
     g.add_argument("--log_path", default="log/", help="log folder")
     g.add_argument("--resume", default="", help="continue the run of this checkpoint (its _last.pth)")
+
+
+def speed_flags(parser, C):
+    """Speed and hardware."""
     g = parser.add_argument_group("speed and hardware")
     g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
     g.add_argument("--amp", default=None, choices=C["amp"], help="auto: bf16 on GPUs that have it, else fp16; full "
@@ -131,7 +149,6 @@ def get_args_parser(add_help=True):
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
     g.add_argument("--seed", default=None, type=int, help="default 0")
     g.add_argument("--print_freq", default=10, type=int, help="steps between progress updates")
-    return parser
 
 
 # ----------------------------------------------------------------------------- settings
@@ -144,7 +161,8 @@ def run_name(args):
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
     arch = "" if args.arch == "resnet50" else f"_{args.arch}"
-    return f"{args.dataset}{trial}_{settings.METHODS[args.method].tag(args)}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
+    tag = settings.METHODS[args.method].tag(args)
+    return f"{args.dataset}{trial}_{tag}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
            f"_seed{args.seed}_{digest}"
 
 
@@ -519,7 +537,8 @@ def check_finite(names, rows, epoch, step):
 
 def train_one_epoch(model, optimizer, scaler, loader, augment, device, epoch, args, show=True, tb=None):
     """One epoch of model, a TrainingStep (or its CompiledModel); returns the mean of every named value
-    the loss gives ('loss', 'id', 'tri', 'acc', ...), images/s and seconds. Ctrl-C comes out as KeyboardInterrupt('epoch E, step S')."""
+    the loss gives ('loss', 'id', 'tri', 'acc', ...), images/s and seconds. Ctrl-C comes out as
+    KeyboardInterrupt('epoch E, step S')."""
     model.train()
     # augmentation randomness from (seed, epoch, rank): a resumed or distributed run draws its own
     torch.manual_seed(epoch_seed(args.seed, epoch, args.rank))
@@ -692,7 +711,54 @@ def train(args, ckpt, name, notes, device, log):
     main_process = args.rank == 0
     dtype = amp_dtype(args.amp, device)
     mode, step_line = compile_mode(args, device)
-    # the values in effect, 'auto' ones with what they resolved to on this machine
+    log_settings(args, device, dtype, mode, notes, log)
+    utils.set_seed(args.seed)
+    data = build_train_data(args)
+    sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
+                                          args.seed, args.rank)
+    batches, data_line = build_batches(data, sampler, args, device)
+    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
+    raw, optimizer, scaler, start_epoch, best = build_network(data.num_classes, args, ckpt, name, device, dtype, log)
+    model = training_step(raw, args, device, dtype, mode, log)
+    log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
+        f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
+        f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
+    log(f"step: {step_line}; data: {data_line}; amp: {dtype_name(dtype)}")
+    evaluator = build_evaluator(args) if main_process else None
+    # --log_path "": no files of the log, TensorBoard's included
+    tb = tensorboard_writer(os.path.join(args.log_path, "tb", name)) if main_process and args.log_path else None
+    paths = checkpoint_paths(args.model_path, name)
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
+        stats = train_one_epoch(model, optimizer, scaler, batches, augment, device, epoch, args,
+                                show=main_process, tb=tb)
+        terms = utils.format_values({k: v for k, v in stats.items() if k not in ("seconds", "img_s")})
+        log(f"epoch {epoch}: {terms} lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
+        if main_process:
+            metrics = evaluate_due(raw, evaluator, device, epoch, args, tb, log)
+            state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
+                     "metrics": metrics, "train": stats, "best": best, "name": name}
+            if metrics is not None and (metrics["rank1"] > best["rank1"] or (
+                    settings.METHODS[args.method].keep_ties and metrics["rank1"] == best["rank1"])):
+                best = state["best"] = {**metrics, "epoch": epoch}
+                utils.atomic_save(state, paths["best"])
+                log(f"best Rank-1 so far: {metrics['rank1']:.2f}% -> {paths['best']}")
+            utils.atomic_save(state, paths["last"])
+        if args.world_size > 1:
+            dist.barrier()
+    if isinstance(model, CompiledModel):
+        model.log_end()
+    if main_process and best["epoch"] >= 0:
+        log(f"best: epoch {best['epoch']}: {eval_metrics.format_row(best)}")
+        log(f"checkpoint: {paths['best']}")
+        log("re-evaluate with: " + test_command(args, paths["best"]))
+    return best
+
+
+def log_settings(args, device, dtype, mode, notes, log):
+    """The values in effect ('auto' ones with what they resolved to on this machine), then the notes."""
     shown = dict(vars(args), gpu=f"{args.gpu or 'auto'} ({device})", amp=f"{args.amp} ({dtype_name(dtype)})",
                  compile=f"{args.compile} ({mode or 'eager'})")
     log("settings: " + " ".join(f"--{k} {v}" for k, v in sorted(shown.items()) if v is not None))
@@ -701,13 +767,11 @@ def train(args, ckpt, name, notes, device, log):
     torch.backends.cudnn.benchmark = True
     if device.type == "cpu" and dtype == torch.bfloat16 and utils.cpu_has_amx():
         log(f"warning: bf16 on a CPU with AMX: {utils.AMX_BF16}; --amp off is the safe choice")
-    utils.set_seed(args.seed)
-    data = build_train_data(args)
-    sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
-                                    args.seed, args.rank)
-    batches, data_line = build_batches(data, sampler, args, device)
-    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
-    model = build_model(data.num_classes, args, "none" if ckpt else args.pretrained)
+
+
+def build_network(num_classes, args, ckpt, name, device, dtype, log):
+    """(network on the device, optimiser, gradient scaler, first epoch, best so far), resumed from ckpt if given."""
+    model = build_model(num_classes, args, "none" if ckpt else args.pretrained)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_epoch, best = 0, {"rank1": -1.0, "epoch": -1}
@@ -724,61 +788,34 @@ def train(args, ckpt, name, notes, device, log):
         for k, v in state.items():
             if torch.is_tensor(v):
                 state[k] = v.to(device)
-    raw = model
+    return model, optimizer, scaler, start_epoch, best
+
+
+def training_step(raw, args, device, dtype, mode, log):
+    """The network with the method's loss as one TrainingStep: across processes (DDP), compiled (mode)."""
+    model = raw
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
     model = TrainingStep(model, settings.METHODS[args.method].loss(args), dtype, args.looped_head)
-    if mode is not None:
-        model = CompiledModel(model, mode, log, args.compile_backend or "inductor")
-    log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
-        f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
-        f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
-    log(f"step: {step_line}; data: {data_line}; amp: {dtype_name(dtype)}")
-    evaluator = build_evaluator(args) if main_process else None
-    # --log_path "": no files of the log, TensorBoard's included
-    tb = tensorboard_writer(os.path.join(args.log_path, "tb", name)) if main_process and args.log_path else None
+    return CompiledModel(model, mode, log, args.compile_backend or "inductor") if mode is not None else model
 
-    paths = checkpoint_paths(args.model_path, name)
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        lr = adjust_learning_rate(optimizer, epoch, args.lr, **schedule(args))
-        stats = train_one_epoch(model, optimizer, scaler, batches, augment, device, epoch, args,
-                                show=main_process, tb=tb)
-        terms = utils.format_values({k: v for k, v in stats.items() if k not in ("seconds", "img_s")})
-        log(f"epoch {epoch}: {terms} lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
-        last = epoch == args.epochs - 1
-        due = (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0) or last
-        if main_process:
-            metrics = None
-            if due:
-                results = evaluate(raw, evaluator, device, args)
-                for i, (feature, (cmc, mAP, mINP)) in enumerate(results.items()):
-                    row = eval_metrics.metrics_row(cmc, mAP, mINP)
-                    metrics = row if i == 0 else metrics
-                    log(f"epoch {epoch} eval{' ' + feature if len(results) > 1 else ''}: {eval_metrics.format_row(row)}")
-                if tb is not None:
-                    for k, x in metrics.items():
-                        tb.add_scalar(f"eval/{k}", x, epoch)
-            state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
-                     "metrics": metrics, "train": stats, "best": best, "name": name}
-            if metrics is not None and (metrics["rank1"] > best["rank1"] or (
-                    settings.METHODS[args.method].keep_ties and metrics["rank1"] == best["rank1"])):
-                best = {**metrics, "epoch": epoch}
-                state["best"] = best
-                utils.atomic_save(state, paths["best"])
-                log(f"best Rank-1 so far: {metrics['rank1']:.2f}% -> {paths['best']}")
-            utils.atomic_save(state, paths["last"])
-        if args.world_size > 1:
-            dist.barrier()
-    if isinstance(model, CompiledModel):
-        model.log_end()
-    if main_process and best["epoch"] >= 0:
-        log(f"best: epoch {best['epoch']}: {eval_metrics.format_row(best)}")
-        log(f"checkpoint: {paths['best']}")
-        log("re-evaluate with: " + test_command(args, paths["best"]))
-    return best
+
+def evaluate_due(raw, evaluator, device, epoch, args, tb, log):
+    """The reported feature's metrics where an evaluation is due at this epoch (every feature logged), else None."""
+    last = epoch == args.epochs - 1
+    if not ((epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0) or last):
+        return None
+    metrics = None
+    results = evaluate(raw, evaluator, device, args)
+    for i, (feature, (cmc, mAP, mINP)) in enumerate(results.items()):
+        row = eval_metrics.metrics_row(cmc, mAP, mINP)
+        metrics = row if i == 0 else metrics
+        log(f"epoch {epoch} eval{' ' + feature if len(results) > 1 else ''}: {eval_metrics.format_row(row)}")
+    if tb is not None:
+        for k, x in metrics.items():
+            tb.add_scalar(f"eval/{k}", x, epoch)
+    return metrics
 
 
 def test_command(args, checkpoint):

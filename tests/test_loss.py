@@ -6,7 +6,8 @@ import settings
 
 
 def direct_hetero_center(feats, labels, modal, margin=0.3):
-    """SPEC §5 read literally: a center per (identity, modality), hardest positive / negative
+    """The paper's loss (Liu et al., TMM 2021, Sec. III) read literally:
+    a center per (identity, modality), hardest positive / negative
     center per anchor, hinge, mean over anchors; loops everywhere."""
     keys = sorted({(int(l), int(m)) for l, m in zip(labels, modal)})
     centers = []

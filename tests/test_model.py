@@ -137,7 +137,8 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
                path)
     keys = torch.load(path, weights_only=False)["net"].keys()
     assert "local_conv_list.5.0.weight" in keys and "fc_list.0.bias" in keys and "local_conv_list.0.1.running_var" in keys
-    args = type("A", (), dict(method="hctri", arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    args = type("A", (), dict(method="hctri", arch="resnet50",
+                              share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
     loaded, _ = utils.model_from_checkpoint(str(path), args)
     loaded.eval()
     x = images(3, seed=5)
@@ -152,14 +153,16 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
 def test_dataparallel_prefix_is_removed(net, tmp_path):
     path = tmp_path / "dp.t"
     torch.save({"net": {"module." + k: v for k, v in model_mine.to_original_state_dict(net).items()}}, path)
-    args = type("A", (), dict(method="hctri", arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    args = type("A", (), dict(method="hctri", arch="resnet50",
+                              share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
     utils.model_from_checkpoint(str(path), args)
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(net, tmp_path):
     path = tmp_path / "orig.t"
     torch.save({"net": model_mine.to_original_state_dict(net)}, path)
-    args = type("A", (), dict(method="hctri", arch="resnet50", share_net=3, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
+    args = type("A", (), dict(method="hctri", arch="resnet50",
+                              share_net=3, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
     with pytest.raises(ValueError, match=r"does not fit the model \(share_net=3.*missing keys.*unexpected keys"):
         utils.model_from_checkpoint(str(path), args)
 

@@ -291,7 +291,7 @@ def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
     log = tmp_path / "log"
     log.mkdir()
     go = tmp_path / "go"
-    code = (f"import os, sys, time, test_mine\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+    code = (f"import os, sys, time, eval_metrics, test_mine\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
             "args = test_mine.get_args_parser().parse_args(['--dataset', 'demo'])\n"
             "model = {'share_net': 2, 'pcb': 'on', 'head': 'pcb'}\n"
             "row = {k: 1.0 for k in eval_metrics.METRICS}\n"

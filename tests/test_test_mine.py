@@ -14,8 +14,8 @@ import data_manager
 import demo_data
 import eval_metrics
 import model_mine
-import test_mine
 import settings
+import test_mine
 import utils
 
 
@@ -101,9 +101,11 @@ def test_re_ranking_options_run(regdb_root, checkpoint, tmp_path):
         res = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1",
                   "--re_rank", method, "--log_path", "")
         assert 0 <= res["visible->thermal"]["mean"]["mAP"] <= 100
-    with pytest.raises(ValueError, match="--re_rank"):
+    with pytest.raises(SystemExit):  # the parser's choices
         run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1",
             "--re_rank", "magic", "--log_path", "")
+    with pytest.raises(ValueError, match="--re_rank must be no, k_reciprocal or random_walk"):
+        eval_metrics.distance(torch.zeros(1, 2), torch.zeros(1, 2), "magic")
 
 
 def test_folder_search_ranks_a_planted_duplicate_first(regdb_root, checkpoint, tmp_path):
@@ -417,8 +419,10 @@ def test_reference_dgtl_commands_without_method_evaluate_dgtl(regdb_root, dgtl_f
 
 
 def test_method_must_be_one_test_mine_knows(regdb_root, checkpoint):
-    with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, agw, id-only, dgtl, got 'pcb'$"):
+    with pytest.raises(SystemExit):  # the parser's choices: the methods of settings.METHODS
         run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--method", "pcb")
+    with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, agw, id-only, dgtl, got 'pcb'$"):
+        settings.get_method("pcb")
     args = test_mine.get_args_parser().parse_args(["--method", "agw"])
     utils.model_from_checkpoint(checkpoint, args, ["method"])  # a loss of the hctri family: the same network
 
