@@ -671,6 +671,27 @@ def main(args):
           f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}; peak memory: "
           f"{'allocated on the GPU' if device.type == 'cuda' else 'resident set of this process'}", flush=True)
 
+    try:
+        rows = measure_training(args, device)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        times, extract = eval_timing(args, device)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    print("\nevaluation:")
+    for k, v in times.items():
+        print(f"  {k}: {v:.3f} s")
+    for (half, size), r in extract.items():
+        print(f"  feature extraction {'bf16/fp16' if half else 'fp32'}, batch {size}: {r:.0f} img/s "
+              f"(SYSU trial, 3803+301 images: {4104 / r:.1f} s; RegDB split, 4120 images: {4120 / r:.1f} s)")
+    print_run_prediction(args, rows, times, extract)
+    return rows
+
+
+def measure_training(args, device):
+    """{(reference|fast, synthetic|pipeline): (img/s, ms/step, peak MiB, mean loss)}, printed as measured."""
     folder = tempfile.mkdtemp(prefix="bench-")
     rows = {}
     try:
@@ -685,8 +706,6 @@ def main(args):
                       f"(mean loss {loss_value:.3f})", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        torch.backends.cudnn.benchmark = benchmark
-
     print("\nspeed-up, fast / reference:")
     for source in ("synthetic", "pipeline"):
         print(f"  {source:9s}: {rows['fast', source][0] / rows['reference', source][0]:.2f}x")
@@ -694,19 +713,6 @@ def main(args):
         print(f"  {label} pipeline / synthetic: "
               f"{100 * rows[label, 'pipeline'][0] / rows[label, 'synthetic'][0]:.0f}%")
     print(f"fast path: step {args.step_line}; data {args.data_line}")
-
-    torch.backends.cudnn.benchmark = True
-    try:
-        times, extract = eval_timing(args, device)
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
-    print("\nevaluation:")
-    for k, v in times.items():
-        print(f"  {k}: {v:.3f} s")
-    for (half, size), r in extract.items():
-        print(f"  feature extraction {'bf16/fp16' if half else 'fp32'}, batch {size}: {r:.0f} img/s "
-              f"(SYSU trial, 3803+301 images: {4104 / r:.1f} s; RegDB split, 4120 images: {4120 / r:.1f} s)")
-    print_run_prediction(args, rows, times, extract)
     return rows
 
 

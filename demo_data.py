@@ -352,158 +352,163 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
     X, Y = _grid(H, W)
     pal = _Palette(modality, rng, (attrs.get("upper_polarity", 1), attrs.get("lower_polarity", 1)))
     img = _background(H, W, modality, rng, cam_style)
+    figure = _Figure(attrs, img, X, Y, pal, rng)
+    # back to front: what is behind the body, legs, torso, arms, head, what is carried in front
+    for part in (figure.behind, figure.legs, figure.torso, figure.arms, figure.head, figure.carried):
+        part()
+    return _photometric(img, modality, rng)
 
-    def paint(mask, value):
-        img[mask] = value
 
-    def paint_pattern(mask, pattern, pair):
-        img[mask] = pair[0]
-        img[mask & pattern] = pair[1]
+class _Figure:
+    """One person drawn on the supersampled canvas ``img`` (pixels of X, Y), its pose drawn from rng."""
 
-    a = attrs
-    # ---- geometry (pixels of the supersampled canvas) ----
-    P = a["height"] * H * rng.uniform(0.97, 1.03)           # person height
-    feet = H - H * rng.uniform(0.015, 0.045)
-    top = feet - P
-    cx = W / 2 + rng.uniform(-0.05, 0.05) * W
-    build = a["build"]
-    head_h = a["head"] * P
-    head_ry, head_rx = head_h / 2, head_h / 2 * 0.78
-    head_cy = top + head_ry
-    shoulder_y = top + head_h + 0.025 * P
-    hip_y = feet - a["legs"] * P
-    sw = a["shoulder"] * P * build                           # half shoulder width
-    hw = sw * 0.82                                           # half hip width
-    arm_r = 0.028 * P * build
-    leg_r = 0.042 * P * build
-    hand_y = hip_y + 0.07 * P
-    stride = rng.uniform(-0.04, 0.04) * P
-    swing = rng.uniform(-0.025, 0.025) * P
-    side = a["side"] if a["side"] else 1
+    def __init__(self, a, img, X, Y, pal, rng):
+        self.a, self.img, self.X, self.Y, self.pal = a, img, X, Y, pal
+        H, W = X.shape
+        P = self.P = a["height"] * H * rng.uniform(0.97, 1.03)  # person height
+        self.feet = H - H * rng.uniform(0.015, 0.045)
+        self.top = self.feet - P
+        self.cx = W / 2 + rng.uniform(-0.05, 0.05) * W
+        build = a["build"]
+        head_h = self.head_h = a["head"] * P
+        self.head_ry, self.head_rx = head_h / 2, head_h / 2 * 0.78
+        self.head_cy = self.top + self.head_ry
+        self.shoulder_y = self.top + head_h + 0.025 * P
+        self.hip_y = self.feet - a["legs"] * P
+        self.sw = a["shoulder"] * P * build                  # half shoulder width
+        self.hw = self.sw * 0.82                              # half hip width
+        self.arm_r = 0.028 * P * build
+        self.leg_r = 0.042 * P * build
+        self.hand_y = self.hip_y + 0.07 * P
+        self.stride = rng.uniform(-0.04, 0.04) * P
+        self.swing = rng.uniform(-0.025, 0.025) * P
+        self.side = a["side"] if a["side"] else 1
 
-    # ---- behind the body: backpack, long hair ----
-    if a["object"] == "backpack":
-        paint(_rect(X, Y, cx - sw * 1.22, shoulder_y - 0.01 * P, cx + sw * 1.22,
-                    hip_y - 0.04 * P), pal.obj)
-    if a["head_style"] == "long_hair":
-        paint(_rect(X, Y, cx - head_rx * 1.15, head_cy, cx + head_rx * 1.15,
-                    shoulder_y + 0.09 * P) | _ellipse(X, Y, cx, head_cy, head_rx * 1.15, head_ry * 1.08),
-              pal.hair)
+    def paint(self, mask, value):
+        self.img[mask] = value
 
-    # ---- legs ----
-    lower = a["lower"]
-    lower_pat = a["lower_pattern"]
-    legs_cloth = np.zeros_like(X, dtype=bool)
-    legs_pattern = np.zeros_like(X, dtype=bool)
-    clothed_to = {"trousers": 0.93, "shorts": 0.42, "skirt": 0.0, "long_skirt": 0.0}[lower]
-    for s, st in ((-1, stride), (1, -stride)):
-        x0, y0 = cx + s * hw * 0.5, hip_y
-        x1, y1 = cx + s * hw * 0.5 + st * 0.5, feet - 0.03 * P
-        leg, t, perp = _capsule(X, Y, x0, y0, x1, y1, leg_r)
-        paint(leg, pal.skin)
-        cloth = leg & (t <= clothed_to)
-        legs_cloth |= cloth
-        if lower_pat == "sidestripe":
-            # outer third of each leg; perp > 0 is the +x side for a downward leg
-            legs_pattern |= cloth & (-s * perp > leg_r * 0.2)
-        elif lower_pat == "bands":
-            legs_pattern |= cloth & _bands(t, 3.0)
-        # shoe
-        paint(_ellipse(X, Y, x1 + s * 0.012 * P, feet - 0.018 * P, leg_r * 1.25, 0.022 * P), pal.shoe)
-    pelvis = _rect(X, Y, cx - hw, hip_y - 0.01 * P, cx + hw, hip_y + 0.06 * P)
-    if lower in ("skirt", "long_skirt"):
-        length = (0.5 if lower == "skirt" else 0.8) * (feet - hip_y)
-        v = np.clip((Y[:, :1] - hip_y) / length, 0, 1)         # (H, 1)
-        half = hw * (1.0 + 0.55 * v)
-        skirt = (Y >= hip_y - 0.01 * P) & (Y < hip_y + length) & (np.abs(X - cx) <= half)
-        pat = False
-        if lower_pat == "sidestripe":
-            pat = np.abs(X - cx) > half * 0.6
-        elif lower_pat == "bands":
-            pat = _bands(v, 2.0)
-        paint_pattern(skirt, pat, pal.lower)
-    else:
-        legs_cloth |= pelvis
-        paint_pattern(legs_cloth, legs_pattern, pal.lower)
+    def paint_pattern(self, mask, pattern, pair):
+        self.img[mask] = pair[0]
+        self.img[mask & pattern] = pair[1]
 
-    # ---- torso with the upper-garment texture ----
-    v = (Y[:, :1] - shoulder_y) / (hip_y - shoulder_y)      # (H, 1)
-    half = sw + (hw - sw) * np.clip(v, 0, 1)
-    torso = (v >= 0) & (v <= 1.0) & (np.abs(X - cx) <= half)
-    torso |= _capsule(X, Y, cx - sw + arm_r, shoulder_y + arm_r,
-                      cx + sw - arm_r, shoulder_y + arm_r, arm_r)[0]
-    u = (X[:1, :] - cx) / (2 * sw) + 0.5                    # (1, W), 0..1 across shoulders
-    up = a["upper"]
-    if up == "plain":
-        pat = False
-    elif up == "hstripes_coarse":
-        pat = _bands(v, 2.0)
-    elif up == "hstripes_fine":
-        pat = _bands(v, 3.5)
-    elif up == "vstripes_coarse":
-        pat = _bands(u, 1.5)
-    elif up == "vstripes_fine":
-        pat = _bands(u, 2.5)
-    elif up == "checker":
-        pat = _bands(u, 2.0) ^ _bands(v, 2.5)
-    elif up == "diagonal":
-        pat = _bands((u + v) / 2, 3.0)
-    elif up == "split":
-        pat = v > 0.5
-    elif up == "jacket":
-        pat = np.abs(u - 0.5) < 0.16
-    elif up == "chestband":
-        pat = (v > 0.28) & (v < 0.55)
-    else:
-        raise ValueError(f"unknown upper pattern {up!r}")
-    paint_pattern(torso, pat, pal.upper)
+    def behind(self):
+        """Backpack, long hair."""
+        a, X, Y, P, cx, sw = self.a, self.X, self.Y, self.P, self.cx, self.sw
+        if a["object"] == "backpack":
+            self.paint(_rect(X, Y, cx - sw * 1.22, self.shoulder_y - 0.01 * P, cx + sw * 1.22,
+                             self.hip_y - 0.04 * P), self.pal.obj)
+        if a["head_style"] == "long_hair":
+            rx, ry, cy = self.head_rx, self.head_ry, self.head_cy
+            self.paint(_rect(X, Y, cx - rx * 1.15, cy, cx + rx * 1.15, self.shoulder_y + 0.09 * P) |
+                       _ellipse(X, Y, cx, cy, rx * 1.15, ry * 1.08), self.pal.hair)
 
-    # ---- arms ----
-    sleeve_to = 0.9 if a["sleeves"] == "long" else 0.3
-    for s in (-1, 1):
-        x0, y0 = cx + s * (sw - arm_r * 0.6), shoulder_y + arm_r
-        x1, y1 = cx + s * (sw + arm_r * 0.6) + s * 0.01 * P, hand_y
-        x1 += swing * s * 0.3
-        arm, t, _ = _capsule(X, Y, x0, y0, x1, y1, arm_r)
-        paint(arm, pal.skin)
-        paint(arm & (t <= sleeve_to), pal.upper[0])
+    def legs(self):
+        a, X, Y, P, cx, hw, hip_y, feet = self.a, self.X, self.Y, self.P, self.cx, self.hw, self.hip_y, self.feet
+        lower, lower_pat, leg_r = a["lower"], a["lower_pattern"], self.leg_r
+        legs_cloth = np.zeros_like(X, dtype=bool)
+        legs_pattern = np.zeros_like(X, dtype=bool)
+        clothed_to = {"trousers": 0.93, "shorts": 0.42, "skirt": 0.0, "long_skirt": 0.0}[lower]
+        for s, st in ((-1, self.stride), (1, -self.stride)):
+            x0, y0 = cx + s * hw * 0.5, hip_y
+            x1, y1 = cx + s * hw * 0.5 + st * 0.5, feet - 0.03 * P
+            leg, t, perp = _capsule(X, Y, x0, y0, x1, y1, leg_r)
+            self.paint(leg, self.pal.skin)
+            cloth = leg & (t <= clothed_to)
+            legs_cloth |= cloth
+            if lower_pat == "sidestripe":
+                # outer third of each leg; perp > 0 is the +x side for a downward leg
+                legs_pattern |= cloth & (-s * perp > leg_r * 0.2)
+            elif lower_pat == "bands":
+                legs_pattern |= cloth & _bands(t, 3.0)
+            # shoe
+            self.paint(_ellipse(X, Y, x1 + s * 0.012 * P, feet - 0.018 * P, leg_r * 1.25, 0.022 * P), self.pal.shoe)
+        pelvis = _rect(X, Y, cx - hw, hip_y - 0.01 * P, cx + hw, hip_y + 0.06 * P)
+        if lower in ("skirt", "long_skirt"):
+            length = (0.5 if lower == "skirt" else 0.8) * (feet - hip_y)
+            v = np.clip((Y[:, :1] - hip_y) / length, 0, 1)     # (H, 1)
+            half = hw * (1.0 + 0.55 * v)
+            skirt = (Y >= hip_y - 0.01 * P) & (Y < hip_y + length) & (np.abs(X - cx) <= half)
+            pat = False
+            if lower_pat == "sidestripe":
+                pat = np.abs(X - cx) > half * 0.6
+            elif lower_pat == "bands":
+                pat = _bands(v, 2.0)
+            self.paint_pattern(skirt, pat, self.pal.lower)
+        else:
+            legs_cloth |= pelvis
+            self.paint_pattern(legs_cloth, legs_pattern, self.pal.lower)
 
-    # ---- head ----
-    neck = _rect(X, Y, cx - head_rx * 0.4, head_cy, cx + head_rx * 0.4, shoulder_y + 0.01 * P)
-    paint(neck, pal.skin)
-    face = _ellipse(X, Y, cx, head_cy, head_rx, head_ry)
-    paint(face, pal.skin)
-    if a["head_style"] in ("short_hair", "long_hair"):
-        paint(face & (Y < head_cy - head_ry * 0.35), pal.hair)
-    else:  # hat: crown and brim
-        paint(_rect(X, Y, cx - head_rx * 1.05, top - 0.35 * head_h, cx + head_rx * 1.05,
-                    head_cy - head_ry * 0.25), pal.hat)
-        paint(_rect(X, Y, cx - head_rx * 1.7, head_cy - head_ry * 0.45, cx + head_rx * 1.7,
-                    head_cy - head_ry * 0.2), pal.hat)
+    def torso(self):
+        """The torso with the upper garment's texture."""
+        X, Y, cx, sw, hw, arm_r, shoulder_y = self.X, self.Y, self.cx, self.sw, self.hw, self.arm_r, self.shoulder_y
+        v = (Y[:, :1] - shoulder_y) / (self.hip_y - shoulder_y)  # (H, 1)
+        half = sw + (hw - sw) * np.clip(v, 0, 1)
+        torso = (v >= 0) & (v <= 1.0) & (np.abs(X - cx) <= half)
+        torso |= _capsule(X, Y, cx - sw + arm_r, shoulder_y + arm_r, cx + sw - arm_r, shoulder_y + arm_r, arm_r)[0]
+        u = (X[:1, :] - cx) / (2 * sw) + 0.5                  # (1, W), 0..1 across shoulders
+        self.paint_pattern(torso, _upper_pattern(self.a["upper"], u, v), self.pal.upper)
 
-    # ---- carried objects in front ----
-    obj = a["object"]
-    if obj == "backpack":  # straps over the shoulders
+    def arms(self):
+        X, Y, P, cx, sw, arm_r = self.X, self.Y, self.P, self.cx, self.sw, self.arm_r
+        sleeve_to = 0.9 if self.a["sleeves"] == "long" else 0.3
         for s in (-1, 1):
-            paint(_rect(X, Y, cx + s * sw * 0.45, shoulder_y - 0.005 * P,
-                        cx + s * sw * 0.62, hip_y - 0.06 * P), pal.obj)
-    elif obj == "shoulder_bag":
-        bx = cx + side * (hw + arm_r * 1.6)
-        by0 = hip_y - 0.06 * P
-        strap = _capsule(X, Y, cx - side * sw * 0.7, shoulder_y, bx, by0, 0.009 * P)[0]
-        paint(strap, pal.obj)
-        paint(_rect(X, Y, bx - side * 0.02 * P, by0, bx + side * 0.14 * P, by0 + 0.14 * P), pal.obj)
-    elif obj == "handbag":
-        hx = cx + side * (sw + arm_r * 1.6)
-        paint(_rect(X, Y, hx - 0.045 * P, hand_y - 0.005 * P, hx + 0.045 * P, hand_y + 0.075 * P),
-              pal.obj)
-    elif obj == "suitcase":
-        sx = cx + side * (sw + arm_r * 2.0)
-        handle = _capsule(X, Y, sx, hand_y, sx + side * 0.03 * P, feet - 0.27 * P, 0.008 * P)[0]
-        paint(handle, pal.shoe)
-        paint(_rect(X, Y, sx, feet - 0.27 * P, sx + side * 0.16 * P, feet - 0.01 * P), pal.obj)
+            x0, y0 = cx + s * (sw - arm_r * 0.6), self.shoulder_y + arm_r
+            x1, y1 = cx + s * (sw + arm_r * 0.6) + s * 0.01 * P, self.hand_y
+            x1 += self.swing * s * 0.3
+            arm, t, _ = _capsule(X, Y, x0, y0, x1, y1, arm_r)
+            self.paint(arm, self.pal.skin)
+            self.paint(arm & (t <= sleeve_to), self.pal.upper[0])
 
-    # ---- downsample, photometric nuisances ----
+    def head(self):
+        X, Y, P, cx, rx, ry, cy = self.X, self.Y, self.P, self.cx, self.head_rx, self.head_ry, self.head_cy
+        self.paint(_rect(X, Y, cx - rx * 0.4, cy, cx + rx * 0.4, self.shoulder_y + 0.01 * P), self.pal.skin)  # neck
+        face = _ellipse(X, Y, cx, cy, rx, ry)
+        self.paint(face, self.pal.skin)
+        if self.a["head_style"] in ("short_hair", "long_hair"):
+            self.paint(face & (Y < cy - ry * 0.35), self.pal.hair)
+        else:  # hat: crown and brim
+            self.paint(_rect(X, Y, cx - rx * 1.05, self.top - 0.35 * self.head_h, cx + rx * 1.05, cy - ry * 0.25),
+                       self.pal.hat)
+            self.paint(_rect(X, Y, cx - rx * 1.7, cy - ry * 0.45, cx + rx * 1.7, cy - ry * 0.2), self.pal.hat)
+
+    def carried(self):
+        """Carried objects in front of the body."""
+        X, Y, P, cx, sw, hw, side, obj = self.X, self.Y, self.P, self.cx, self.sw, self.hw, self.side, self.a["object"]
+        arm_r, hand_y, feet, shoulder_y, hip_y = self.arm_r, self.hand_y, self.feet, self.shoulder_y, self.hip_y
+        if obj == "backpack":  # straps over the shoulders
+            for s in (-1, 1):
+                self.paint(_rect(X, Y, cx + s * sw * 0.45, shoulder_y - 0.005 * P,
+                                 cx + s * sw * 0.62, hip_y - 0.06 * P), self.pal.obj)
+        elif obj == "shoulder_bag":
+            bx = cx + side * (hw + arm_r * 1.6)
+            by0 = hip_y - 0.06 * P
+            self.paint(_capsule(X, Y, cx - side * sw * 0.7, shoulder_y, bx, by0, 0.009 * P)[0], self.pal.obj)
+            self.paint(_rect(X, Y, bx - side * 0.02 * P, by0, bx + side * 0.14 * P, by0 + 0.14 * P), self.pal.obj)
+        elif obj == "handbag":
+            hx = cx + side * (sw + arm_r * 1.6)
+            self.paint(_rect(X, Y, hx - 0.045 * P, hand_y - 0.005 * P, hx + 0.045 * P, hand_y + 0.075 * P),
+                       self.pal.obj)
+        elif obj == "suitcase":
+            sx = cx + side * (sw + arm_r * 2.0)
+            handle = _capsule(X, Y, sx, hand_y, sx + side * 0.03 * P, feet - 0.27 * P, 0.008 * P)[0]
+            self.paint(handle, self.pal.shoe)
+            self.paint(_rect(X, Y, sx, feet - 0.27 * P, sx + side * 0.16 * P, feet - 0.01 * P), self.pal.obj)
+
+
+def _upper_pattern(up, u, v):
+    """The upper garment's texture mask from u (across the shoulders) and v (shoulders to hips), 0..1."""
+    patterns = {"plain": lambda: False, "hstripes_coarse": lambda: _bands(v, 2.0),
+                "hstripes_fine": lambda: _bands(v, 3.5), "vstripes_coarse": lambda: _bands(u, 1.5),
+                "vstripes_fine": lambda: _bands(u, 2.5), "checker": lambda: _bands(u, 2.0) ^ _bands(v, 2.5),
+                "diagonal": lambda: _bands((u + v) / 2, 3.0), "split": lambda: v > 0.5,
+                "jacket": lambda: np.abs(u - 0.5) < 0.16, "chestband": lambda: (v > 0.28) & (v < 0.55)}
+    if up not in patterns:
+        raise ValueError(f"unknown upper pattern {up!r}")
+    return patterns[up]()
+
+
+def _photometric(img, modality, rng):
+    """Downsample the supersampled canvas, then blur, gain, bias and noise: uint8 (h, w, 3)."""
     c = img.shape[-1]
     img = sum(img[i::_SS, j::_SS] for i in range(_SS) for j in range(_SS)) * (1.0 / _SS ** 2)
     if modality == "thermal":
@@ -522,10 +527,6 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
         img = np.repeat(img, 3, axis=2)
     return img
 
-
-# --------------------------------------------------------------------------
-# atomic, idempotent dataset folders
-# --------------------------------------------------------------------------
 
 def read_meta(root):
     """The contents of root/demo.json (a dict), or None where root is not a folder or holds no
@@ -875,18 +876,23 @@ def make_llcm_demo(root, num_ids=30, seed=0, img_w=64, img_h=128, force=False, w
                     d = os.path.join(out, test_top, f"cam{cam}", f"{pid:04d}")
                     os.makedirs(d, exist_ok=True)
                     shutil.copyfile(os.path.join(out, top, f"{pid:04d}", name), os.path.join(d, name))
-        os.makedirs(os.path.join(out, "idx"))
-        for part, order in (("train", train_order), ("test", test_order)):
-            for mod, tag in (("visible", "vis"), ("thermal", "nir")):
-                with open(os.path.join(out, "idx", f"{part}_{tag}.txt"), "w") as f:
-                    f.writelines(f"{tag}/{pid:04d}/{name} {label}\n"
-                                 for label, pid in enumerate(order) for _, name in files[pid, mod])
-        with open(os.path.join(out, "idx", "test_id.txt"), "w") as f:
-            f.write(",".join(f"{pid:04d}" for pid in test_order))
+        _write_llcm_lists(out, files, train_order, test_order)
         with open(os.path.join(out, "identities.json"), "w") as f:
             json.dump([ids[pid] for pid in pids], f, indent=0, sort_keys=True)
 
     return _build_atomically(root, params, writer, force)
+
+
+def _write_llcm_lists(out, files, train_order, test_order):
+    """idx/{train,test}_{vis,nir}.txt (labels in first-appearance order) and idx/test_id.txt."""
+    os.makedirs(os.path.join(out, "idx"))
+    for part, order in (("train", train_order), ("test", test_order)):
+        for mod, tag in (("visible", "vis"), ("thermal", "nir")):
+            with open(os.path.join(out, "idx", f"{part}_{tag}.txt"), "w") as f:
+                f.writelines(f"{tag}/{pid:04d}/{name} {label}\n"
+                             for label, pid in enumerate(order) for _, name in files[pid, mod])
+    with open(os.path.join(out, "idx", "test_id.txt"), "w") as f:
+        f.write(",".join(f"{pid:04d}" for pid in test_order))
 
 
 # --------------------------------------------------------------------------

@@ -32,9 +32,10 @@ CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on
 
 @dataclass(frozen=True)
 class Method:
-    """One training method. `flags` are the method-dependent flags it may read (METHOD_FLAGS is the
-    union over all methods); `reads(s)` those the settings s give it (the others are shown and
-    hashed as None); `unread(s)` those it has but that s makes inert (an error when given)."""
+    """One training method. `flags` are the method-dependent flags it may read (method_flags() is
+    their union over all methods); `reads(s)` those the settings s give it (default: all of flags;
+    the others are shown and hashed as None); `unread(s)` those it has but that s makes inert (an
+    error when given)."""
     model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
     #                       .features(x, modal), .head_parameters())
     config: Callable      # settings -> the network's architecture (what its checkpoints record)
@@ -47,8 +48,8 @@ class Method:
     head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
     #                                                                  --backbone_lr_mult
     keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
-    tag: Callable = lambda s: f"{s.method}_pcb-{s.pcb}"  # the run name's readable part
-    describe: Callable = lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}"
+    tag: Callable = lambda s: s.method  # the run name's readable part
+    describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
     compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
 
@@ -79,6 +80,8 @@ def paper_family(triplet, margin=True, center=True):
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center"),
         heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
+        tag=lambda s: f"{s.method}_pcb-{s.pcb}",
+        describe=lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}",
         unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)))
 
 
@@ -163,7 +166,7 @@ def method_of(config):
 
 def as_settings(config):
     """A checkpoint's architecture as settings a method's rules can read (absent flags are None)."""
-    names = set(method_flags()) | {"arch", "share_net", "method", "img_h", "batch_size"}
+    names = set(method_flags()) | {"arch", "share_net"}
     return SimpleNamespace(**{**dict.fromkeys(names), **config})
 
 

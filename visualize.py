@@ -198,16 +198,7 @@ def cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480):
     that is genuinely below 1% everywhere would be misread; pass percentages/100 then).
     x = rank 1..N (N = longest curve), y = 0..100%. Returns out_path.
     """
-    if not curves:
-        raise ValueError("curves is empty")
-    series = []
-    for label, values in curves.items():
-        v = _numpy(values).astype(np.float64).reshape(-1)
-        if v.size == 0 or not np.all(np.isfinite(v)):
-            raise ValueError(f"curve {label!r} must be non-empty and finite")
-        if v.max() <= 1.0:
-            v = v * 100.0
-        series.append((str(label), np.clip(v, 0.0, 100.0)))
+    series = _cmc_series(curves)
     n = max(len(v) for _, v in series)
 
     img = Image.new("RGB", (int(width), int(height)), BACKGROUND)
@@ -243,13 +234,7 @@ def cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480):
     draw.rectangle([left, top, right, bottom], outline=TEXT)
 
     _draw_centered(draw, (left + right) / 2, height - 18, "Rank", f_tick)
-    # Pillow cannot draw rotated text directly: render it on a strip and rotate the strip.
-    ylab = "Matching rate (%)"
-    tw, th = _text_size(draw, ylab, f_tick)
-    strip = Image.new("RGB", (tw + 4, th + 6), BACKGROUND)
-    _draw_centered(ImageDraw.Draw(strip), (tw + 4) / 2, 2, ylab, f_tick)
-    strip = strip.rotate(90, expand=True)
-    img.paste(strip, (4, int((top + bottom) / 2 - strip.height / 2)))
+    _paste_vertical(img, draw, "Matching rate (%)", f_tick, (top + bottom) / 2)
     _draw_centered(draw, width / 2, 10, title, f_title)
 
     for i, (label, v) in enumerate(series):
@@ -260,10 +245,41 @@ def cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480):
         for x, y in pts:
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
 
-    # Legend in the lower right of the plot, where rising CMC curves leave space.
+    _cmc_legend(draw, series, f_legend, (left, right, top, bottom))
+    return _save_png(img, out_path)
+
+
+def _paste_vertical(img, draw, text, font, y_center):
+    """text rotated by 90 degrees at the left edge: Pillow cannot draw rotated text directly, so it is
+    rendered on a strip and the strip rotated."""
+    tw, th = _text_size(draw, text, font)
+    strip = Image.new("RGB", (tw + 4, th + 6), BACKGROUND)
+    _draw_centered(ImageDraw.Draw(strip), (tw + 4) / 2, 2, text, font)
+    strip = strip.rotate(90, expand=True)
+    img.paste(strip, (4, int(y_center - strip.height / 2)))
+
+
+def _cmc_series(curves):
+    """[(label, percentages clipped to 0..100)] of cmc_curve_picture's curves, each checked."""
+    if not curves:
+        raise ValueError("curves is empty")
+    series = []
+    for label, values in curves.items():
+        v = _numpy(values).astype(np.float64).reshape(-1)
+        if v.size == 0 or not np.all(np.isfinite(v)):
+            raise ValueError(f"curve {label!r} must be non-empty and finite")
+        if v.max() <= 1.0:
+            v = v * 100.0
+        series.append((str(label), np.clip(v, 0.0, 100.0)))
+    return series
+
+
+def _cmc_legend(draw, series, font, box):
+    """The legend in the lower right of the plot box, where rising CMC curves leave space."""
+    left, right, top, bottom = box
     entries = [f"{label}: R1 {v[0]:.1f}%" for label, v in series]
-    line_h = max(_text_size(draw, e, f_legend)[1] for e in entries) + 6
-    box_w = max(_text_size(draw, e, f_legend)[0] for e in entries) + 40
+    line_h = max(_text_size(draw, e, font)[1] for e in entries) + 6
+    box_w = max(_text_size(draw, e, font)[0] for e in entries) + 40
     box_h = line_h * len(entries) + 6
     bx1, by1 = right - 8, bottom - 8
     bx0, by0 = max(left + 2, bx1 - box_w), max(top + 2, by1 - box_h)
@@ -272,9 +288,8 @@ def cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480):
         color = PALETTE[i % len(PALETTE)]
         cy = by0 + 3 + line_h * i + line_h / 2
         draw.line([(bx0 + 6, cy), (bx0 + 28, cy)], fill=color, width=3)
-        _, y0, _, y1 = draw.textbbox((0, 0), entry, font=f_legend)
-        draw.text((bx0 + 34, cy - (y0 + y1) / 2), entry, font=f_legend, fill=TEXT)
-    return _save_png(img, out_path)
+        _, y0, _, y1 = draw.textbbox((0, 0), entry, font=font)
+        draw.text((bx0 + 34, cy - (y0 + y1) / 2), entry, font=font, fill=TEXT)
 
 
 # ----------------------------------------------------------------------------- batches

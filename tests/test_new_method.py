@@ -57,8 +57,7 @@ class ToyLoss(nn.Module):
 
 
 TOY = settings.Method(model=ToyNet, config=lambda s: dict(width=8), loss=lambda s: ToyLoss(s.margin),
-                      flags=("margin",), heads=("toy",), tag=lambda s: "toy",
-                      describe=lambda s: "--method toy")
+                      flags=("margin",), heads=("toy",))
 
 
 @pytest.fixture
