@@ -144,6 +144,52 @@ def global_pool(x, mode, p=3.0):
     raise ValueError(f"pooling must be one of {', '.join(POOLS)}, got {mode}")
 
 
+class NonLocal(nn.Module):
+    """AGW's non-local block (Ye et al., TPAMI 2021; mangye16/Cross-Modal-Re-ID-baseline, model.py
+    Non_local) as its code runs it: one inter-channel (reduc_ratio // reduc_ratio), 1x1 convolutions
+    g, theta, phi with bias, no softmax (the pairwise products divided by the number of positions N),
+    and an output BatchNorm whose weight and bias start at 0, so that the block starts as the identity.
+    Keys as the reference's: g.0.*, W.0.*, W.1.*, theta.*, phi.*."""
+
+    def __init__(self, channels, inter=1):
+        super().__init__()
+        self.inter = inter
+        self.g = nn.Sequential(nn.Conv2d(channels, inter, 1))
+        self.W = nn.Sequential(nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+        self.theta = nn.Conv2d(channels, inter, 1)
+        self.phi = nn.Conv2d(channels, inter, 1)
+
+    def forward(self, x):
+        b = x.shape[0]
+        g = self.g(x).reshape(b, self.inter, -1).permute(0, 2, 1)          # [B, N, inter]
+        theta = self.theta(x).reshape(b, self.inter, -1).permute(0, 2, 1)  # [B, N, inter]
+        phi = self.phi(x).reshape(b, self.inter, -1)                       # [B, inter, N]
+        f = theta @ phi                                                    # [B, N, N], as the reference
+        y = (f / f.shape[-1]) @ g
+        y = y.permute(0, 2, 1).reshape(b, self.inter, *x.shape[2:])
+        return self.W(y) + x
+
+
+# AGW's insertion points: after the last 2 blocks of layer2 and the last 3 of layer3 (the reference's
+# non_layers = [0, 2, 3, 0]); a stage with fewer blocks (ResNet-18) takes one after each of its blocks
+NON_LOCAL = {"layer2": 2, "layer3": 3}
+
+
+def non_local_blocks(shared):
+    """{stage: (block indices, ModuleList of NonLocal)} for the shared stages (a torchvision ResNet's)."""
+    out = {}
+    for name, stage in shared.named_children():
+        if name in NON_LOCAL:
+            n = min(NON_LOCAL[name], len(stage))
+            last = stage[-1]
+            channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+            out[name] = (tuple(range(len(stage) - n, len(stage))),
+                         nn.ModuleList(NonLocal(channels) for _ in range(n)))
+    return out
+
+
 def bn_neck(dim):
     """BatchNorm1d with its bias frozen at 0 (the authors' "no shift"), weight N(1, 0.01)."""
     bn = nn.BatchNorm1d(dim)
@@ -306,12 +352,15 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
     blocks start as identities) or the path of a torchvision state dict of arch.
     """
 
-    def __init__(self, class_num, no_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb=None,
+    def __init__(self, class_num, non_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb=None,
                  local_feat_dim=256, num_strips=6, gem_p=3.0, pretrained="none", head=None, bpool=None,
                  cpool=None, fuse=None):
         super().__init__()
-        if no_local != "off":
-            raise ValueError(f"embed_net(no_local={no_local!r}): non-local blocks are not implemented (only 'off')")
+        if non_local not in ("on", "off"):
+            raise ValueError(f"--non_local must be 'on' or 'off', got {non_local!r}")
+        if non_local == "on" and share_net > 2:
+            raise ValueError(f"--non_local on: the non-local blocks go into layer2 and layer3, which --share_net "
+                             f"{share_net} makes modality-specific; use --share_net 2 or less (AGW's is 1)")
         check_arch(arch)
         gm_pool = "on" if gm_pool is None else gm_pool  # None: left out, as for the other options
         if gm_pool not in ("on", "off"):
@@ -325,6 +374,8 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         self.config = dict(class_num=class_num, share_net=share_net, pcb=pcb, local_feat_dim=local_feat_dim,
                            num_strips=num_strips, arch=arch, head=head, gm_pool=gm_pool, gem_p=self.gem_p,
                            bpool=bpool, cpool=cpool, fuse=fuse)
+        if non_local == "on":  # recorded only when on: the files written before the option rebuild as they were
+            self.config["non_local"] = "on"
 
         specific, shared = split_names(share_net)
         base = resnet_last_stride1(arch, load_backbone_weights(pretrained, arch))
@@ -336,6 +387,11 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         self.visible_module.visible = _part(copy.deepcopy(base), specific)
         self.thermal_module.thermal = _part(copy.deepcopy(base), specific)
         self.base_resnet.base = _part(base, shared)
+        self.non_local_at = {}  # stage -> block indices followed by a non-local block (self.NL_2, self.NL_3)
+        if non_local == "on":
+            for stage, (at, blocks) in non_local_blocks(self.base_resnet.base).items():
+                self.non_local_at[stage] = at
+                setattr(self, f"NL_{stage[-1]}", blocks)  # the reference's names: NL_2.0.*, NL_3.2.*
 
         if head == "pcb":
             self.head = PCBHead(dim, class_num, num_strips, local_feat_dim, self.gem_p, gm_pool)
@@ -365,7 +421,16 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
             x = self.thermal_module.thermal(x2)
         else:
             raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
-        return self.base_resnet.base(x)
+        if not self.non_local_at:
+            return self.base_resnet.base(x)
+        for name, stage in self.base_resnet.base.named_children():
+            at = self.non_local_at.get(name, ())
+            blocks = iter(getattr(self, f"NL_{name[-1]}")) if at else None
+            for i, block in enumerate(stage):
+                x = block(x)
+                if i in at:
+                    x = next(blocks)(x)
+        return x
 
     @property
     def feature_names(self):
@@ -483,8 +548,8 @@ def _stage(key, prefix):
 
 
 def drop_unused_stages(state_dict, share_net):
-    """(state dict, ignored keys) of a checkpoint of the DGTL reference code, which stores its three
-    ResNets whole: the stages that share point does not run (the streams' shared stages, the base's
+    """(state dict, ignored keys) of a checkpoint of a reference code that stores its three ResNets
+    whole (DGTL's, AGW's and CAJ's): the stages that share point does not run (the streams' shared stages, the base's
     specific ones) are dropped, since no gradient ever reached them.
 
     Only a state dict holding every stage under all three prefixes is that layout; any other is
@@ -506,13 +571,13 @@ def drop_unused_stages(state_dict, share_net):
 
     for stage in STAGES:
         if stage in shared and not same(stage, *STREAMS):
-            raise ValueError(f"--share_net {share_net}: this checkpoint of the DGTL reference code has different "
-                             f"{stage} weights in its two streams, so it ran {stage} per modality: it needs a "
-                             f"larger --share_net (the reference's is 2)")
+            raise ValueError(f"--share_net {share_net}: this checkpoint of a reference code (three whole ResNets) "
+                             f"has different {stage} weights in its two streams, so it ran {stage} per modality: "
+                             f"it needs a larger --share_net (DGTL's is 2, AGW's and CAJ's 1)")
         if stage in specific and same(stage, *STREAMS) and not same(stage, STREAMS[0], BASE):
-            raise ValueError(f"--share_net {share_net}: this checkpoint of the DGTL reference code trained {stage} "
-                             f"in the shared base only, so it shared {stage}: it needs a smaller --share_net "
-                             f"(the reference's is 2)")
+            raise ValueError(f"--share_net {share_net}: this checkpoint of a reference code (three whole ResNets) "
+                             f"trained {stage} in the shared base only, so it shared {stage}: it needs a smaller "
+                             f"--share_net (DGTL's is 2, AGW's and CAJ's 1)")
     unused = {p: set(shared) for p in STREAMS}
     unused[BASE] = set(specific)
     kept, ignored = OrderedDict(), []
@@ -525,8 +590,8 @@ def drop_unused_stages(state_dict, share_net):
 
 
 def to_dgtl_state_dict(model):
-    """This model's weights in the DGTL reference's layout: three whole ResNets (thermal, visible,
-    base) then the head. The stages the model does not run are filled with copies of the ones it
+    """This model's weights in the layout of the DGTL, AGW and CAJ references: three whole ResNets
+    (thermal, visible, base) then the rest (head, AGW's non-local blocks NL_*). The stages the model does not run are filled with copies of the ones it
     does (their values never matter: drop_unused_stages removes them again)."""
     sd = to_original_state_dict(model)
     specific, _ = split_names(model.share_net)

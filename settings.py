@@ -25,7 +25,7 @@ import model_mine
 CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on", "off"), gm_pool=("on", "off"),
                label_smooth=("on", "off"), optim=("sgd", "adam"), amp=("auto", "bf16", "fp16", "off"),
                mode=("all", "indoor"), bpool=model_mine.POOLS, cpool=("no",) + model_mine.POOLS,
-               fuse=("sum", "cat"), hcloss=losses.HCLOSSES)
+               fuse=("sum", "cat"), hcloss=losses.HCLOSSES, non_local=("on", "off"))
 
 
 # ----------------------------------------------------------------------------- methods
@@ -52,11 +52,17 @@ class Method:
     describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
     compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
+    reference: dict = field(default_factory=dict)  # {flag: value} of the reference code's runs: another value
+    #                                                given explicitly is a combination of ours, said in the log
+    marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a checkpoint that
+    #                    does not fit another method
 
 
 def two_stream_config(s):
-    """embed_net's architecture: the PCB head (--pcb on) or the global one."""
+    """embed_net's architecture: the PCB head (--pcb on) or the global one, with or without AGW's
+    non-local blocks."""
     return dict(arch=s.arch, share_net=s.share_net, pcb=s.pcb, gm_pool=s.gm_pool, gem_p=s.gem_p,
+                non_local=getattr(s, "non_local", None) or "off",
                 **(dict(local_feat_dim=s.local_feat_dim, num_strips=s.num_strips) if s.pcb == "on" else {}))
 
 
@@ -68,21 +74,23 @@ def check_two_stream(s):
         raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
 
 
-def paper_family(triplet, margin=True, center=True):
+def paper_family(triplet, margin=True, center=True, **fields):
     """A method of the paper's network and total loss (ReIDLoss) with its own triplet term
-    (triplet(settings) -> loss module, or None for the ID loss alone)."""
+    (triplet(settings) -> loss module, or None for the ID loss alone); fields: the Method's others."""
     def reads(s):
         strips = ("local_feat_dim", "num_strips") if s.pcb == "on" else ()
-        return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth") + strips + (("w_center",) if center else ())
+        return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "non_local") + strips + \
+            (("w_center",) if center else ())
 
-    return Method(
+    return Method(**dict(dict(
         model=model_mine.embed_net, config=two_stream_config,
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
-        flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center"),
+        flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center",
+               "non_local"),
         heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
-        tag=lambda s: f"{s.method}_pcb-{s.pcb}",
+        tag=lambda s: f"{s.method}_pcb-{s.pcb}", reference=dict(non_local="off"), marks=("head.conv_weight",),
         describe=lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}",
-        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)))
+        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",))), **fields))
 
 
 def dgtl_config(s):
@@ -114,19 +122,32 @@ _DGTL_REGDB = dict(bpool="max", cpool="max", fuse="sum", margin_hc=0.0, hcloss="
 _DGTL_SYSU = dict(bpool="avg", cpool="max", fuse="sum", margin_hc=0.5, hcloss="HcTri", pcb="off", gem_p=3.0,
                   label_smooth="off", batch_size=6, num_pos=8, epochs=61, eval_start=5, eval_every=5)
 
+# AGW (Ye et al., TPAMI 2021; mangye16/Cross-Modal-Re-ID-baseline, train.py and model.py) as its code runs
+# it: modality-specific stems, shared layer1-4 with five non-local blocks, GeM p=3, BN neck; ID + WRT
+# (weight 1, no smoothing, no margin); P=8, K=4, SGD lr 0.1, warm-up 10, x0.1 at 20 and 50, 81 epochs,
+# evaluated every 2 epochs from epoch 2, the best post-BN ('bn') Rank-1 kept; no random erasing
+AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3.0, label_smooth="off",
+                   w_center=1.0)
+AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
+                   backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", erasing_p=0.0, pad=10)
+
 METHODS = {
     # the paper's: ID + hetero-center triplet (Liu et al., TMM 2021)
     "hctri": paper_family(lambda s: losses.CenterTripletLoss(margin=s.margin)),
     "batch-hard": paper_family(lambda s: losses.TripletLoss(margin=s.margin)),
-    # AGW's weighted regularised triplet on this network: no margin
-    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
+    # AGW's weighted regularised triplet on this project's network (what --method agw was before AGW)
+    "wrt": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
+    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",),
+                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0),
+                        defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING,
+                                  "demo": AGW_NETWORK}),
     "id-only": paper_family(None, margin=False, center=False),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
     "dgtl": Method(
         model=model_mine.embed_net, config=dgtl_config, heads=("dgtl",),
         loss=lambda s: losses.DGTLLoss(s.margin, s.margin_hc, s.hcloss, s.label_smooth),
         flags=("pcb", "gem_p", "bpool", "cpool", "fuse", "margin", "label_smooth", "hcloss", "margin_hc"),
-        unread=dgtl_unread, check=check_dgtl, keep_ties=True,
+        unread=dgtl_unread, check=check_dgtl, keep_ties=True, marks=("classifier_att.",),
         defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
                   "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
         tag=lambda s: f"dgtl-{s.bpool}-{s.cpool}",
@@ -162,6 +183,14 @@ def method_of(config):
         if head in method.heads:
             return name, method
     raise ValueError(f"a network with head {head!r}, which no method of METHODS builds")
+
+
+def looks_like(state_dict):
+    """The name of the method whose networks alone have keys of this state dict (Method.marks), else None."""
+    for name, method in METHODS.items():
+        if method.marks and any(k.startswith(method.marks) for k in state_dict):
+            return name
+    return None
 
 
 def as_settings(config):
@@ -278,6 +307,7 @@ def with_test_flags(args):
 # ----------------------------------------------------------------------------- defaults
 
 COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
+                       non_local="off",
                        method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
                        eval_every=2, mode="all", steps_per_epoch=0, trial=1)
 
@@ -327,6 +357,17 @@ def resolve_training(args, explicit):
     for flag in set(method_flags()) - set(method_reads(method, args)):
         setattr(args, flag, None)
     return args
+
+
+def combination_note(args, explicit):
+    """A log line where flags given explicitly leave the chosen method's reference run (Method.reference),
+    else None: the combination is allowed, and its numbers are this project's, not the reference's."""
+    ours = [f"--{k} {getattr(args, k)}" for k, v in METHODS[args.method].reference.items()
+            if k in explicit and getattr(args, k) != v]
+    if not ours:
+        return None
+    return (f"note: --method {args.method} with {', '.join(ours)}: a combination no reference code ran "
+            f"(this project's)")
 
 
 def check_training(args, explicit):

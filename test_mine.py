@@ -3,9 +3,10 @@
     python test_mine.py --dataset sysu --data_path /data/SYSU-MM01 --resume sysu_best.pth
     python test_mine.py --dataset regdb --data_path /data/RegDB --resume 'save_model/regdb_trial{trial}_best.pth'
 
-Checkpoints of this project carry their architecture; those of the authors' code ({'net': ...})
-are built from the architecture flags (--share_net, --pcb, --local_feat_dim, --num_strips, --gem_p;
-DGTL: --bpool, --cpool, --fuse, which imply --method dgtl). A flag the file's head does not read is an error.
+Checkpoints of this project carry their architecture; those of the reference codes ({'net': ...})
+are built from --method and its published defaults, or the architecture flags (--share_net, --pcb,
+--local_feat_dim, --num_strips, --gem_p, --non_local; DGTL: --bpool, --cpool, --fuse, which imply
+--method dgtl; AGW: --method agw). A flag the file's head does not read is an error.
 """
 import argparse
 import csv
@@ -73,6 +74,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine pooling (default RegDB max, SYSU avg)")
     g.add_argument("--cpool", default=None, choices=C["cpool"], help="DGTL coarse pooling (default max)")
     g.add_argument("--fuse", default=None, choices=C["fuse"], help="DGTL fusion (default sum)")
+    g.add_argument("--non_local", default=None, choices=C["non_local"], help="AGW's non-local blocks (AGW on)")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--re_rank", default="no", choices=RE_RANK)
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
@@ -93,8 +95,8 @@ def get_args_parser(add_help=True):
     return parser
 
 
-ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p", "bpool",
-              "cpool", "fuse")
+ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
+              "non_local", "bpool", "cpool", "fuse")
 
 
 def resolve_checkpoint(path, model_path):

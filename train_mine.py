@@ -1,10 +1,12 @@
 """Train the two-stream network with the ID + hetero-center triplet loss (Liu et al., TMM 2021),
-or the authors' follow-up DGTL (Liu et al., SPL 2021).
+the authors' follow-up DGTL (Liu et al., SPL 2021), or the AGW baseline that their code extends
+(Ye et al., TPAMI 2021).
 
     python train_mine.py --dataset sysu --data_path /data/SYSU-MM01          # the paper's SYSU setting
     python train_mine.py --dataset regdb --data_path /data/RegDB --trial 3   # the paper's RegDB setting
     python train_mine.py --dataset llcm --data_path /data/LLCM               # LLCM (the SYSU setting)
     python train_mine.py --method dgtl --dataset regdb --data_path ...       # DGTL's published setting
+    python train_mine.py --method agw --dataset sysu --data_path ...         # AGW's
     python train_mine.py --dataset demo                                      # generated data, CPU, minutes
     torchrun --nproc_per_node=4 train_mine.py --dataset sysu --data_path ... # all GPUs of a node
 
@@ -39,9 +41,13 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
                     "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
                     "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
-                    "eval_every", "amp")
+                    "eval_every", "amp", "non_local")
 LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
-          "fuse")
+          "fuse", "non_local")
+# Experiment flags added after run names were first given, with the behaviour of runs from before: they
+# enter a run's name only with another value (names stay as they were), and a checkpoint that does not
+# record one ran with that value
+LATER_FLAGS = {"non_local": "off"}
 
 
 def get_args_parser(add_help=True):
@@ -92,6 +98,8 @@ def model_flags(parser, C):
     g.add_argument("--gem_p", default=None, type=float,
                    help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
     g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
+    g.add_argument("--non_local", default=None, choices=C["non_local"],
+                   help="AGW's five non-local blocks in layer2 and layer3 (default off; AGW on)")
     g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine-branch pooling")
     g.add_argument("--cpool", default=None, choices=C["cpool"],
                    help="DGTL coarse-branch pooling (the reference's unpublished wpa is not implemented)")
@@ -156,7 +164,8 @@ def speed_flags(parser, C):
 def run_name(args):
     """A readable name plus a hash of every experiment flag: different experiments never share files."""
     # the split is in the readable name, not in the hash: one {trial} template names every split's run
-    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial"}
+    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial" and
+              not (k in LATER_FLAGS and getattr(args, k, None) in (None, LATER_FLAGS[k]))}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
@@ -168,7 +177,7 @@ def run_name(args):
 
 def resume_flags(args, explicit, ckpt):
     """Take the experiment flags left out from the checkpoint; return notes on those given explicitly."""
-    saved, notes = ckpt.get("args", {}), []
+    saved, notes = {**LATER_FLAGS, **ckpt.get("args", {})}, []
     for key in EXPERIMENT_FLAGS:
         if key not in saved or saved[key] is None:
             continue
@@ -194,6 +203,7 @@ def prepare_run(args):
                              f"of the original code can be evaluated with test_mine.py, not resumed)")
         notes = resume_flags(args, explicit, ckpt)
     settings.resolve_training(args, explicit)
+    notes += [line for line in [settings.combination_note(args, explicit)] if line]
     name = run_name(args)
     if ckpt is not None:
         name = ckpt.get("name") or os.path.basename(args.resume).rsplit("_", 1)[0]

@@ -189,7 +189,8 @@ def check_arch_flags(path, config, args, explicit, recorded):
     head = config["head"]
     unused = settings.unused_arch_flags(config, explicit)
     if recorded:
-        saved = dict(config, method=f"{head} head")  # --method names the network: its methods build this head
+        # --method names the network: its methods build this head; a file without non_local has none
+        saved = dict({"non_local": "off"}, **config, method=f"{head} head")
         wrong = [k for k in explicit if k not in unused and k in saved and (
             head not in settings.METHODS[args.method].heads if k == "method" else getattr(args, k) != saved[k])]
         shown = [f"--{k} {getattr(args, k)} (the file's {head} head does not read it)" for k in unused] + \
@@ -218,6 +219,12 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
     sd, arch = checkpoint_weights(ckpt, path)
     recorded = arch is not None
     if not recorded:
+        like = settings.looks_like(sd)
+        if args is not None and like and like != args.method and \
+                settings.METHODS[like].marks != settings.METHODS[args.method].marks:
+            raise ValueError(f"{path}: this checkpoint of a reference code looks like one of --method {like} (its "
+                             f"keys {', '.join(settings.METHODS[like].marks)}...), not of --method {args.method}: "
+                             f"pass --method {like}")
         arch = original_arch(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])

@@ -65,7 +65,7 @@ CHANGES = {
     "batch_size": ((), ("--batch-size", "4")), "num_pos": ((), ("--num_pos", "2")),
     "steps_per_epoch": ((), ("--steps_per_epoch", "5")), "seed": ((), ("--seed", "1")),
     "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
-    "amp": ((), ("--amp", "bf16")),
+    "amp": ((), ("--amp", "bf16")), "non_local": ((), ("--non_local", "on")),
 }
 
 
@@ -158,7 +158,9 @@ def test_resuming_from_an_earlier_best_never_writes_over_the_later_last(tiny_reg
     (["--mode", "indoor"], "--mode: only SYSU-MM01 has search modes"),
     (["--dataset", "llcm", "--trial", "2"], "--trial: --dataset llcm has one training set"),
     (["--gpu", "0,1"], "--gpu 0,1: one device per process; for several GPUs launch with torchrun"),
-    (["--method", "agw", "--margin", "0.5"], "--margin: not used by --method agw"),
+    (["--method", "wrt", "--margin", "0.5"], "--margin: not used by --method wrt"),
+    (["--method", "agw", "--margin", "0.5"],
+     "--margin, --local_feat_dim, --num_strips: not used by --method agw --pcb off"),
     (["--method", "id-only", "--w_center", "2"], "--w_center: not used by --method id-only"),
     (["--method", "dgtl", "--cpool", "no", "--fuse", "sum"], "--fuse: not used by --method dgtl --cpool no"),
     (["--cpu_aug", "--erasing_p", "0.5"], "--erasing_p: not used by .* --cpu_aug"),

@@ -304,5 +304,5 @@ def test_imagenet_weights_are_torchvisions_for_each_arch(monkeypatch):
 def test_unknown_arch_and_no_local_are_errors():
     with pytest.raises(ValueError, match="--arch must be one of resnet18, resnet50, got resnet34"):
         model_mine.embed_net(3, arch="resnet34")
-    with pytest.raises(ValueError, match="embed_net\\(no_local='on'\\): non-local blocks are not implemented"):
-        model_mine.embed_net(3, no_local="on")
+    with pytest.raises(ValueError, match="--non_local must be 'on' or 'off', got 'yes'"):
+        model_mine.embed_net(3, non_local="yes")
