@@ -82,6 +82,8 @@ def get_args_parser():
                         help="the fast path's --compile (auto: CUDA graphs on a CUDA device)")
     parser.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
                         help="the fast path's --resident_data (auto: on a GPU where the set fits)")
+    parser.add_argument("--method", default=["hctri"], nargs="+", choices=tuple(settings.METHODS),
+                        help="the fast path of these methods too, beside the paper's (e.g. --method agw caj)")
     parser.add_argument("--check", action="store_true",
                         help="a self-check of the default training path for a new machine (OK/FAIL lines, exit "
                              "status 1 on a FAIL): run it first on a new GPU")
@@ -285,23 +287,33 @@ def measure_reference(args, device, source):
 
 # ----------------------------------------------------------------------------- the fast path
 
-def fast_model(args, device):
-    """The network train_mine.py builds (the paper's method), seeded: the reference is given the same weights."""
+def fast_model(args, device, method="hctri"):
+    """The network train_mine.py builds for the method, seeded: the reference is given the paper's."""
     torch.manual_seed(0)
-    model = train_mine.build_model(args.classes, train_args(args, 0), "none")
+    model = train_mine.build_model(args.classes, train_args(args, 0, method), "none")
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def train_args(args, steps):
+def train_args(args, steps, method="hctri"):
     """train_mine.py's settings of one fast measurement, resolved as train_mine.py resolves them: the
-    paper's SYSU-MM01 setting at this benchmark's network, batch and image shape, at the rate LR."""
-    flags = dict(dataset="sysu", data_path=".", compile=args.compile, resident_data=args.resident_data, lr=LR,
-                 arch=args.arch, share_net=args.share_net, num_strips=args.num_strips, gem_p=args.gem_p,
-                 local_feat_dim=args.local_feat_dim, batch_size=args.batch_size, num_pos=args.num_pos,
-                 img_h=args.img_h, img_w=args.img_w, margin=MARGIN, w_center=W_CENTER, label_smooth="off")
-    targs = train_mine.get_args_parser().parse_args([])
-    vars(targs).update(flags, rank=0, world_size=1)
-    settings.resolve_training(targs, explicit=set(flags))
+    method's SYSU-MM01 setting at this benchmark's batch and image shape, at the rate LR; the
+    network flags of this benchmark (--share_net, --num_strips, ...) where the method reads them and
+    publishes none of its own (the paper's method: all of them)."""
+    base = dict(dataset="sysu", data_path=".", compile=args.compile, resident_data=args.resident_data, lr=LR,
+                method=method, arch=args.arch, batch_size=args.batch_size, num_pos=args.num_pos, img_h=args.img_h,
+                img_w=args.img_w)
+    own = settings.METHODS[method].defaults.get("sysu", {})
+    network = {k: v for k, v in dict(share_net=args.share_net, num_strips=args.num_strips, gem_p=args.gem_p,
+                                     local_feat_dim=args.local_feat_dim, margin=MARGIN, w_center=W_CENTER,
+                                     label_smooth="off").items() if k not in own}
+
+    def resolved(network, explicit):
+        targs = train_mine.get_args_parser().parse_args([])
+        vars(targs).update(base, **network, rank=0, world_size=1)
+        return settings.resolve_training(targs, explicit)
+    unread = settings.unread_flags(settings.METHODS[method], resolved(network, set(base)), network)
+    network = {k: v for k, v in network.items() if k not in unread}
+    targs = resolved(network, set(base) | set(network))
     targs.steps_per_epoch, targs.print_freq = steps, 10
     targs.workers, targs.cpu_aug, targs.pad, targs.looped_head = args.workers, False, data_loader.PAD, False
     return targs
@@ -321,11 +333,11 @@ class Take:
         return itertools.islice(self.it, self.n)
 
 
-def fast_step(args, device, mode, backend="inductor"):
+def fast_step(args, device, mode, backend="inductor", method="hctri"):
     """(network, its TrainingStep, under torch.compile for a mode, optimiser, gradient scaler) as
     train_mine.py builds them, from fast_model's seeded weights."""
-    model = fast_model(args, device)
-    targs = train_args(args, 0)
+    model = fast_model(args, device, method)
+    targs = train_args(args, 0, method)
     optimizer = train_mine.build_optimizer(model, targs)
     dtype = train_mine.amp_dtype(args.amp, device)
     step = train_mine.TrainingStep(model, settings.METHODS[targs.method].loss(targs), dtype)
@@ -334,12 +346,14 @@ def fast_step(args, device, mode, backend="inductor"):
     return model, step, optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def measure_fast(args, device, source):
+def measure_fast(args, device, source, method="hctri"):
     """(images/s, ms/step, peak MiB, loss) of train_mine.train_one_epoch on `source`: 'synthetic' or
-    'pipeline', with train_mine.py's step (CUDA graphs or eager) and data path (resident or loader)."""
-    mode, args.step_line = train_mine.compile_mode(train_args(args, 0), device)
-    _, model, optimizer, scaler = fast_step(args, device, mode)
-    augment = data_loader.BatchAugment()
+    'pipeline', with train_mine.py's step (CUDA graphs or eager) and data path (resident or loader)
+    for the method (images/s: the sampled ones; CAJ's step runs each visible image twice)."""
+    targs = train_args(args, 0, method)
+    mode, args.step_line = train_mine.compile_mode(targs, device)
+    _, model, optimizer, scaler = fast_step(args, device, mode, method=method)
+    augment = data_loader.BatchAugment(caj=targs.caj_aug == "on")
     drain = 0
     if source == "synthetic":
         it = itertools.repeat(tuple(x.to(device) for x in synthetic_batch(args)))
@@ -348,7 +362,7 @@ def measure_fast(args, device, source):
         drain = args.workers * FAST_PREFETCH
         pairs = index_pairs(data.labels_v, data.labels_t, args.batch_size, args.num_pos,
                             args.warmup + 2 * drain + args.steps + 1)
-        batches, args.data_line = train_mine.build_batches(data, pairs, train_args(args, 0), device)
+        batches, args.data_line = train_mine.build_batches(data, pairs, targs, device)
         if isinstance(batches, data_loader.ResidentBatches):
             drain = 0  # no queue to fill: every batch is gathered when it is asked for
         it = iter(batches)
@@ -356,7 +370,7 @@ def measure_fast(args, device, source):
 
     def run(n, epoch):
         out.update(train_mine.train_one_epoch(model, optimizer, scaler, Take(it, n), augment, device,
-                                              epoch, train_args(args, n), show=False))
+                                              epoch, train_args(args, n, method), show=False))
         return out["loss"]
 
     try:
@@ -697,7 +711,8 @@ def measure_training(args, device):
     try:
         args.data_folder = folder
         write_training_set(folder, args, device)
-        configs = [("reference", measure_reference), ("fast", measure_fast)]
+        configs = [("reference", measure_reference), ("fast", measure_fast)] + [
+            (f"fast {m}", lambda a, d, s, m=m: measure_fast(a, d, s, m)) for m in args.method if m != "hctri"]
         for label, measure in configs:
             for source in ("synthetic", "pipeline"):
                 rate, ms, peak, loss_value = rows[label, source] = measure(args, device, source)

@@ -115,13 +115,14 @@ def per_image_train_transform(img_h, img_w, pad=PAD):
 class BatchAugment:
     """The training augmentation of a whole uint8 batch at once, on the batch's device:
     zero-pad (10 px), random crop back to HxW, horizontal flip with p = 0.5 (one gather does all
-    three), normalise; then, optionally, random erasing and the channel augmentation of
-    Ye et al. (ICCV 2021) on the visible half."""
+    three), normalise; then, optionally, random erasing and this project's channel augmentation on
+    the visible half; or (caj) CAJ's three-stream joint batch (joint())."""
 
-    def __init__(self, erasing_p=0.0, channel_aug=0.0, pad=PAD):
+    def __init__(self, erasing_p=0.0, channel_aug=0.0, pad=PAD, caj=False):
         self.pad = pad
         self.erasing_p = erasing_p
         self.channel_aug = channel_aug
+        self.caj = caj
 
     def crop_flip(self, x):
         b, h, w, _ = x.shape
@@ -136,27 +137,90 @@ class BatchAugment:
         rows = torch.arange(h, device=dev).expand(b, h) + top
         return padded[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
-    def __call__(self, x_visible, x_thermal):
-        """uint8 [B, H, W, 3] each -> normalised float [B, 3, H, W] each."""
+    def __call__(self, x_visible, x_thermal, labels):
+        """uint8 [B, H, W, 3] each and their labels [visible; thermal] -> (normalised float visible
+        [B', 3, H, W], thermal [B, 3, H, W], labels [visible; thermal]); B' = B, or 2B with caj."""
+        if self.caj:
+            return self.joint(x_visible, x_thermal, labels)
         v, t = normalize(self.crop_flip(x_visible)), normalize(self.crop_flip(x_thermal))
         if self.channel_aug > 0:
             v = channel_augment(v, self.channel_aug)
         if self.erasing_p > 0:
             v, t = random_erase(v, self.erasing_p), random_erase(t, self.erasing_p)
-        return v, t
+        return v, t, labels
+
+    def joint(self, x_visible, x_thermal, labels):
+        """CAJ's batch (Ye et al., ICCV 2021; mangye16/Cross-Modal-Re-ID-baseline, ICCV21_CAJ/data_loader.py
+        and train_ext.py): every visible image twice, each copy cropped, flipped and channel-erased on
+        its own, the second copy then channel-exchanged; the thermal images channel-erased, then
+        ChannelAdapGray'ed. Labels [visible; visible again; thermal]."""
+        n = len(x_visible)
+        v = channel_random_erasing(normalize(self.crop_flip(torch.cat((x_visible, x_visible)))), 0.5)
+        v = torch.cat((v[:n], channel_exchange(v[n:])))
+        t = channel_adap_gray(channel_random_erasing(normalize(self.crop_flip(x_thermal)), 0.5), 0.5)
+        return v, t, torch.cat((labels[:n], labels[:n], labels[n:]))
+
+
+def pick_channel(x, choice):
+    """Each image's channel choice[i] (0 R, 1 G, 2 B) copied into all three channels, or (3) its
+    grayscale 0.2989 R + 0.5870 G + 0.1140 B: on the normalised values, as CAJ's code computes them."""
+    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    one = x.gather(1, choice.clamp(max=2)[:, None, None, None].expand(-1, 1, *x.shape[2:]))
+    return torch.where(choice[:, None, None, None] == 3, gray, one).expand_as(x)
 
 
 def channel_augment(x, p):
-    """With probability p, replace a visible image by its R, G or B channel or its grayscale
-    (uniformly), so that colour stops being a shortcut (Ye et al., ICCV 2021)."""
+    """This project's channel augmentation (--channel_aug p): with probability p, replace a visible
+    image by its R, G or B channel or its grayscale (uniformly), so that colour stops being a shortcut."""
     b = x.shape[0]
     dev = x.device
-    choice = torch.randint(0, 4, (b,), device=dev)
-    gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    picked = torch.where(choice[:, None, None, None] == 3, gray,
-                         x.gather(1, choice.clamp(max=2)[:, None, None, None].expand(-1, 1, *x.shape[2:])))
+    picked = pick_channel(x, torch.randint(0, 4, (b,), device=dev))
     apply = (torch.rand(b, device=dev) < p)[:, None, None, None]
-    return torch.where(apply, picked.expand_as(x), x)
+    return torch.where(apply, picked, x)
+
+
+def channel_exchange(x):
+    """CAJ's ChannelExchange(gray=2): R, G or B (1/3 each) into all three channels, always."""
+    return pick_channel(x, torch.randint(0, 3, (x.shape[0],), device=x.device))
+
+
+def channel_adap_gray(x, p):
+    """CAJ's ChannelAdapGray(p): R, G or B into all three channels (1/4 each), else (1/4) grayscale with
+    probability p and the image unchanged otherwise (with p = 0.5: 1/8 each)."""
+    b = x.shape[0]
+    choice = torch.randint(0, 4, (b,), device=x.device)
+    keep = (choice == 3) & (torch.rand(b, device=x.device) > p)
+    return torch.where(keep[:, None, None, None], x, pick_channel(x, choice))
+
+
+def box_at_random(h, w, eh, ew):
+    """[B, h, w] masks of one eh x ew box per image (float sides, [B]) at a uniform position inside."""
+    dev = eh.device
+    top = (torch.rand(len(eh), device=dev) * (h - eh + 1)).floor()
+    left = (torch.rand(len(eh), device=dev) * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=dev)[None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, :]
+    return ((ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
+            & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None]))
+
+
+def channel_random_erasing(x, p, sl=0.02, sh=0.4, r1=0.3, mean=(0.4914, 0.4822, 0.4465), attempts=100):
+    """CAJ's ChannelRandomErasing: with probability p, the first of up to 100 boxes (area uniform in
+    [sl, sh] of the image, aspect uniform in [r1, 1/r1], sides rounded half to even) that fits
+    strictly inside the image, at a uniform position, is filled channel by channel with mean (written
+    into the normalised values, as the reference does); no box fits: unchanged."""
+    b, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, attempts, device=dev).uniform_(sl, sh) * h * w
+    aspect = torch.empty(b, attempts, device=dev).uniform_(r1, 1 / r1)
+    eh, ew = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (eh < h) & (ew < w)
+    first = fits.int().argmax(1, keepdim=True)  # the first attempt that fits (0 where none does)
+    eh, ew = eh.gather(1, first)[:, 0], ew.gather(1, first)[:, 0]
+    inside = box_at_random(h, w, eh, ew)
+    erase = inside & (fits.any(1) & (torch.rand(b, device=dev) <= p))[:, None, None]
+    fill = torch.tensor(mean, device=dev, dtype=x.dtype)[None, :, None, None]
+    return torch.where(erase[:, None], fill, x)
 
 
 def random_erase(x, p, scale=(0.02, 0.4), ratio=(0.3, 3.3)):
@@ -168,12 +232,7 @@ def random_erase(x, p, scale=(0.02, 0.4), ratio=(0.3, 3.3)):
     log_r = torch.empty(b, device=dev).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])))
     eh = (area * log_r.exp()).sqrt().round().clamp(1, h)
     ew = (area / log_r.exp()).sqrt().round().clamp(1, w)
-    top = (torch.rand(b, device=dev) * (h - eh + 1)).floor()
-    left = (torch.rand(b, device=dev) * (w - ew + 1)).floor()
-    ys = torch.arange(h, device=dev)[None, :, None]
-    xs = torch.arange(w, device=dev)[None, None, :]
-    inside = ((ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
-              & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None]))
+    inside = box_at_random(h, w, eh, ew)
     erase = inside & (torch.rand(b, device=dev) < p)[:, None, None]
     return x.masked_fill(erase[:, None], 0.0)
 

@@ -407,10 +407,11 @@ def half_dtype(device):
 
 
 @torch.no_grad()
-def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False):
+def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False, flip=False):
     """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
     visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
-    named feature of the model (model.feature_names, the reported one first)."""
+    named feature of the model (model.feature_names, the reported one first). flip: each feature is
+    the L2-normalised mean of the image's and its mirror image's (CAJ's test, ICCV21_CAJ/testa.py)."""
     model.eval()
     feats = {n: [] for n in model.feature_names}
     for i in range(0, len(images), batch_size):
@@ -418,6 +419,9 @@ def extract_features(model, images, modal, device, batch_size=128, half=False, a
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
             out = model.features(x, modal)
+            if flip:
+                mirrored = model.features(x.flip(3), modal)
+                out = {n: torch.nn.functional.normalize((out[n] + mirrored[n]) / 2, dim=1) for n in out}
         for n in feats:
             feats[n].append(out[n])
     feats = {n: torch.cat(v) for n, v in feats.items()}
@@ -463,12 +467,12 @@ class Evaluator:
         """[(setting, trial, query (modal, indices), gallery (modal, indices), metric)] to run."""
         raise NotImplementedError
 
-    def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None):
+    def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None, flip=False):
         """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
         q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
         removed_mask takes, so that pictures leave out what the metric leaves out)."""
         feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
-                                     all_features=True) for m in self.images}
+                                     all_features=True, flip=flip) for m in self.images}
         names = model.feature_names
         records = []
         for setting, trial, (qm, qi), (gm, gi), metric in self.searches():

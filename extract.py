@@ -33,7 +33,7 @@ import utils
 MODALITIES = {"visible": 1, "thermal": 2}  # the model's modal argument: which stream runs
 # flags that say how to build an original-code checkpoint, pick its dataset's defaults, or resize
 ARCH_TYPES = {"method": str, "arch": str, "share_net": int, "pcb": str, "local_feat_dim": int, "num_strips": int,
-              "gm_pool": str, "gem_p": float, "bpool": str, "cpool": str, "fuse": str}
+              "gm_pool": str, "gem_p": float, "non_local": str, "bpool": str, "cpool": str, "fuse": str}
 MODEL_FLAGS = {"dataset": str, "img_w": int, "img_h": int, **ARCH_TYPES}
 
 
@@ -114,9 +114,11 @@ def as_device(device):
 class FeatureExtractor:
     """extractor(images, modality) -> the reported feature of each image, float32 numpy [N, D]
     (L2-normalised: rank by dot product), or with all_features=True {name: [N, D]} of every feature
-    the model evaluates (model.feature_names, reported first). Images: see image_list."""
+    the model evaluates (model.feature_names, reported first). Images: see image_list. flip: each
+    feature averaged with its mirror image's (None: as the checkpoint's method's reference tests, CAJ's
+    flip; else not)."""
 
-    def __init__(self, checkpoint, device=None, half=False, batch_size=128, workers=4, **arch_flags):
+    def __init__(self, checkpoint, device=None, half=False, batch_size=128, workers=4, flip=None, **arch_flags):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device, self.half, self.batch_size, self.workers = as_device(device), half, batch_size, workers
@@ -125,11 +127,13 @@ class FeatureExtractor:
         self.img_w, self.img_h = self.info["img_w"], self.info["img_h"]
         self.feature_names = tuple(self.model.feature_names)
         self.feature = self.feature_names[0]
+        method = settings.METHODS.get(self.info["method"], settings.METHODS["hctri"])
+        self.flip = method.test_defaults.get("flip_test") == "on" if flip is None else bool(flip)
 
     def features_of(self, batch, modal):
         """{name: float32 [B, D] on the CPU} of a uint8 [B, H, W, 3] batch: test_mine's extraction itself."""
         out = eval_metrics.extract_features(self.model, batch, modal, self.device, len(batch), self.half,
-                                         all_features=True)
+                                            all_features=True, flip=self.flip)
         return {name: f.cpu() for name, f in out.items()}
 
     def __call__(self, images, modality="visible", all_features=False):
@@ -174,6 +178,8 @@ def get_args_parser():
     parser.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else "
                                                     "the CPU)")
     parser.add_argument("--half", action="store_true", help="under bf16/fp16 autocast (for GPUs)")
+    parser.add_argument("--flip_test", default=None, choices=("on", "off"),
+                        help="average with the mirror image's feature (default: on for CAJ's checkpoints)")
     return parser
 
 
@@ -206,7 +212,9 @@ def main(argv=None, log=print):
         raise FileNotFoundError(f"--images: no such folder or image file: {args.images}")
     check_outputs(args)
     paths = image_list(args.images, "--images")
-    extractor = FeatureExtractor(args.resume, args.gpu, args.half, args.batch_size, args.workers, **model_flags(args))
+    flip = None if args.flip_test is None else args.flip_test == "on"
+    extractor = FeatureExtractor(args.resume, args.gpu, args.half, args.batch_size, args.workers, flip,
+                                 **model_flags(args))
     feats = extractor(paths, args.modality)
     write_outputs(feats, paths, args.out, args.csv)
     log(f"{len(paths)} {args.modality} images -> {args.out} ({feats.shape[1]}-d {extractor.feature} feature), "

@@ -1,4 +1,4 @@
-"""Losses: hetero-center triplet (the paper's), batch-hard triplet, weighted regularised triplet (AGW),
+"""Losses: hetero-center triplet (the paper's), batch-hard triplet, weighted regularised triplet (AGW), ADP (CAJ),
 and the total losses built from them: ReIDLoss (the paper's) and DGTLLoss (DGTL, Liu et al. SPL 2021).
 
 Every triplet loss takes features [..., B, D] (a leading strip axis is allowed, so the PCB
@@ -100,6 +100,32 @@ class TripletLoss_WRT(nn.Module):  # noqa: N801 -- the AGW code's name
         closest_neg = (dist * neg * softmax_weights(-dist * neg, neg)).sum(-1)
         loss = F.softplus(closest_neg.neg() + furthest_pos).mean(-1)  # SoftMarginLoss with y = 1
         return loss, (closest_neg >= furthest_pos).sum()
+
+
+class TripletLoss_ADP(nn.Module):  # noqa: N801 -- the CAJ code's name
+    """CAJ's triplet loss (Ye et al., ICCV 2021; mangye16/Cross-Modal-Re-ID-baseline, ICCV21_CAJ/loss.py):
+    WRT's softmax-weighted positives and negatives with the distances scaled by alpha inside the
+    weights; square 0: softplus(gamma * (D+ - D-)); square 1 (the published setting), the "enhanced
+    squared difference": softplus(s * min(gamma * (D+ - D-)^2, 88)), s = +1 where D+ > D-, else -1
+    (so an anchor past the clamp gets no gradient, as there)."""
+
+    def __init__(self, alpha=1, gamma=1, square=1):
+        super().__init__()
+        self.alpha, self.gamma, self.square = alpha, gamma, square
+
+    def forward(self, feats, labels, modal=None):
+        dist = pairwise_distance(feats, feats)
+        pos = (labels[:, None] == labels[None, :]).float()
+        neg = 1.0 - pos
+        furthest_pos = (dist * pos * softmax_weights(dist * pos * self.alpha, pos)).sum(-1)
+        closest_neg = (dist * neg * softmax_weights(-dist * neg * self.alpha, neg)).sum(-1)
+        delta = furthest_pos - closest_neg
+        if self.square:
+            sign = torch.where(delta > 0, 1.0, -1.0)
+            loss = F.softplus(sign * (self.gamma * delta.pow(2)).clamp(max=88))
+        else:
+            loss = F.softplus(self.gamma * delta)
+        return loss.mean(-1), (closest_neg >= furthest_pos).sum()
 
 
 def softmax_weights(dist, mask):

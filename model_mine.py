@@ -177,6 +177,14 @@ class NonLocal(nn.Module):
 NON_LOCAL = {"layer2": 2, "layer3": 3}
 
 
+def check_non_local(non_local, share_net):
+    if non_local not in ("on", "off"):
+        raise ValueError(f"--non_local must be 'on' or 'off', got {non_local!r}")
+    if non_local == "on" and share_net > 2:
+        raise ValueError(f"--non_local on: the non-local blocks go into layer2 and layer3, which --share_net "
+                         f"{share_net} makes modality-specific; use --share_net 2 or less (AGW's is 1)")
+
+
 def non_local_blocks(shared):
     """{stage: (block indices, ModuleList of NonLocal)} for the shared stages (a torchvision ResNet's)."""
     out = {}
@@ -356,11 +364,7 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
                  local_feat_dim=256, num_strips=6, gem_p=3.0, pretrained="none", head=None, bpool=None,
                  cpool=None, fuse=None):
         super().__init__()
-        if non_local not in ("on", "off"):
-            raise ValueError(f"--non_local must be 'on' or 'off', got {non_local!r}")
-        if non_local == "on" and share_net > 2:
-            raise ValueError(f"--non_local on: the non-local blocks go into layer2 and layer3, which --share_net "
-                             f"{share_net} makes modality-specific; use --share_net 2 or less (AGW's is 1)")
+        check_non_local(non_local, share_net)
         check_arch(arch)
         gm_pool = "on" if gm_pool is None else gm_pool  # None: left out, as for the other options
         if gm_pool not in ("on", "off"):
@@ -591,8 +595,9 @@ def drop_unused_stages(state_dict, share_net):
 
 def to_dgtl_state_dict(model):
     """This model's weights in the layout of the DGTL, AGW and CAJ references: three whole ResNets
-    (thermal, visible, base) then the rest (head, AGW's non-local blocks NL_*). The stages the model does not run are filled with copies of the ones it
-    does (their values never matter: drop_unused_stages removes them again)."""
+    (thermal, visible, base) then the rest (head, AGW's non-local blocks NL_*). The stages the model
+    does not run are filled with copies of the ones it does (their values never matter:
+    drop_unused_stages removes them again)."""
     sd = to_original_state_dict(model)
     specific, _ = split_names(model.share_net)
     out = OrderedDict()

@@ -25,7 +25,7 @@ import model_mine
 CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on", "off"), gm_pool=("on", "off"),
                label_smooth=("on", "off"), optim=("sgd", "adam"), amp=("auto", "bf16", "fp16", "off"),
                mode=("all", "indoor"), bpool=model_mine.POOLS, cpool=("no",) + model_mine.POOLS,
-               fuse=("sum", "cat"), hcloss=losses.HCLOSSES, non_local=("on", "off"))
+               fuse=("sum", "cat"), hcloss=losses.HCLOSSES, non_local=("on", "off"), caj_aug=("on", "off"))
 
 
 # ----------------------------------------------------------------------------- methods
@@ -56,6 +56,7 @@ class Method:
     #                                                given explicitly is a combination of ours, said in the log
     marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a checkpoint that
     #                    does not fit another method
+    test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
 
 
 def two_stream_config(s):
@@ -67,6 +68,7 @@ def two_stream_config(s):
 
 
 def check_two_stream(s):
+    model_mine.check_non_local(getattr(s, "non_local", None) or "off", s.share_net)
     if s.pcb == "on" and (s.img_h % 16 or s.img_h // 16 % s.num_strips):
         raise ValueError(f"--img_h {s.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
                          f"{s.num_strips} strips; use a multiple of {16 * s.num_strips}")
@@ -88,7 +90,8 @@ def paper_family(triplet, margin=True, center=True, **fields):
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center",
                "non_local"),
         heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
-        tag=lambda s: f"{s.method}_pcb-{s.pcb}", reference=dict(non_local="off"), marks=("head.conv_weight",),
+        tag=lambda s: f"{s.method}_pcb-{s.pcb}", reference=dict(non_local="off", caj_aug="off"),
+        marks=("head.conv_weight",),
         describe=lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}",
         unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",))), **fields))
 
@@ -130,6 +133,7 @@ AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3
                    w_center=1.0)
 AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
                    backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", erasing_p=0.0, pad=10)
+CAJ_SETTING = dict(AGW_SETTING, epochs=100, caj_aug="on")
 
 METHODS = {
     # the paper's: ID + hetero-center triplet (Liu et al., TMM 2021)
@@ -138,9 +142,17 @@ METHODS = {
     # AGW's weighted regularised triplet on this project's network (what --method agw was before AGW)
     "wrt": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
     "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",),
-                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0),
+                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
                         defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING,
                                   "demo": AGW_NETWORK}),
+    # CAJ (Ye et al., ICCV 2021; ICCV21_CAJ/ of the same repository, train_ext.py): AGW's network and
+    # optimiser, its three-stream joint batch (--caj_aug), ADP (alpha 1, gamma 1, square 1; the KL term
+    # has weight 0 there), 100 epochs; its documented test flips (testa.py)
+    "caj": paper_family(lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
+                        marks=("NL_2.",), test_defaults=dict(flip_test="on"),
+                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
+                        defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
+                                  "demo": dict(AGW_NETWORK, caj_aug="on")}),
     "id-only": paper_family(None, margin=False, center=False),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
     "dgtl": Method(
@@ -307,7 +319,7 @@ def with_test_flags(args):
 # ----------------------------------------------------------------------------- defaults
 
 COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
-                       non_local="off",
+                       non_local="off", caj_aug="off",
                        method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
                        eval_every=2, mode="all", steps_per_epoch=0, trial=1)
 
@@ -428,6 +440,10 @@ def check_flags_apply(args, explicit, method):
     if args.sync_bn and args.world_size == 1:
         raise ValueError("--sync_bn synchronises batch norm across the processes of a torchrun launch; a single "
                          "process has nothing to synchronise: leave it out")
+    if args.caj_aug == "on" and (args.cpu_aug or args.erasing_p > 0 or args.channel_aug > 0):
+        given = "--cpu_aug" if args.cpu_aug else "--erasing_p" if args.erasing_p > 0 else "--channel_aug"
+        raise ValueError(f"{given}: --caj_aug on is CAJ's augmentation, with its own erasing and channel "
+                         f"operations on the device's batch; leave {given} out, or use --caj_aug off")
     if args.cpu_aug and args.resident_data == "on":
         raise ValueError("--cpu_aug runs the per-image transform in the loader's workers, which "
                          "--resident_data on bypasses: use one of the two")

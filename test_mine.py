@@ -79,9 +79,18 @@ def get_args_parser(add_help=True):
     g.add_argument("--re_rank", default="no", choices=RE_RANK)
     g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
     g.add_argument("--half", action="store_true", help="extract features under bf16/fp16 autocast")
+    g.add_argument("--flip_test", default=None, choices=("on", "off"),
+                   help="average each feature with its mirror image's (default: as the checkpoint's method's "
+                        "reference tests: on for CAJ, else off)")
     g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
     g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here")
     g.add_argument("--log_path", default="log/", help="results.csv (one row per run) is appended here")
+    picture_flags(parser)
+    return parser
+
+
+def picture_flags(parser):
+    """Ranked-list pictures, and the search of a folder of your own images."""
     g = parser.add_argument_group("pictures and searching your own images")
     g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
     g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
@@ -92,7 +101,6 @@ def get_args_parser(add_help=True):
     g.add_argument("--gallery_dir", default=None, help="search: folder of gallery images")
     g.add_argument("--query_modal", default=None, choices=("thermal", "visible"),
                    help="search: modality of the query images (default thermal; the gallery is the other)")
-    return parser
 
 
 ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
@@ -117,6 +125,16 @@ def image_size(args, ckpt):
             args.img_h or saved.get("img_h") or defaults["img_h"])
 
 
+def flip_test(args, ckpt):
+    """--flip_test as given, else as the reference of the checkpoint's method tests (CAJ's flips)."""
+    if args.flip_test is None:
+        saved = ckpt.get("args") if isinstance(ckpt, dict) else None
+        method = (saved or {}).get("method")
+        method = method if method in settings.METHODS else args.method
+        args.flip_test = settings.METHODS[method].test_defaults.get("flip_test", "off")
+    return args.flip_test == "on"
+
+
 def on_device(model, device):
     return model.to(device).to(memory_format=torch.channels_last)
 
@@ -137,7 +155,8 @@ def evaluate_trials(args, device, log, on_distance=None):
     evaluator = dataset.evaluator(args, trials, img_w, img_h)
     for setting, _, (qm, qi), (gm, gi), _ in evaluator.searches()[::len(trials)]:
         log(f"{setting}: {len(qi)} {qm} queries against {len(gi)} {gm} gallery images per trial")
-    return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance), model
+    return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance,
+                         flip_test(args, ckpt)), model
 
 
 def regdb_trials(args, path, log):
@@ -194,13 +213,13 @@ def evaluate_regdb(args, device, log, on_distance=None):
     models = {}
     for t, (path, ckpt) in regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log).items():
         model, _ = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
-        models[t] = model, image_size(args, ckpt)
+        models[t] = model, image_size(args, ckpt), flip_test(args, ckpt)
     records, dataset = [], settings.DATASETS[args.dataset]
     for t in list(models):
-        model, (img_w, img_h) = models.pop(t)
+        model, (img_w, img_h), flip = models.pop(t)
         model = on_device(model, device)
         evaluator = dataset.evaluator(args, [t], img_w, img_h)
-        records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance)
+        records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance, flip)
     return records, model
 
 
@@ -346,8 +365,9 @@ def search_folders(args, device, log):
     g_paths = data_manager.images_under(args.gallery_dir, "--gallery_dir")
     import extract  # here, not at the top: extract imports this module
     flags = {k: getattr(args, k) for k in ("dataset", "img_w", "img_h", *getattr(args, "explicit", ()))}
+    flip = None if args.flip_test is None else args.flip_test == "on"
     extractor = extract.FeatureExtractor(resolve_checkpoint(args.resume, args.model_path), device, args.half,
-                                         args.test_batch, args.workers, **flags)
+                                         args.test_batch, args.workers, flip, **flags)
     g_modal = "visible" if args.query_modal == "thermal" else "thermal"
     qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
     gf = torch.from_numpy(extractor(g_paths, g_modal)).to(device)

@@ -41,13 +41,13 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
                     "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
                     "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
-                    "eval_every", "amp", "non_local")
+                    "eval_every", "amp", "non_local", "caj_aug")
 LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse", "non_local")
 # Experiment flags added after run names were first given, with the behaviour of runs from before: they
 # enter a run's name only with another value (names stay as they were), and a checkpoint that does not
 # record one ran with that value
-LATER_FLAGS = {"non_local": "off"}
+LATER_FLAGS = {"non_local": "off", "caj_aug": "off"}
 
 
 def get_args_parser(add_help=True):
@@ -79,7 +79,12 @@ def data_flags(parser, C):
                         "64x32 image, so that parts stay in their strips)")
     g.add_argument("--erasing_p", default=None, type=float, help="random erasing probability (default 0: off)")
     g.add_argument("--channel_aug", default=None, type=float,
-                   help="probability of the channel augmentation of Ye et al. ICCV 2021 (default 0: off)")
+                   help="probability of this project's channel augmentation of the visible images, after Ye et al. "
+                        "ICCV 2021 (default 0: off; CAJ's own is --caj_aug)")
+    g.add_argument("--caj_aug", default=None, choices=C["caj_aug"],
+                   help="CAJ's joint batch (Ye et al., ICCV 2021): each visible image also as a channel-exchanged "
+                        "copy, channel random erasing on all three streams, random channel or grayscale on the "
+                        "thermal images (default off; CAJ on)")
     g.add_argument("--cpu_aug", default=None, action="store_true",
                    help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
 
@@ -502,7 +507,9 @@ def epoch_seed(*keys):
 class TrainingStep(torch.nn.Module):
     """The step's math, the model and its loss together, so that torch.compile makes one graph of
     both (the loss is ~300 small kernels otherwise launched between two graphs): the forward under
-    autocast, the losses in float32 outside it. Returns {'loss', the loss's named terms}."""
+    autocast, the losses in float32 outside it. Returns {'loss', the loss's named terms}; the loss is
+    given the modality of every sample (the visible images first, then the thermal ones), which holds
+    for CAJ's joint batch (two visible copies per thermal image) too."""
 
     def __init__(self, model, criterion, dtype, looped_head=False):
         super().__init__()
@@ -511,7 +518,9 @@ class TrainingStep(torch.nn.Module):
     def forward(self, v, t, labels):
         with torch.autocast(v.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.model(v, t, looped_head=True) if self.looped_head else self.model(v, t)
-        loss, terms = self.criterion(out, labels)
+        modal = torch.cat((torch.zeros(len(v), dtype=torch.long, device=v.device),
+                           torch.ones(len(t), dtype=torch.long, device=t.device)))
+        loss, terms = self.criterion(out, labels, modal)
         return {"loss": loss, **terms}
 
 
@@ -521,7 +530,7 @@ def train_step(step, optimizer, scaler, batch, augment, device, last=False):
     MetricLogger.add copies before the next replay)."""
     v, t, labels = (x.to(device, non_blocking=True) for x in batch)
     if v.dtype == torch.uint8:
-        v, t = augment(v, t)
+        v, t, labels = augment(v, t, labels)
     v = v.contiguous(memory_format=torch.channels_last)
     t = t.contiguous(memory_format=torch.channels_last)
 
@@ -727,7 +736,7 @@ def train(args, ckpt, name, notes, device, log):
     sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
                                           args.seed, args.rank)
     batches, data_line = build_batches(data, sampler, args, device)
-    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad)
+    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on")
     raw, optimizer, scaler, start_epoch, best = build_network(data.num_classes, args, ckpt, name, device, dtype, log)
     model = training_step(raw, args, device, dtype, mode, log)
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "

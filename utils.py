@@ -151,7 +151,8 @@ def checkpoint_weights(ckpt, path):
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         sd = dict(ckpt)  # a bare state dict
     else:
-        raise ValueError(f"{path}: not a checkpoint of this project ('model' + 'arch') nor of the original code ('net')")
+        raise ValueError(f"{path}: not a checkpoint of this project ('model' + 'arch') nor of a reference code "
+                         f"('net')")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return model_mine.convert_original_keys(sd), None

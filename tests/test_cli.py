@@ -66,6 +66,7 @@ CHANGES = {
     "steps_per_epoch": ((), ("--steps_per_epoch", "5")), "seed": ((), ("--seed", "1")),
     "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
     "amp": ((), ("--amp", "bf16")), "non_local": ((), ("--non_local", "on")),
+    "caj_aug": ((), ("--caj_aug", "on")),
 }
 
 
@@ -242,7 +243,7 @@ def test_a_checkpoint_that_holds_a_tensor_is_a_clear_error(tiny_regdb, tmp_path)
     torch.save(torch.zeros(3), path)
     with pytest.raises(ValueError, match="not a training checkpoint of this project"):
         train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--log_path", ""]))
-    with pytest.raises(ValueError, match="not a checkpoint of this project .* nor of the original code"):
+    with pytest.raises(ValueError, match="not a checkpoint of this project .* nor of a reference code"):
         test_mine.main(test_mine.get_args_parser().parse_args(["--dataset", "regdb", "--data_path", tiny_regdb,
                                                                "--resume", path, "--gpu", "cpu", "--log_path", ""]))
 

@@ -40,7 +40,7 @@ def reference_step(data_path):
         loader = DataLoader(data_loader.BatchData(data), sampler=sampler, batch_size=None, generator=torch.Generator())
         torch.manual_seed(train_mine.epoch_seed(args.seed, 0, rank))
         v, t, labels = next(iter(loader))
-        v, t = data_loader.BatchAugment(pad=args.pad)(v, t)
+        v, t, labels = data_loader.BatchAugment(pad=args.pad)(v, t, labels)
         model.zero_grad()
         model.train()
         criterion(model(v, t), labels)[0].backward()
