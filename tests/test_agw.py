@@ -155,3 +155,15 @@ def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated(tiny_demo, tmp
     entry = results["visible->thermal"]
     assert entry["features"] == ["bn", "pool"] and entry["model"]["non_local"] == "on"
     assert entry["mean"]["rank1"] == pytest.approx(resumed["metrics"]["rank1"])
+
+
+def test_wrt_by_hand_with_its_negative_weights_quirk():
+    # identities {0, 1} at 0 and 30 on a line: the negatives' weights are exp(-d) / (sum exp(-d) + 1e-6)
+    # with no shift by the row's maximum (it is 0), so at d = 30 they sum to ~1e-7 and D- collapses
+    feats, labels = torch.tensor([[0.0], [0.0], [30.0], [30.0]]), torch.tensor([0, 0, 1, 1])
+    got, correct = loss.TripletLoss_WRT()(feats, labels)
+    d_pos = 1e-6  # both positives (itself included) at sqrt(1e-12)
+    w_neg = np.exp(-30.0) / (2 * np.exp(-30.0) + 1e-6)
+    d_neg = 2 * w_neg * 30.0
+    assert d_neg < 1e-5 and got.item() == pytest.approx(np.log1p(np.exp(d_pos - d_neg)), rel=1e-5)
+    assert int(correct) == 4  # D- >= D+ still, barely
