@@ -40,7 +40,7 @@ class CenterTripletLoss(nn.Module):
     masked: no data-dependent shapes, so nothing waits for the GPU.
     """
 
-    def __init__(self, batch_size=None, margin=0.3):
+    def __init__(self, margin):
         super().__init__()
         self.margin = margin
 
@@ -75,7 +75,7 @@ class CenterTripletLoss(nn.Module):
 class TripletLoss(nn.Module):
     """Batch-hard triplet loss (Hermans et al. 2017) over all samples of the batch."""
 
-    def __init__(self, batch_size=None, margin=0.3):
+    def __init__(self, margin):
         super().__init__()
         self.margin = margin
 
@@ -89,7 +89,7 @@ class TripletLoss_WRT(nn.Module):  # noqa: N801 -- the AGW code's name
     """Weighted regularised triplet (AGW, Ye et al. TPAMI 2021): softmax-weighted positives and
     negatives, soft-margin loss; no margin parameter."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self):
         super().__init__()
 
     def forward(self, feats, labels, modal=None):
@@ -109,7 +109,7 @@ class TripletLoss_ADP(nn.Module):  # noqa: N801 -- the CAJ code's name
     squared difference": softplus(s * min(gamma * (D+ - D-)^2, 88)), s = +1 where D+ > D-, else -1
     (so an anchor past the clamp gets no gradient, as there)."""
 
-    def __init__(self, alpha=1, gamma=1, square=1):
+    def __init__(self, alpha, gamma, square):
         super().__init__()
         self.alpha, self.gamma, self.square = alpha, gamma, square
 

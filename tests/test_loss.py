@@ -57,7 +57,7 @@ def test_center_triplet_counts_correct_anchors():
 
 def test_center_triplet_ignores_batch_order():
     feats, labels, modal = batch(p=5, k=2, seed=3)
-    crit = loss.CenterTripletLoss()
+    crit = loss.CenterTripletLoss(margin=0.3)
     ref, n_ref = crit(feats, labels, modal)
     for s in range(3):
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(s))
@@ -68,9 +68,9 @@ def test_center_triplet_ignores_batch_order():
 def test_center_triplet_on_stacked_strips_is_per_strip():
     feats, labels, _ = batch(seed=1)
     stacked = torch.stack([feats, feats * 2, feats + 1])
-    got, _ = loss.CenterTripletLoss()(stacked, labels)
+    got, _ = loss.CenterTripletLoss(margin=0.3)(stacked, labels)
     for i in range(3):
-        assert torch.allclose(got[i], loss.CenterTripletLoss()(stacked[i], labels)[0], atol=1e-6)
+        assert torch.allclose(got[i], loss.CenterTripletLoss(margin=0.3)(stacked[i], labels)[0], atol=1e-6)
 
 
 def test_batch_hard_triplet_direct():
@@ -127,7 +127,7 @@ def test_global_total_loss_composition():
     x_pool, logits = torch.randn(12, 16), torch.randn(12, 4)
     crit = loss.ReIDLoss(loss.CenterTripletLoss(margin=0.3), w_center=0.5, label_smooth="off")  # the former defaults
     total, _ = crit({"feat": x_pool, "logits": logits}, labels)
-    want = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * loss.CenterTripletLoss()(x_pool, labels)[0]
+    want = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * loss.CenterTripletLoss(margin=0.3)(x_pool, labels)[0]
     assert total.item() == pytest.approx(want.item(), rel=1e-5)
 
 
