@@ -669,6 +669,9 @@ def main(args):
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     if args.check:
+        if args.method != ["hctri"]:
+            raise SystemExit("error: --method: --check checks the default training path with the paper's method; "
+                             "leave --method out (the other methods' steps: bench.py --method ...)")
         return self_check(args, device)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # the authors' setting, and train_mine.py's
