@@ -511,10 +511,11 @@ class IdentitySampler(Sampler):
     """Identity-balanced batches: P distinct identities (without replacement) x K visible and
     K thermal images each (with replacement). Yields (visible indices, thermal indices), both
     [P*K] and identity-contiguous in the same identity order. An epoch is
-    max(N_visible, N_thermal) // (P*K) batches, drawn from (seed, epoch, rank), so a resumed or
-    a distributed run draws the batches it would have drawn anyway."""
+    max(N_visible, N_thermal) // (P*K) batches (extra_batch: one more, as AGW's and CAJ's code
+    runs), drawn from (seed, epoch, rank), so a resumed or a distributed run draws the batches it
+    would have drawn anyway."""
 
-    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0):
+    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0, extra_batch=False):
         labels_v, labels_t = np.asarray(labels_v), np.asarray(labels_t)
         self.ids = np.intersect1d(labels_v, labels_t)
         if batch_size > len(self.ids):
@@ -523,7 +524,7 @@ class IdentitySampler(Sampler):
         if num_pos < 1 or batch_size < 1:
             raise ValueError(f"--batch-size and --num_pos must be >= 1, got {batch_size} and {num_pos}")
         self.P, self.K, self.seed, self.rank, self.epoch = batch_size, num_pos, seed, rank, 0
-        self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos))
+        self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos) + int(extra_batch))
         self._v = self._positions(labels_v)
         self._t = self._positions(labels_t)
 

@@ -57,6 +57,7 @@ class Method:
     marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a checkpoint that
     #                    does not fit another method
     test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
+    extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
 
 
 def two_stream_config(s):
@@ -127,8 +128,9 @@ _DGTL_SYSU = dict(bpool="avg", cpool="max", fuse="sum", margin_hc=0.5, hcloss="H
 
 # AGW (Ye et al., TPAMI 2021; mangye16/Cross-Modal-Re-ID-baseline, train.py and model.py) as its code runs
 # it: modality-specific stems, shared layer1-4 with five non-local blocks, GeM p=3, BN neck; ID + WRT
-# (weight 1, no smoothing, no margin); P=8, K=4, SGD lr 0.1, warm-up 10, x0.1 at 20 and 50, 81 epochs,
-# evaluated every 2 epochs from epoch 2, the best post-BN ('bn') Rank-1 kept; no random erasing
+# (weight 1, no smoothing, no margin); P=8, K=4, SGD lr 0.1, warm-up 10, x0.1 at 20 and 50, 81 epochs of
+# max(N_v, N_t) // (P*K) + 1 steps (its sampler's), evaluated every 2 epochs from epoch 2, the best
+# post-BN ('bn') Rank-1 kept; no random erasing
 AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3.0, label_smooth="off",
                    w_center=1.0)
 AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
@@ -141,7 +143,7 @@ METHODS = {
     "batch-hard": paper_family(lambda s: losses.TripletLoss(margin=s.margin)),
     # AGW's weighted regularised triplet on this project's network (what --method agw was before AGW)
     "wrt": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
-    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",),
+    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",), extra_batch=True,
                         reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
                         defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING,
                                   "demo": AGW_NETWORK}),
@@ -149,7 +151,7 @@ METHODS = {
     # optimiser, its three-stream joint batch (--caj_aug), ADP (alpha 1, gamma 1, square 1; the KL term
     # has weight 0 there), 100 epochs; its documented test flips (testa.py)
     "caj": paper_family(lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
-                        marks=("NL_2.",), test_defaults=dict(flip_test="on"),
+                        marks=("NL_2.",), test_defaults=dict(flip_test="on"), extra_batch=True,
                         reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
                         defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
                                   "demo": dict(AGW_NETWORK, caj_aug="on")}),

@@ -734,7 +734,7 @@ def train(args, ckpt, name, notes, device, log):
     utils.set_seed(args.seed)
     data = build_train_data(args)
     sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
-                                          args.seed, args.rank)
+                                          args.seed, args.rank, settings.METHODS[args.method].extra_batch)
     batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on")
     raw, optimizer, scaler, start_epoch, best = build_network(data.num_classes, args, ckpt, name, device, dtype, log)

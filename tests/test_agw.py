@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import data_loader
 import demo_data
 import loss
 import model_mine
@@ -167,3 +168,15 @@ def test_wrt_by_hand_with_its_negative_weights_quirk():
     d_neg = 2 * w_neg * 30.0
     assert d_neg < 1e-5 and got.item() == pytest.approx(np.log1p(np.exp(d_pos - d_neg)), rel=1e-5)
     assert int(correct) == 4  # D- >= D+ still, barely
+
+
+def test_an_epoch_has_the_references_number_of_steps():
+    # AGW's and CAJ's sampler draws N // (P*K) + 1 batches and their loop runs them all: RegDB's 2,060
+    # visible images at P=8, K=4 give 65 steps, SYSU-MM01's 22,258 give 696; the paper's method keeps 64
+    for n, want in ((2060, 65), (22258, 696)):
+        labels = np.arange(n) % 206
+        for method in ("agw", "caj"):
+            sampler = data_loader.IdentitySampler(labels, labels, 4, 8,
+                                                  extra_batch=settings.METHODS[method].extra_batch)
+            assert len(sampler) == want and len(list(sampler)) == want
+    assert len(data_loader.IdentitySampler(np.arange(2060) % 206, np.arange(2060) % 206, 4, 8)) == 64
