@@ -422,7 +422,11 @@ def test_demo_tree_has_the_official_layout(llcm_root):
     assert any(len(cams.get(("test_nir", p), ())) >= 2 for p in test_ids)
     assert any(cams.get(("test_vis", p), set()) & cams.get(("test_nir", p), set()) for p in test_ids)
 
-    # training lists: training ids only, labels 0..C-1 in first-appearance order, the same in both
+
+def test_demo_training_lists_have_the_official_form(llcm_root):
+    # training ids only, labels 0..C-1 in first-appearance order, the same in both lists
+    root = llcm_root
+    pids = sorted(int(p) for p in os.listdir(os.path.join(root, "vis")))
     label_of = {}
     for name, tag in (("train_vis.txt", "vis"), ("train_nir.txt", "nir")):
         text = open(os.path.join(root, "idx", name)).read()
