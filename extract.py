@@ -127,8 +127,7 @@ class FeatureExtractor:
         self.img_w, self.img_h = self.info["img_w"], self.info["img_h"]
         self.feature_names = tuple(self.model.feature_names)
         self.feature = self.feature_names[0]
-        method = settings.METHODS.get(self.info["method"], settings.METHODS["hctri"])
-        self.flip = method.test_defaults.get("flip_test") == "on" if flip is None else bool(flip)
+        self.flip = settings.flip_default(self.info["method"]) == "on" if flip is None else bool(flip)
 
     def features_of(self, batch, modal):
         """{name: float32 [B, D] on the CPU} of a uint8 [B, H, W, 3] batch: test_mine's extraction itself."""

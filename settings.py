@@ -73,8 +73,6 @@ def check_two_stream(s):
     if s.pcb == "on" and (s.img_h % 16 or s.img_h // 16 % s.num_strips):
         raise ValueError(f"--img_h {s.img_h}: the feature map (img_h/16 rows) must split into --num_strips "
                          f"{s.num_strips} strips; use a multiple of {16 * s.num_strips}")
-    if getattr(s, "looped_head", False) and s.pcb == "off":
-        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
 
 
 def paper_family(triplet, margin=True, center=True, **fields):
@@ -114,8 +112,6 @@ def dgtl_unread(s):
 def check_dgtl(s):
     if s.pcb == "on":
         raise ValueError("--pcb on: DGTL uses global features (leave --pcb out with --method dgtl)")
-    if getattr(s, "looped_head", False):
-        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
 
 
 # DGTL (hijune6/DGTL-for-VT-ReID, README and train.py): global features, 31 epochs on RegDB and 61 on
@@ -326,6 +322,17 @@ COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=25
                        eval_every=2, mode="all", steps_per_epoch=0, trial=1)
 
 
+# Experiment flags added after run names were first given, with the behaviour of runs from before: they
+# enter a run's name only with another value (names stay as they were), and a checkpoint that does not
+# record one ran with that value
+LATER_FLAGS = {"non_local": "off", "caj_aug": "off"}
+
+
+def flip_default(method):
+    """test_mine.py's --flip_test for a checkpoint of this method: as its reference tests (CAJ's flips)."""
+    return METHODS.get(method, METHODS[COMMON_DEFAULTS["method"]]).test_defaults.get("flip_test", "off")
+
+
 def fill_defaults(args, skip=()):
     """Set every flag left at None (but those in skip) to the published value for args.dataset
     (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
@@ -411,6 +418,8 @@ def check_training(args, explicit):
                          f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
     parse_lr_steps(args.lr_steps)
     method.check(args)
+    if getattr(args, "looped_head", False) and args.pcb != "on":
+        raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
     check_flags_apply(args, explicit, method)
 
 

@@ -130,8 +130,7 @@ def flip_test(args, ckpt):
     if args.flip_test is None:
         saved = ckpt.get("args") if isinstance(ckpt, dict) else None
         method = (saved or {}).get("method")
-        method = method if method in settings.METHODS else args.method
-        args.flip_test = settings.METHODS[method].test_defaults.get("flip_test", "off")
+        args.flip_test = settings.flip_default(method if method in settings.METHODS else args.method)
     return args.flip_test == "on"
 
 

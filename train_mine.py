@@ -44,10 +44,6 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "eval_every", "amp", "non_local", "caj_aug")
 LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse", "non_local")
-# Experiment flags added after run names were first given, with the behaviour of runs from before: they
-# enter a run's name only with another value (names stay as they were), and a checkpoint that does not
-# record one ran with that value
-LATER_FLAGS = {"non_local": "off", "caj_aug": "off"}
 
 
 def get_args_parser(add_help=True):
@@ -170,7 +166,7 @@ def run_name(args):
     """A readable name plus a hash of every experiment flag: different experiments never share files."""
     # the split is in the readable name, not in the hash: one {trial} template names every split's run
     values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial" and
-              not (k in LATER_FLAGS and getattr(args, k, None) in (None, LATER_FLAGS[k]))}
+              not (k in settings.LATER_FLAGS and getattr(args, k, None) in (None, settings.LATER_FLAGS[k]))}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
@@ -182,7 +178,7 @@ def run_name(args):
 
 def resume_flags(args, explicit, ckpt):
     """Take the experiment flags left out from the checkpoint; return notes on those given explicitly."""
-    saved, notes = {**LATER_FLAGS, **ckpt.get("args", {})}, []
+    saved, notes = {**settings.LATER_FLAGS, **ckpt.get("args", {})}, []
     for key in EXPERIMENT_FLAGS:
         if key not in saved or saved[key] is None:
             continue

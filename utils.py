@@ -191,7 +191,7 @@ def check_arch_flags(path, config, args, explicit, recorded):
     unused = settings.unused_arch_flags(config, explicit)
     if recorded:
         # --method names the network: its methods build this head; a file without non_local has none
-        saved = dict({"non_local": "off"}, **config, method=f"{head} head")
+        saved = dict(settings.LATER_FLAGS, **config, method=f"{head} head")
         wrong = [k for k in explicit if k not in unused and k in saved and (
             head not in settings.METHODS[args.method].heads if k == "method" else getattr(args, k) != saved[k])]
         shown = [f"--{k} {getattr(args, k)} (the file's {head} head does not read it)" for k in unused] + \

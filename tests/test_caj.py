@@ -54,7 +54,7 @@ def test_adp_by_hand_and_its_clamp():
     feats, labels = torch.tensor([[0.0], [1.0], [10.0], [12.0]]), torch.tensor([0, 0, 1, 1])
     got, _ = loss.TripletLoss_ADP(1, 1, 1)(feats, labels)
     assert got.item() == pytest.approx(adp_by_loops(feats.tolist(), labels.tolist(), 1, 1, 1)[0], rel=1e-5)
-    # a violated anchor past gamma * delta^2 = 88 gets no gradient, as the reference's clamp_max
+    # an anchor past gamma * delta^2 = 88 is clamped, as by the reference's clamp_max: the loss stays finite
     feats = torch.tensor([[0.0], [20.0], [1.0], [30.0]], requires_grad=True)
     loss.TripletLoss_ADP(1, 1, 1)(feats, torch.tensor([0, 0, 1, 1]))[0].backward()
     assert feats.grad is not None and torch.isfinite(feats.grad).all()
