@@ -182,26 +182,61 @@ def get_args_parser():
     return parser
 
 
+CSV_HEADER = ["row", "path"]
+
+
+def listed_rows(path):
+    """The number of images an image list of extract.py holds (header row,path, then rows 0, 1, ... in
+    order), else None: how an earlier --csv is told from a user's file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        if next(rows, None) != CSV_HEADER:
+            return None
+        n = 0
+        for row in rows:
+            if len(row) != 2 or row[0] != str(n):
+                return None
+            n += 1
+    return n
+
+
+def feature_rows(path):
+    """N of a float32 [N, D] .npy (what --out holds), else None; read from the header alone."""
+    with open(path, "rb") as f:
+        major = np.lib.format.read_magic(f)[0]
+        if major not in (1, 2):  # 3.0: field names in UTF-8, which np.save never needs for [N, D] float32
+            return None
+        shape, fortran, dtype = getattr(np.lib.format, f"read_array_header_{major}_0")(f)
+    return shape[0] if dtype == np.float32 and len(shape) == 2 and not fortran else None
+
+
+IMAGE_LIST = fileio.OutputKind("an image list of extract.py (row,path)", listed_rows)
+FEATURES = fileio.OutputKind("features of extract.py (float32 [N, D])", feature_rows)
+
+
 def check_outputs(args):
-    """Both outputs can be written and are no input, checked before any image is read."""
+    """Both outputs can be written and are no input, checked before any image is read. They are one
+    output: existing ones are replaced only as the pair extract.py wrote (as many features as paths)."""
     args.csv = args.csv or os.path.splitext(args.out)[0] + ".csv"
     if os.path.abspath(args.csv) == os.path.abspath(args.out):
         raise ValueError(f"--csv {args.csv}: the same file as --out; give another name")
-    for flag, path in (("--out", args.out), ("--csv", args.csv)):
-        fileio.check_output_file(path, flag, inputs=[args.resume], input_dirs=[args.images])
+    for flag, path, kind in (("--out", args.out, FEATURES), ("--csv", args.csv, IMAGE_LIST)):
+        fileio.check_output_file(path, flag, kind, inputs=[args.resume], input_dirs=[args.images])
+    if os.path.exists(args.out) and (not os.path.exists(args.csv) or
+                                     feature_rows(args.out) != listed_rows(args.csv)):
+        raise ValueError(f"--out {args.out}: not written with the image list {args.csv} (extract.py writes the two "
+                         f"together), so it may be a file of yours; refusing to replace it: give another file name")
 
 
 def write_outputs(feats, paths, out, csv_path):
-    """The array, then the paths (row, path), each written atomically."""
-    fileio.atomic_write(out, lambda f: np.save(f, feats))
-
+    """The array and the paths (row, path): both change together or neither (fileio.write_together)."""
     def rows(f):
         text = io.StringIO(newline="")
         writer = csv.writer(text)
-        writer.writerow(["row", "path"])
+        writer.writerow(CSV_HEADER)
         writer.writerows(enumerate(paths))
         f.write(text.getvalue())
-    fileio.atomic_write(csv_path, rows, binary=False)
+    fileio.write_together([(out, lambda f: np.save(f, feats), True), (csv_path, rows, False)])
 
 
 def main(argv=None, log=print):

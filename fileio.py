@@ -38,11 +38,9 @@ def temp_tag(pid=None):
     return f"{host}-{os.getpid() if pid is None else pid}"
 
 
-def atomic_write(path, write, binary=True):
-    """Call write(f) on <path>.tmp-<host>-<pid> beside path, flush it to disk, then rename it over path: a
-    crash or a full disk never leaves half a file, and the previous file stays as it was until the
-    new one is complete. Any failure is one OSError naming path and the cause."""
-    path = os.fspath(path)
+def _write_temp(path, write, binary):
+    """write(f) on <path>.tmp-<host>-<pid> beside path, flushed to disk; returns that temporary. Any
+    failure removes it and is one OSError naming path and the cause."""
     tmp = f"{path}.tmp-{temp_tag()}"
     f = None
     try:
@@ -52,16 +50,72 @@ def atomic_write(path, write, binary=True):
             write(f)
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, path)
+        return tmp
     except (OSError, RuntimeError) as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
         cause = f.error if f is not None and f.error is not None else e
         if not isinstance(cause, OSError):
             raise
         raise OSError(f"cannot write {path}: {cause.strerror or cause}") from None
-    finally:
+    except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
-    return path
+        raise
+
+
+def atomic_write(path, write, binary=True):
+    """Call write(f) on <path>.tmp-<host>-<pid> beside path, flush it to disk, then rename it over path: a
+    crash or a full disk never leaves half a file, and the previous file stays as it was until the
+    new one is complete. Any failure is one OSError naming path and the cause."""
+    return write_together([(path, write, binary)])[0]
+
+
+def write_together(outputs):
+    """[(path, write, binary)] of one output of several files (extract.py's features and their image
+    list): every file is written to its temporary (atomic_write's) first, then each is renamed over its
+    path; if a rename fails, the paths already replaced get their previous file back. So the files
+    change together or not at all. Returns the paths."""
+    outputs = [(os.fspath(p), w, b) for p, w, b in outputs]
+    temps, kept, done = [], [], []  # done: (path, its previous file kept aside, or None)
+    try:
+        for path, write, binary in outputs:
+            temps.append(_write_temp(path, write, binary))
+        for (path, _, _), tmp in zip(outputs, temps):
+            kept.append(_keep_aside(path))
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+            done.append((path, kept[-1]))
+    except BaseException:
+        for path, old in reversed(done):  # the previous files back: no part of the output changed
+            if old is None:
+                os.remove(path)
+            else:
+                os.replace(old, path)
+        raise
+    finally:
+        for leftover in temps + kept:
+            if leftover is not None and os.path.lexists(leftover):
+                os.remove(leftover)
+    return [p for p, _, _ in outputs]
+
+
+def _keep_aside(path):
+    """A second name (<path>.old-<host>-<pid>) for path's current file, so that it can be put back; None
+    if there is none. A hard link where the file system has them (path itself stays in place), else a
+    copy."""
+    if not os.path.lexists(path):
+        return None
+    old = f"{path}.old-{temp_tag()}"
+    if os.path.lexists(old):
+        os.remove(old)
+    try:
+        os.link(path, old)
+    except OSError:
+        shutil.copy2(path, old)
+    return old
 
 
 def pid_alive(pid):
@@ -77,8 +131,9 @@ def pid_alive(pid):
     return True
 
 
-# what atomic_write leaves when killed: one of this project's outputs, then the writer's host and pid
-_TEMP_NAME = re.compile(r".+\.(?:pth|json|csv|png|npy|onnx|pt)\.tmp-([A-Za-z0-9_.]+)-(\d+)")
+# what atomic_write (tmp) and write_together (old) leave when killed: one of this project's outputs, then
+# the writer's host and pid
+_TEMP_NAME = re.compile(r".+\.(?:pth|json|csv|png|npy|onnx|pt)\.(?:tmp|old)-([A-Za-z0-9_.]+)-(\d+)")
 
 
 def _dead_here(host, pid):
@@ -133,10 +188,62 @@ def make_output_dir(folder, flag):
 INPUT_ENDINGS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".txt", ".npy")
 
 
-def check_output_file(path, flag, inputs=(), input_dirs=()):
-    """An output file that can be written and is none of the inputs: not a checkpoint being read
-    (inputs) nor an existing file under a data folder (input_dirs). Checked before any work, so that
-    nothing is evaluated for a result that cannot be kept, and no input is replaced by a result."""
+# what a file is, by its first bytes: for the refusal of an output over it
+FILE_MAGIC = ((b"PK\x03\x04", "a checkpoint or other zip archive"), (b"\x80", "a checkpoint or other pickle"),
+              (b"\x93NUMPY", "a NumPy array"), (b"\x89PNG", "an image"), (b"\xff\xd8\xff", "an image"),
+              (b"GIF8", "an image"), (b"II*\x00", "an image"), (b"MM\x00*", "an image"), (b"BM", "an image"))
+CHECKPOINT_ENDINGS = (".pth", ".pt", ".t", ".tar", ".ckpt")
+
+
+class OutputKind:
+    """A kind of file output (test_mine.py's JSON, results.csv, extract.py's features ...): what it is
+    called, and recognise(path) -> whether an existing file is an earlier output of this kind, told
+    from its content. Every kind made is known to describe()."""
+    known = []
+
+    def __init__(self, what, recognise):
+        self.what, self.recognise = what, recognise
+        OutputKind.known.append(self)
+
+
+def describe(path):
+    """What an existing file is, in a few words: an output kind's name, else what its first bytes say."""
+    for kind in OutputKind.known:
+        if _recognised(kind, path):
+            return kind.what
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "a file that cannot be read"
+    what = next((what for magic, what in FILE_MAGIC if head.startswith(magic)), None)
+    if what is None and os.path.basename(path).lower().endswith(CHECKPOINT_ENDINGS):
+        what = "a checkpoint"
+    return what or "a file of some other kind"
+
+
+def _recognised(kind, path):
+    try:
+        return bool(kind.recognise(path))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def check_replaceable(path, flag, kind):
+    """The one rule for every file output: an existing path may be replaced only by an output of its own
+    kind (an earlier result of the same writer, recognised from its content), never a checkpoint, a file
+    of a dataset, a results table or a log, nor anything else a user had there."""
+    if os.path.lexists(path) and not (os.path.isfile(path) and _recognised(kind, path)):
+        what = "a symbolic link" if os.path.islink(path) else describe(path)
+        raise ValueError(f"{flag} {path}: that file exists and is {what}, not {kind.what}; refusing to replace "
+                         f"it: give another file name")
+
+
+def check_output_file(path, flag, kind, inputs=(), input_dirs=()):
+    """An output file of kind (OutputKind) that can be written and is none of the inputs: not a
+    checkpoint being read (inputs) nor an existing file under a data folder (input_dirs), and an
+    existing file only if check_replaceable allows it. Checked before any work, so that nothing is
+    evaluated for a result that cannot be kept, and nothing the user had is replaced by a result."""
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path}: a folder, not a file; give a file name")
     target = os.path.realpath(path)
@@ -149,6 +256,7 @@ def check_output_file(path, flag, inputs=(), input_dirs=()):
         if inside and read and os.path.exists(target):
             raise ValueError(f"{flag} {path}: an image or list of the data folder {folder}; give another file name")
     check_output_dir(os.path.dirname(os.path.abspath(path)), flag, path)
+    check_replaceable(path, flag, kind)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ValueError(f"{flag} {path}: cannot write it (permission denied); give another file name")
 

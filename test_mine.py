@@ -83,8 +83,9 @@ def get_args_parser(add_help=True):
                    help="average each feature with its mirror image's (default: as the checkpoint's method's "
                         "reference tests: on for CAJ, else off)")
     g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
-    g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here")
-    g.add_argument("--log_path", default="log/", help="results.csv (one row per run) is appended here")
+    g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here (a folder "
+                                                "search: every query's top-k)")
+    g.add_argument("--log_path", default=None, help="results.csv (one row per run) is appended here (default log/)")
     picture_flags(parser)
     return parser
 
@@ -94,9 +95,9 @@ def picture_flags(parser):
     g = parser.add_argument_group("pictures and searching your own images")
     g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
     g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
-    g.add_argument("--vis_order", default="hardest", choices=("hardest", "random"),
-                   help="hardest (worst first true match first) or random")
-    g.add_argument("--top_k", default=10, type=int, help="gallery images per ranked list / CSV row set")
+    g.add_argument("--vis_order", default=None, choices=("hardest", "random"),
+                   help="hardest (worst first true match first; default) or random (a folder search: random only)")
+    g.add_argument("--top_k", default=None, type=int, help="gallery images per ranked list / CSV row set (default 10)")
     g.add_argument("--query_dir", default=None, help="search: folder of query images (any names and sizes)")
     g.add_argument("--gallery_dir", default=None, help="search: folder of gallery images")
     g.add_argument("--query_modal", default=None, choices=("thermal", "visible"),
@@ -251,12 +252,33 @@ def collect(records, model, log, labels=None):
 UNTAGGED = {"pcb": "parts", "global": "bn"}
 
 
+RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank", "flip_test",
+                 "half"] + [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS]
+
+
+def results_header(path):
+    """The columns of a results table of test_mine.py (this version's or an older one's), else None."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader([f.readline()]), [])
+    return header if header[:4] == RESULT_FIELDS[:4] and set(header) <= set(RESULT_FIELDS) else None
+
+
+def is_result_json(path):
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    return isinstance(saved, dict) and isinstance(saved.get("args"), dict) and "resume" in saved["args"]
+
+
+RESULTS_TABLE = fileio.OutputKind("a results table of test_mine.py", results_header)
+RESULT_JSON = fileio.OutputKind("a result file of test_mine.py (--json)", is_result_json)
+
+
 def append_results_csv(log_path, args, results):
     """One row per setting (and per feature, for heads with several) of this run in <log_path>/results.csv, so
-    sweeps become one table. The file is rewritten whole and atomically: a full disk leaves it as it was."""
+    sweeps become one table. The file is rewritten whole and atomically: a full disk leaves it as it was. A
+    table of an older version (without flip_test and half) is rewritten with them, empty in its rows (not
+    recorded then)."""
     path = os.path.join(log_path, "results.csv")
-    fields = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
-             [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS]
     rows = []
     for setting, r in results.items():
         model, names = r["model"], r["features"]
@@ -265,22 +287,28 @@ def append_results_csv(log_path, args, results):
             tag = "" if UNTAGGED.get(model["head"]) == feature else f" [{model['head']} {feature}]"
             row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
                    "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
-                   "share_net": model.get("share_net", ""), "pcb": model.get("pcb", ""), "re_rank": args.re_rank}
+                   "share_net": model.get("share_net", ""), "pcb": model.get("pcb", ""), "re_rank": args.re_rank,
+                   "flip_test": args.flip_test, "half": "on" if args.half else "off"}
             row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in eval_metrics.METRICS})
             row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in eval_metrics.METRICS})
             rows.append(row)
-
-    def write(f):
-        f.write(old)
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if not old:
-            writer.writeheader()
-        writer.writerows(rows)
     with fileio.locked_folder(log_path):  # the runs of a sweep share the table: one rewrite at a time
-        old = ""
+        old, old_rows = "", []
         if os.path.exists(path):
-            with open(path, newline="", encoding="utf-8") as f:
-                old = f.read()
+            fileio.check_replaceable(path, "--log_path", RESULTS_TABLE)  # again: it may have changed meanwhile
+            if results_header(path) == RESULT_FIELDS:
+                with open(path, newline="", encoding="utf-8") as f:
+                    old = f.read()
+            else:  # an older table: its rows under the new header
+                with open(path, newline="", encoding="utf-8") as f:
+                    old_rows = list(csv.DictReader(f))
+
+        def write(f):
+            f.write(old)
+            writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, restval="")
+            if not old:
+                writer.writeheader()
+            writer.writerows(old_rows + rows)
         return fileio.atomic_write(path, write, binary=False)
 
 
@@ -317,7 +345,11 @@ class RankedListWriter:
         except FileExistsError as e:
             raise ValueError(f"--vis_dir: {e}; nothing was deleted: move it away or choose another --vis_dir") \
                 from None
-        other = (fileio.read_manifest(self.folder, self.MANIFEST) or {}).get("checkpoint")
+        meta = fileio.read_manifest(self.folder, self.MANIFEST) or {}
+        if meta.get("search"):
+            raise ValueError(f"--vis_dir: {self.folder} holds the pictures of a folder search; nothing was deleted: "
+                             f"choose another --vis_dir")
+        other = meta.get("checkpoint")
         if other and os.path.abspath(other) != os.path.abspath(self.checkpoint):  # two files of one name
             raise ValueError(f"--vis_dir: {self.folder} holds the pictures of another checkpoint, {other}; "
                              f"nothing was deleted: choose another --vis_dir")
@@ -353,8 +385,27 @@ class RankedListWriter:
         return os.path.join(self.folder, "cmc.png")
 
 
+SEARCH_FOLDER = "search"  # <vis_dir>/search: a folder search's top-k CSV and pictures
+
+
+def check_search_folder(vis_dir):
+    """<vis_dir>/search may be replaced: absent, empty, or an earlier search's (every file listed in its
+    vis.json, which says it is a search's). One line before any work, else."""
+    folder = os.path.join(vis_dir, SEARCH_FOLDER)
+    try:
+        fileio.check_owned(folder, RankedListWriter.MANIFEST, "search folder", "test_mine.py")
+    except FileExistsError as e:
+        raise ValueError(f"--vis_dir: {e}; nothing was deleted: move it away or choose another --vis_dir") from None
+    meta = fileio.read_manifest(folder, RankedListWriter.MANIFEST)
+    if meta is not None and not meta.get("search"):
+        raise ValueError(f"--vis_dir: {folder} holds the evaluation pictures of a checkpoint named "
+                         f"{SEARCH_FOLDER}; nothing was deleted: choose another --vis_dir")
+    return folder
+
+
 def search_folders(args, device, log):
-    """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures."""
+    """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures in
+    <vis_dir>/search (built beside it and swapped in whole), and --json if given."""
     if args.query_modal not in ("thermal", "visible"):
         raise ValueError(f"--query_modal must be thermal or visible, got {args.query_modal}")
     if not (args.query_dir and args.gallery_dir):
@@ -371,17 +422,42 @@ def search_folders(args, device, log):
     qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
     gf = torch.from_numpy(extractor(g_paths, g_modal)).to(device)
     dist = eval_metrics.distance(qf, gf, args.re_rank).cpu().numpy()
-    csv_path = visualize.write_topk_csv(os.path.join(args.vis_dir, "search_topk.csv"), q_paths, g_paths, dist,
-                                        top_k=args.top_k)
-    pictures = visualize.write_ranked_lists(os.path.join(args.vis_dir, "search"), q_paths, g_paths, dist,
-                                            num=args.visualize or min(10, len(q_paths)), top_k=args.top_k,
-                                            order="random")
+    folder = check_search_folder(args.vis_dir)  # again: something may have been put there meanwhile
+    tmp = fileio.new_build_folder(folder)
+    try:
+        visualize.write_topk_csv(os.path.join(tmp, "search_topk.csv"), q_paths, g_paths, dist, top_k=args.top_k)
+        pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, num=args.visualize or min(10, len(q_paths)),
+                                                top_k=args.top_k, order="random")
+        fileio.write_manifest(tmp, RankedListWriter.MANIFEST, search=True, query_dir=args.query_dir,
+                              gallery_dir=args.gallery_dir, checkpoint=args.resume)
+        try:
+            fileio.replace_owned(tmp, folder, RankedListWriter.MANIFEST, "search folder", "test_mine.py")
+        except FileExistsError as e:
+            raise ValueError(f"--vis_dir: {e}; nothing was deleted") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if args.json:
+        write_search_json(args, q_paths, g_paths, dist, g_modal)
     log(f"searched {len(q_paths)} {args.query_modal} queries against {len(g_paths)} gallery images: "
-        f"top-{args.top_k} in {csv_path}, {len(pictures)} pictures in {os.path.dirname(pictures[0])}")
-    return csv_path
+        f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} pictures in {folder}"
+        f"{f', every top-{args.top_k} in {args.json}' if args.json else ''}")
+    return os.path.join(folder, "search_topk.csv")
+
+
+def write_search_json(args, q_paths, g_paths, dist, g_modal):
+    """--json of a folder search: each query's top-k gallery images and distances (search_topk.csv's rows)."""
+    queries = {}
+    for query, rank, gallery, d in visualize.topk_rows(q_paths, g_paths, dist, args.top_k):
+        queries.setdefault(query, []).append({"rank": rank, "gallery": gallery, "distance": d})
+    out = {"setting": "folder search", "query_modal": args.query_modal, "gallery_modal": g_modal,
+           "queries": [{"query": q, "ranked": ranked} for q, ranked in queries.items()], "args": vars(args)}
+    fileio.atomic_write(args.json, lambda f: json.dump(out, f, indent=2, default=str), binary=False)
 
 
 FOLDER_SEARCH_FLAGS = {"query_modal": "thermal"}  # a folder search's own flags, with their defaults
+EVALUATION_FLAGS = ("data_path", "trials", "trial", "cross_split")  # of a dataset's test: a folder search has none
+PICTURE_FLAGS = ("vis_dir", "vis_order", "top_k")  # how --visualize draws (a folder search always draws)
 
 
 def resolve_search_flags(args, searching):
@@ -390,15 +466,27 @@ def resolve_search_flags(args, searching):
     own = FOLDER_SEARCH_FLAGS if searching else settings.DATASETS[args.dataset].test_flags
     every = dict(FOLDER_SEARCH_FLAGS, **{f: v for d in settings.DATASETS.values() for f, v in d.test_flags.items()})
     given = [f for f in every if getattr(args, f) is not None and f not in own]
-    if searching and args.trials is not None:
-        given.append("trials")
+    if searching:
+        given += [f for f in EVALUATION_FLAGS if getattr(args, f) is not None]
+        if args.log_path is not None and args.vis_dir is not None:  # it only places the default --vis_dir
+            given.append("log_path")
     if given:
         scope = "a folder search (--query_dir/--gallery_dir)" if searching else f"--dataset {args.dataset}"
         raise ValueError(f"{', '.join('--' + f for f in given)}: not used by {scope}; leave "
                          f"{'it' if len(given) == 1 else 'them'} out")
+    unused = [f"--{f}" for f in PICTURE_FLAGS if getattr(args, f) is not None]
+    if unused and not (searching or args.visualize):
+        raise ValueError(f"{', '.join(unused)}: these say how --visualize N draws its pictures; add --visualize N "
+                         f"or leave them out")
+    if searching and args.vis_order == "hardest":
+        raise ValueError("--vis_order hardest: a folder search has no labels to tell the hardest queries; "
+                         "leave it out (its queries are drawn at random)")
     for flag, default in own.items():
         if getattr(args, flag) is None:
             setattr(args, flag, default)
+    args.log_path = "log/" if args.log_path is None else args.log_path
+    args.vis_order = args.vis_order or ("random" if searching else "hardest")
+    args.top_k = 10 if args.top_k is None else args.top_k
 
 
 def resolve_model_flags(args, skip=(), log=print):
@@ -467,14 +555,15 @@ def check_outputs(args, searching):
     inputs = input_files(args)
     folders = (args.query_dir, args.gallery_dir) if searching else (args.data_path,)
     if args.json:
-        fileio.check_output_file(args.json, "--json", inputs, folders)
+        fileio.check_output_file(args.json, "--json", RESULT_JSON, inputs, folders)
     if args.log_path and not searching:
         fileio.check_output_dir(args.log_path, "--log_path")
-        fileio.check_output_file(os.path.join(args.log_path, "results.csv"), "--log_path", inputs, folders)
+        fileio.check_output_file(os.path.join(args.log_path, "results.csv"), "--log_path", RESULTS_TABLE, inputs,
+                                 folders)
     if args.visualize or searching:
         fileio.check_output_dir(args.vis_dir, "--vis_dir")
     if searching:
-        fileio.check_output_file(os.path.join(args.vis_dir, "search_topk.csv"), "--vis_dir", inputs, folders)
+        check_search_folder(args.vis_dir)
 
 
 def main(args):

@@ -7,6 +7,7 @@
   cmc_curve_picture(curves, out_path, title="CMC", width=640, height=480) -> out_path
   write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=None, g_labels=None,
                      num=10, top_k=10, order="hardest", seed=0, removed=None) -> [paths]
+  topk_rows(query_paths, gallery_paths, distmat, top_k=10) -> [(query, rank, gallery, distance)]
   write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10) -> out_path
 
 Ranking is ascending distance with a stable sort (equal distances keep gallery order), as in
@@ -377,11 +378,9 @@ def write_ranked_lists(out_dir, query_paths, gallery_paths, distmat, q_labels=No
     return written
 
 
-def write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10):
-    """CSV `query,rank,gallery,distance`: one row per query and rank 1..top_k (stable ascending).
-
-    Distances are written at full float precision. Returns out_path.
-    """
+def topk_rows(query_paths, gallery_paths, distmat, top_k=10):
+    """(query, rank, gallery, distance) per query and rank 1..top_k (stable ascending): the rows of
+    write_topk_csv (and of test_mine.py's --json of a search). Distances at full float precision."""
     n_q, n_g = len(query_paths), len(gallery_paths)
     d = _distmat(distmat, n_q, n_g)
     k = min(int(top_k), n_g)
@@ -390,10 +389,19 @@ def write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10):
     g_col = np.array([os.fspath(p) for p in gallery_paths], dtype=object)[top].reshape(-1)
     r_col = np.tile(np.arange(1, k + 1), n_q)
     d_col = np.take_along_axis(d, top, axis=1).reshape(-1).astype(np.float64)
+    return list(zip(q_col.tolist(), r_col.tolist(), g_col.tolist(), d_col.tolist()))
+
+
+def write_topk_csv(out_path, query_paths, gallery_paths, distmat, top_k=10):
+    """CSV `query,rank,gallery,distance`: one row per query and rank 1..top_k (stable ascending).
+
+    Distances are written at full float precision. Returns out_path.
+    """
+    rows = topk_rows(query_paths, gallery_paths, distmat, top_k)
 
     def write(f):
         w = csv.writer(f)
         w.writerow(["query", "rank", "gallery", "distance"])
-        w.writerows(zip(q_col.tolist(), r_col.tolist(), g_col.tolist(), d_col.tolist()))
+        w.writerows(rows)
 
     return fileio.atomic_write(out_path, write, binary=False)

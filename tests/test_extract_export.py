@@ -316,3 +316,82 @@ def test_scripts_print_one_line_errors(tmp_path, monkeypatch):
             runpy.run_path(os.path.join(ROOT, argv[0]), run_name="__main__")
         assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def digest(folder):
+    """{name: bytes} of every file in folder."""
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+def extract_cli(checkpoint, images, out, *argv):
+    return extract.main(["--resume", checkpoint, "--images", images, "--modality", "thermal", "--out", str(out),
+                         "--gpu", "cpu", *argv], log=lambda *a: None)
+
+
+@pytest.mark.parametrize("case", ["out-checkpoint", "out-dataset-npy", "out-npy-without-its-list", "csv-sidecar",
+                                  "csv-results-table"])
+def test_extract_never_replaces_a_file_of_another_kind(case, checkpoints, images, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(checkpoints["global"], mine / "other_last.pth")  # another run's checkpoint
+    np.save(mine / "train_ir_resized_label.npy", np.arange(5))  # a stored dataset's
+    np.save(mine / "data.npy", np.ones((5, 8), np.float32))  # a float32 [N, D] of the user's own
+    (mine / "data.csv").write_text("id,score\n1,0.5\n")  # the user's own data.csv
+    (mine / "results.csv").write_text("time,dataset,resume,setting\n")
+    before = digest(mine)
+    out, argv, message = {
+        "out-checkpoint": (mine / "other_last.pth", [], "--out .*other_last.pth: that file exists and is a checkpoint"),
+        "out-dataset-npy": (mine / "train_ir_resized_label.npy", [], "is a NumPy array, not features of extract.py"),
+        "out-npy-without-its-list": (mine / "data.npy", ["--csv", str(tmp_path / "new.csv")],
+                                     "--out .*data.npy: not written with the image list .*new.csv"),
+        # the default --csv, --out with .csv: a file the user never named
+        "csv-sidecar": (mine / "data.npy", [], "--csv .*data.csv: that file exists and is a file of some other "
+                                               "kind, not an image list of extract.py"),
+        "csv-results-table": (tmp_path / "f.npy", ["--csv", str(mine / "results.csv")],
+                              "is a results table of test_mine.py, not an image list of extract.py"),
+    }[case]
+    with pytest.raises(ValueError, match=message) as e:
+        extract_cli(checkpoints["pcb"], images, out, *argv)
+    one_line(e)
+    assert digest(mine) == before
+    assert not os.path.exists(tmp_path / "new.csv") and not os.path.exists(tmp_path / "f.npy")
+
+
+def test_extract_replaces_its_own_earlier_pair(checkpoints, images, tmp_path):
+    out = tmp_path / "feats.npy"
+    extract_cli(checkpoints["pcb"], images, out)
+    sub = str(tmp_path / "sub")
+    shutil.copytree(os.path.join(images, "sub"), sub)
+    extract_cli(checkpoints["pcb"], sub, out)  # its own earlier pair: replaced, both
+    assert len(np.load(out)) == 2 and extract.listed_rows(tmp_path / "feats.csv") == 2
+    assert sorted(os.listdir(tmp_path)) == ["feats.csv", "feats.npy", "sub"]
+
+
+@pytest.mark.parametrize("failure", ["csv-folder-unwritable", "second-rename-fails"])
+def test_extract_features_and_paths_change_together_or_not_at_all(failure, checkpoints, images, tmp_path,
+                                                                  monkeypatch):
+    out, paths = tmp_path / "o" / "feats.npy", tmp_path / "p" / "feats.csv"
+    extract_cli(checkpoints["pcb"], images, out, "--csv", str(paths))  # the earlier pair (5 images)
+    before = {**digest(out.parent), **digest(paths.parent)}
+    sub = str(tmp_path / "sub")
+    shutil.copytree(os.path.join(images, "sub"), sub)  # 2 images
+    if failure == "csv-folder-unwritable":  # as a full or read-only folder reports it (root ignores chmod)
+        real_open = open
+
+        def fail_open(file, *a, **k):
+            if os.fspath(file).startswith(str(paths) + ".tmp-"):
+                raise PermissionError(13, "Permission denied")
+            return real_open(file, *a, **k)
+        monkeypatch.setattr("builtins.open", fail_open)
+    else:
+        real_replace = os.replace
+
+        def fail_replace(src, dst):
+            if os.fspath(dst) == str(paths):
+                raise OSError(28, "No space left on device")
+            return real_replace(src, dst)
+        monkeypatch.setattr(os, "replace", fail_replace)
+    with pytest.raises(OSError, match=f"cannot write {paths}: "):
+        extract_cli(checkpoints["pcb"], sub, out, "--csv", str(paths))
+    monkeypatch.undo()
+    assert {**digest(out.parent), **digest(paths.parent)} == before  # the earlier pair, no temporary left

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data_loader
+import eval_metrics
 import fileio
 import test_mine
 import train_mine
@@ -370,3 +371,71 @@ def test_pictures_of_a_checkpoint_of_the_same_name_elsewhere_are_not_replaced(tr
         test_mine.main(eval_args(data, str(twin), "--visualize", "2", "--vis_dir", str(vis)))
     assert digest(vis) == before
     test_mine.main(eval_args(data, ckpt, "--visualize", "3", "--vis_dir", str(vis)))  # its own: replaced
+
+
+# ----------------------------------------------------------------------------- files of another kind
+
+# results.csv's columns before --flip_test and --half were recorded
+OLDER_RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
+    [f"{k}_{s}" for s in ("mean", "std") for k in eval_metrics.METRICS]
+
+
+def user_files(folder):
+    """A folder of what a user may have beside their results: another run's checkpoint and log, a
+    results table of earlier evaluations, a stored dataset array, an image and notes of their own."""
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, folder / "other_last.pth")
+    (folder / "other.log").write_text("epoch 1: loss 3.2\n")
+    (folder / "results.csv").write_text(",".join(OLDER_RESULT_FIELDS) + "\n" + "x," * 19 + "x\n")
+    np.save(folder / "train_rgb_resized_img.npy", np.zeros((2, 4, 2, 3), np.uint8))
+    Image.new("RGB", (4, 8)).save(folder / "photo.png")
+    (folder / "notes.json").write_text('{"mine": 1}')
+    return folder
+
+
+@pytest.mark.parametrize("name", ["other_last.pth", "other.log", "results.csv", "train_rgb_resized_img.npy",
+                                  "photo.png", "notes.json"])
+def test_json_over_a_file_of_another_kind_is_refused_and_every_file_kept(name, trained, tmp_path, monkeypatch):
+    data, ckpt = trained
+    mine = user_files(tmp_path / "mine")
+    before = digest(mine)
+    no_images_read(monkeypatch)
+    with pytest.raises(ValueError, match=f"--json {mine / name}: that file exists and is .*, not a result file of "
+                                         f"test_mine.py .*; refusing to replace it"):
+        test_mine.main(eval_args(data, ckpt, "--json", str(mine / name), "--log_path", str(mine)))
+    assert digest(mine) == before
+
+
+def test_results_csv_of_another_kind_is_refused_and_an_earlier_json_replaced(trained, tmp_path, monkeypatch):
+    data, ckpt = trained
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "results.csv").write_text("name,score\nmine,3\n")  # a table of the user's own
+    before = digest(log)
+    with pytest.raises(ValueError, match="results.csv: that file exists and is a file of some other kind, not a "
+                                         "results table of test_mine.py"):
+        test_mine.main(eval_args(data, ckpt, "--log_path", str(log)))
+    assert digest(log) == before
+    out = tmp_path / "r.json"
+    test_mine.main(eval_args(data, ckpt, "--json", str(out)))
+    test_mine.main(eval_args(data, ckpt, "--json", str(out)))  # an earlier result of its own kind is replaced
+    assert json.load(open(out))["args"]["resume"] == ckpt
+
+
+def test_results_csv_records_flip_test_and_half_and_keeps_an_older_tables_rows(trained, tmp_path):
+    import csv
+    data, ckpt = trained
+    log = tmp_path / "log"
+    log.mkdir()
+    older = OLDER_RESULT_FIELDS
+    row = {f: str(i) for i, f in enumerate(older)}
+    with open(log / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([older, [row[f] for f in older]])
+    test_mine.main(eval_args(data, ckpt, "--log_path", str(log), "--flip_test", "on"))
+    test_mine.main(eval_args(data, ckpt, "--log_path", str(log), "--half"))
+    rows = list(csv.DictReader(open(log / "results.csv", newline="")))
+    assert list(rows[0]) == older[:8] + ["flip_test", "half"] + older[8:] and len(rows) == 3
+    assert rows[0] == {**row, "flip_test": "", "half": ""}  # the older row whole; not recorded then
+    assert [(r["flip_test"], r["half"]) for r in rows[1:]] == [("on", "off"), ("off", "on")]

@@ -123,7 +123,8 @@ def test_folder_search_ranks_a_planted_duplicate_first(regdb_root, checkpoint, t
     lines = open(csv_path).read().splitlines()
     assert lines[0] == "query,rank,gallery,distance" and len(lines) == 1 + 5
     assert lines[1].split(",")[2].endswith("planted.png")
-    assert len(os.listdir(tmp_path / "vis" / "search")) == 1
+    assert sorted(os.listdir(tmp_path / "vis" / "search")) == ["query_00000.png", "search_topk.csv", "vis.json"]
+    assert csv_path == str(tmp_path / "vis" / "search" / "search_topk.csv")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--gallery_dir: no image files"):
         run("--resume", checkpoint, "--query_dir", str(q), "--gallery_dir", str(tmp_path / "empty"),
@@ -286,7 +287,7 @@ def test_regdb_splits_are_1_to_10(regdb_root, checkpoint, tmp_path):
     (("--dataset", "sysu", "--trial", "2"), "--trial: not used by --dataset sysu"),
     (("--dataset", "sysu", "--query_modal", "visible"), "--query_modal: not used by --dataset sysu"),
     (("--query_dir", "q", "--gallery_dir", "g", "--mode", "indoor", "--trials", "1"),
-     "--mode, --trials: not used by a folder search (--query_dir/--gallery_dir)"),
+     "--mode, --data_path, --trials: not used by a folder search (--query_dir/--gallery_dir)"),
 ])
 def test_a_flag_of_another_dataset_is_an_error_not_ignored(regdb_root, checkpoint, flags, match):
     with pytest.raises(ValueError, match=f"^{re.escape(match)}; leave (it|them) out$"):
