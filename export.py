@@ -178,6 +178,7 @@ def main(argv=None, log=print):
     check_out(args.out)
     versions = require(args.format)
     model, info = extract.load_model(args.resume, **extract.model_flags(args))
+    extract.check_dataset(args.dataset, info)
     img_h, img_w = info["img_h"], info["img_w"]
     with torch.no_grad():  # the feature size (and a head that fails at this image size, before any file)
         feature_dim = model.features(torch.zeros(1, 3, img_h, img_w), 1)[model.feature_names[0]].shape[1]

@@ -69,7 +69,16 @@ def load_model(checkpoint, **flags):
     img_w, img_h = test_mine.image_size(args, ckpt)
     method = saved.get("method") or (args.method if model.config["head"] in settings.METHODS[args.method].heads
                                      else settings.method_of(model.config)[0])
-    return model.eval(), {"checkpoint": path, "img_w": img_w, "img_h": img_h, "method": method}
+    return model.eval(), {"checkpoint": path, "img_w": img_w, "img_h": img_h, "method": method,
+                          "dataset": saved.get("dataset")}
+
+
+def check_dataset(dataset, info):
+    """--dataset fills what a reference checkpoint does not record; one of ours records its dataset (and
+    its image size, which test_mine.py keeps on any dataset too), so another --dataset would be ignored."""
+    if dataset is not None and info["dataset"] is not None and dataset != info["dataset"]:
+        raise ValueError(f"--dataset {dataset}: {info['checkpoint']} records --dataset {info['dataset']}, which "
+                         f"sets its model and image size; leave --dataset out")
 
 
 def image_list(images, flag="images"):
@@ -249,6 +258,7 @@ def main(argv=None, log=print):
     flip = None if args.flip_test is None else args.flip_test == "on"
     extractor = FeatureExtractor(args.resume, args.gpu, args.half, args.batch_size, args.workers, flip,
                                  **model_flags(args))
+    check_dataset(args.dataset, extractor.info)
     feats = extractor(paths, args.modality)
     write_outputs(feats, paths, args.out, args.csv)
     log(f"{len(paths)} {args.modality} images -> {args.out} ({feats.shape[1]}-d {extractor.feature} feature), "

@@ -429,7 +429,10 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
             return self.base_resnet.base(x)
         for name, stage in self.base_resnet.base.named_children():
             at = self.non_local_at.get(name, ())
-            blocks = iter(getattr(self, f"NL_{name[-1]}")) if at else None
+            if not at:  # a stage without blocks, or the stem (conv1, bn1, ...) shared at share_net 0
+                x = stage(x)
+                continue
+            blocks = iter(getattr(self, f"NL_{name[-1]}"))
             for i, block in enumerate(stage):
                 x = block(x)
                 if i in at:

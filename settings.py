@@ -158,6 +158,7 @@ METHODS = {
         loss=lambda s: losses.DGTLLoss(s.margin, s.margin_hc, s.hcloss, s.label_smooth),
         flags=("pcb", "gem_p", "bpool", "cpool", "fuse", "margin", "label_smooth", "hcloss", "margin_hc"),
         unread=dgtl_unread, check=check_dgtl, keep_ties=True, marks=("classifier_att.",),
+        reference=dict(caj_aug="off"),
         defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
                   "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
         tag=lambda s: f"dgtl-{s.bpool}-{s.cpool}",
@@ -326,6 +327,17 @@ COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=25
 # enter a run's name only with another value (names stay as they were), and a checkpoint that does not
 # record one ran with that value
 LATER_FLAGS = {"non_local": "off", "caj_aug": "off"}
+
+
+def recorded_method(saved):
+    """(the method a checkpoint's run trained with, a note or None) from its recorded args. --method agw
+    was WRT on this project's network until AGW became AGW (with --non_local, in the same change): a
+    file of those runs, which records no non_local, is a --method wrt run."""
+    method = (saved or {}).get("method")
+    if method == "agw" and "non_local" not in saved:
+        return "wrt", ("it records --method agw from before --method agw became AGW (the weighted triplet on "
+                       "this project's network, no non-local blocks): that is --method wrt now")
+    return method, None
 
 
 def flip_default(method):

@@ -35,14 +35,15 @@ import settings
 import utils
 
 # Flags that define the experiment: they name the run, and a resumed run takes those not given
-# explicitly from its checkpoint. LOCKED ones cannot change on resume (the weights depend on them).
+# explicitly from its checkpoint. LOCKED ones cannot change on resume (the weights depend on them; a
+# split's test identities are partly the other splits' training ones).
 EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "pad", "erasing_p", "channel_aug",
                     "cpu_aug", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
                     "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
                     "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
                     "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
                     "eval_every", "amp", "non_local", "caj_aug")
-LOCKED = ("dataset", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
+LOCKED = ("dataset", "trial", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse", "non_local")
 
 
@@ -179,6 +180,12 @@ def run_name(args):
 def resume_flags(args, explicit, ckpt):
     """Take the experiment flags left out from the checkpoint; return notes on those given explicitly."""
     saved, notes = {**settings.LATER_FLAGS, **ckpt.get("args", {})}, []
+    saved["method"], legacy = settings.recorded_method(ckpt.get("args", {}))
+    if legacy:
+        if "method" in explicit and args.method != saved["method"]:
+            raise ValueError(f"--method {args.method}: the checkpoint {args.resume} {legacy}; it resumes only as "
+                             f"it ran (leave --method out)")
+        notes.append(f"resume: {args.resume} {legacy}; it resumes as --method wrt, exactly as it ran")
     for key in EXPERIMENT_FLAGS:
         if key not in saved or saved[key] is None:
             continue
@@ -187,8 +194,8 @@ def resume_flags(args, explicit, ckpt):
         elif getattr(args, key) != saved[key]:
             if key in LOCKED:
                 raise ValueError(f"--{key} {getattr(args, key)}: the checkpoint {args.resume} was trained with "
-                                 f"--{key} {saved[key]}, and a resumed run keeps its dataset and architecture "
-                                 f"(leave --{key} out)")
+                                 f"--{key} {saved[key]}, and a resumed run keeps its dataset, split and "
+                                 f"architecture (leave --{key} out)")
             notes.append(f"resume: --{key} {getattr(args, key)} as given (the checkpoint's run had {saved[key]!r})")
     return notes
 
@@ -226,10 +233,13 @@ def check_run_files(args, name, ckpt):
     own = ckpt is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(args.model_path)
     taken = [p for p in checkpoint_paths(args.model_path, name).values() if os.path.exists(p)]
     if taken and not own:
-        hint = (f"continue it with --resume {shlex.quote(checkpoint_paths(args.model_path, name)['last'])}, "
-                if ckpt is None else "")
-        raise ValueError(f"{taken[0]} already holds a run with these settings: {hint}or write elsewhere with "
-                         f"--model_path DIR (nothing was overwritten)")
+        last = shlex.quote(checkpoint_paths(args.model_path, name)["last"])
+        if ckpt is None:
+            raise ValueError(f"{taken[0]} already holds a run with these settings: continue it with --resume "
+                             f"{last}, or write elsewhere with --model_path DIR (nothing was overwritten)")
+        raise ValueError(f"--model_path {args.model_path}: {taken[0]} already holds run {name}, which resuming "
+                         f"{args.resume} there would write over: continue that copy with --resume {last}, or give "
+                         f"another --model_path (nothing was overwritten)")
     last = checkpoint_paths(args.model_path, name)["last"]
     if own and os.path.exists(last) and not os.path.samefile(last, args.resume):  # e.g. --resume X_best.pth
         later = utils.load_checkpoint(last).get("epoch", -1)

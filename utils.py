@@ -184,16 +184,21 @@ def load_weights(model, state_dict, path):
     model.load_state_dict(state_dict)
 
 
-def check_arch_flags(path, config, args, explicit, recorded):
+def check_arch_flags(path, config, args, explicit, recorded, saved_args=None):
     """Explicit architecture flags against the model built for path: a flag its head does not read is
-    an error, and so (recorded: one of our files, which carry their architecture) is one that differs."""
+    an error, and so (recorded: one of our files, which carry their architecture) is one that differs.
+    --method must be the method the file's run recorded (saved_args), else one that builds its head."""
     head = config["head"]
     unused = settings.unused_arch_flags(config, explicit)
     if recorded:
-        # --method names the network: its methods build this head; a file without non_local has none
-        saved = dict(settings.LATER_FLAGS, **config, method=f"{head} head")
+        ran, legacy = settings.recorded_method(saved_args)
+        said = (saved_args or {}).get("method")
+        # a file without non_local has none
+        saved = dict(settings.LATER_FLAGS, **config, method=f"{said}{', that is wrt' if legacy else ''}"
+                     if ran else f"{head} head")
         wrong = [k for k in explicit if k not in unused and k in saved and (
-            head not in settings.METHODS[args.method].heads if k == "method" else getattr(args, k) != saved[k])]
+            (args.method not in (ran, said) if ran else head not in settings.METHODS[args.method].heads)
+            if k == "method" else getattr(args, k) != saved[k])]
         shown = [f"--{k} {getattr(args, k)} (the file's {head} head does not read it)" for k in unused] + \
                 [f"--{k} {getattr(args, k)} (the file: {saved[k]})" for k in wrong]
         if shown:
@@ -230,6 +235,10 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
     model = settings.method_of(arch)[1].model(**arch)
-    check_arch_flags(path, model.config, args, explicit, recorded)
+    saved = ckpt.get("args") if recorded and isinstance(ckpt.get("args"), dict) else None
+    check_arch_flags(path, model.config, args, explicit, recorded, saved)
     load_weights(model, sd, path)
+    ran = settings.recorded_method(saved)[0]
+    if args is not None and ran in settings.METHODS and "method" not in explicit:
+        args.method = ran  # what the results record: the file's method, not the default
     return model, ckpt

@@ -86,7 +86,9 @@ def test_the_published_setting_is_the_default(tmp_path, monkeypatch):
 
 def test_a_combination_no_reference_ran_is_said_to_be_ours(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for method, flag, value in (("agw", "--pcb", "on"), ("hctri", "--non_local", "on"), ("hctri", "--caj_aug", "on")):
+    assert all(m.reference.get("caj_aug") == "off" for name, m in settings.METHODS.items() if name != "caj")
+    for method, flag, value in (("agw", "--pcb", "on"), ("hctri", "--non_local", "on"), ("hctri", "--caj_aug", "on"),
+                                ("dgtl", "--caj_aug", "on")):
         args = train_mine.get_args_parser().parse_args(["--method", method, "--dataset", "sysu", "--data_path",
                                                         "ROOT", flag, value])
         train_mine.init_distributed(args)
