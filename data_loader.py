@@ -510,12 +510,14 @@ def regdb_train_data(data_path, trial=1, img_w=144, img_h=288, workers=8):
 class IdentitySampler(Sampler):
     """Identity-balanced batches: P distinct identities (without replacement) x K visible and
     K thermal images each (with replacement). Yields (visible indices, thermal indices), both
-    [P*K] and identity-contiguous in the same identity order. An epoch is
-    max(N_visible, N_thermal) // (P*K) batches (extra_batch: one more, as AGW's and CAJ's code
-    runs), drawn from (seed, epoch, rank), so a resumed or a distributed run draws the batches it
-    would have drawn anyway."""
+    identity-contiguous in the same identity order. An epoch is max(N_visible, N_thermal) // (P*K)
+    batches (extra_batch: one more, as AGW's and CAJ's code runs), drawn from (seed, epoch) alone:
+    one sequence of global batches, whatever the number of processes. Process `rank` of
+    `world_size` takes identities rank*P/N .. (rank+1)*P/N - 1 of each batch ([P/N*K] indices each),
+    so N processes train on the 1-process batches split by identity, and a run resumed on another
+    number of processes draws the batches it would have drawn anyway."""
 
-    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0, extra_batch=False):
+    def __init__(self, labels_v, labels_t, num_pos, batch_size, seed=0, rank=0, extra_batch=False, world_size=1):
         labels_v, labels_t = np.asarray(labels_v), np.asarray(labels_t)
         self.ids = np.intersect1d(labels_v, labels_t)
         if batch_size > len(self.ids):
@@ -523,7 +525,10 @@ class IdentitySampler(Sampler):
                              f"{len(self.ids)} identities with both visible and thermal images")
         if num_pos < 1 or batch_size < 1:
             raise ValueError(f"--batch-size and --num_pos must be >= 1, got {batch_size} and {num_pos}")
-        self.P, self.K, self.seed, self.rank, self.epoch = batch_size, num_pos, seed, rank, 0
+        check_split(batch_size, world_size)
+        self.P, self.K, self.seed, self.epoch = batch_size, num_pos, seed, 0
+        share = batch_size // world_size
+        self.mine = slice(rank * share, (rank + 1) * share)  # this process's identities of each batch
         self.num_batches = max(1, max(len(labels_v), len(labels_t)) // (batch_size * num_pos) + int(extra_batch))
         self._v = self._positions(labels_v)
         self._t = self._positions(labels_t)
@@ -547,12 +552,26 @@ class IdentitySampler(Sampler):
         return order[starts[chosen][..., None] + offset].reshape(len(chosen), -1)
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        # the 0 was the rank when every process drew batches of its own: 1-process runs keep their batches
+        rng = np.random.default_rng([self.seed, self.epoch, 0])
         # P distinct identities per batch: the first P of a random permutation, for all batches at once
         chosen = rng.random((self.num_batches, len(self.ids))).argsort(1)[:, :self.P]
         idx_v = self._draw(rng, chosen, self._v)
         idx_t = self._draw(rng, chosen, self._t)
-        yield from zip(idx_v, idx_t)
+        # every process draws the whole epoch (the same numbers), then keeps its identities' images
+        mine = (self.num_batches, self.P, self.K)
+        yield from zip(idx_v.reshape(mine)[:, self.mine].reshape(self.num_batches, -1),
+                       idx_t.reshape(mine)[:, self.mine].reshape(self.num_batches, -1))
+
+
+def check_split(batch_size, world_size):
+    """P identities per step must split into whole identities per process: else one line naming the
+    nearest values that do."""
+    if batch_size % world_size:
+        below = batch_size - batch_size % world_size
+        near = " or ".join(str(p) for p in (below, below + world_size) if p > 0)
+        raise ValueError(f"--batch-size {batch_size}: the P identities of a step are shared out whole among the "
+                         f"{world_size} processes, so P must be a multiple of {world_size}; use {near}")
 
 
 class BatchData(Dataset):

@@ -376,13 +376,10 @@ def resolve_training(args, explicit):
     and method filled in, every flag checked, the method's unread flags set to None (so that they
     are shown and hashed as unset). explicit: the flags given on the command line."""
     args.dataset = args.dataset or "sysu"
-    lr_given = args.lr is not None
     fill_defaults(args)
     args.amp = args.amp or "auto"
-    if args.lr is None:
+    if args.lr is None:  # whatever the number of processes: they share one global batch of P identities
         args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
-    if not lr_given:
-        args.lr *= getattr(args, "world_size", 1)  # the linear scaling rule, for a default learning rate only
     args.cpu_aug = bool(args.cpu_aug)
     args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
     check_training(args, explicit)
@@ -428,6 +425,7 @@ def check_training(args, explicit):
     if args.batch_size == 1 and method.compares_identities:
         raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
                          f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
+    data_loader.check_split(args.batch_size, getattr(args, "world_size", 1))
     parse_lr_steps(args.lr_steps)
     method.check(args)
     if getattr(args, "looped_head", False) and args.pcb != "on":

@@ -14,11 +14,13 @@ Every flag left out takes the published value of the chosen dataset and method (
 settings.METHODS); the first log line shows every value in effect.
 """
 import argparse
+import datetime
 import gc
 import hashlib
 import json
 import os
 import shlex
+import socket
 import time
 
 import numpy as np
@@ -120,8 +122,8 @@ def schedule_flags(parser, C):
     g = parser.add_argument_group("optimisation")
     g.add_argument("--optim", default=None, choices=C["optim"], help="default sgd; demo adam")
     g.add_argument("--lr", default=None, type=float,
-                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3; "
-                        "a default is multiplied by the number of processes)")
+                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3, "
+                        "whatever the number of processes: they share one batch)")
     g.add_argument("--weight_decay", default=None, type=float, help="default 5e-4")
     g.add_argument("--backbone_lr_mult", default=None, type=float,
                    help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
@@ -129,7 +131,7 @@ def schedule_flags(parser, C):
     g.add_argument("--lr_steps", default=None, help="epochs where the rate drops x0.1 (default 20,50)")
     g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60; DGTL RegDB 31; demo 12)")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
-                   help="P identities per batch")
+                   help="P identities per optimiser step, over all processes (torchrun: P/N each)")
     g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
     g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (default 0: a full epoch)")
     g = parser.add_argument_group("evaluation and checkpoints")
@@ -156,7 +158,9 @@ def speed_flags(parser, C):
                    help="torch.compile's backend with --compile: inductor (default) | aot_eager (eager kernels, "
                         "no C++ compiler: to tell an inductor failure from the model's)")
     g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
-    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="torchrun: batch norm over the whole global batch (SyncBatchNorm, CUDA; default: "
+                        "each process's own images)")
     g.add_argument("--seed", default=None, type=int, help="default 0")
     g.add_argument("--print_freq", default=10, type=int, help="steps between progress updates")
 
@@ -515,19 +519,67 @@ class TrainingStep(torch.nn.Module):
     both (the loss is ~300 small kernels otherwise launched between two graphs): the forward under
     autocast, the losses in float32 outside it. Returns {'loss', the loss's named terms}; the loss is
     given the modality of every sample (the visible images first, then the thermal ones), which holds
-    for CAJ's joint batch (two visible copies per thermal image) too."""
+    for CAJ's joint batch (two visible copies per thermal image) too. gather (several processes): the
+    loss sees the whole global batch (global_batch), as one process would."""
 
-    def __init__(self, model, criterion, dtype, looped_head=False):
+    def __init__(self, model, criterion, dtype, looped_head=False, gather=False):
         super().__init__()
         self.model, self.criterion, self.dtype, self.looped_head = model, criterion, dtype, looped_head
+        self.gather = gather
 
     def forward(self, v, t, labels):
         with torch.autocast(v.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.model(v, t, looped_head=True) if self.looped_head else self.model(v, t)
         modal = torch.cat((torch.zeros(len(v), dtype=torch.long, device=v.device),
                            torch.ones(len(t), dtype=torch.long, device=t.device)))
+        if self.gather:
+            out, labels, modal = global_batch(out, labels, modal, len(t))
         loss, terms = self.criterion(out, labels, modal)
         return {"loss": loss, **terms}
+
+
+def global_batch(out, labels, modal, segment):
+    """The training outputs (every tensor with a batch axis), labels and modality of every process,
+    as the one process of a 1-process run would have them. Each process's rows are blocks of
+    `segment` rows (its P/N identities x K images: the visible block, the thermal block; CAJ's
+    [visible; visible copy; thermal]; three such [visible; thermal] for a method that expands its
+    batch), so block s of every process, in rank order, then block s + 1, is the 1-process order."""
+    out = {k: gather_rows(x, segment, k) if torch.is_tensor(x) and x.dim() else x for k, x in out.items()}
+    return out, gather_rows(labels, segment, "labels"), gather_rows(modal, segment, "modality")
+
+
+def gather_rows(x, segment, name):
+    """x [..., R, D] (the losses' layout: a leading strip axis is allowed) or [R] of this process ->
+    [..., N*R, D] or [N*R], reordered as global_batch says, with gradients (GatherRows)."""
+    axis = -2 if x.dim() >= 2 else 0
+    rows = x.shape[axis]
+    if rows % segment:
+        raise ValueError(f"training output {name!r} has {rows} rows on its batch axis (dim {axis}), not a "
+                         f"multiple of the {segment} rows of a process's thermal images: the outputs of a "
+                         f"method must be [..., rows, D] with rows in blocks of the batch's images")
+    y = GatherRows.apply(x.movedim(axis, 0))  # [N, R, ...]
+    y = y.unflatten(1, (rows // segment, segment)).transpose(0, 1).flatten(0, 2)
+    return y.movedim(0, axis)
+
+
+class GatherRows(torch.autograd.Function):
+    """[R, ...] of every process stacked, [N, R, ...]; backward: the sum of every process's gradient
+    of this process's rows. Every process computes the same global loss, so that sum is N times the
+    1-process gradient of these rows, and DDP's average over the processes makes it the 1-process
+    gradient of every parameter. (torch.distributed.nn.functional.all_gather does the same, and is
+    deprecated from torch 2.10 on.)"""
+
+    @staticmethod
+    def forward(ctx, y):
+        parts = [torch.empty_like(y, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, y.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
 
 
 def train_step(step, optimizer, scaler, batch, augment, device, last=False):
@@ -577,7 +629,7 @@ def train_one_epoch(model, optimizer, scaler, loader, augment, device, epoch, ar
             if step >= steps:
                 break
             metrics.add(train_step(model, optimizer, scaler, batch, augment, device, last=step == steps - 1))
-            images += batch[2].numel()
+            images += batch[2].numel() * getattr(args, "world_size", 1)  # every process's images
             if len(metrics.pending) == args.print_freq or step == steps - 1:
                 rows = metrics.flush()
                 check_finite(metrics.names, rows, epoch, step)
@@ -646,8 +698,17 @@ def evaluate(model, evaluator, device, args):
     return evaluator.run_first(model, device, args.test_batch)
 
 
+# How long the other processes wait for rank 0 alone (generating the demo, evaluating, saving): a
+# SYSU-MM01 evaluation of 10 trials takes minutes on a GPU, hours on a CPU, and NCCL's default timeout
+# is 10 minutes. A process that dies ends the wait at once (its peers' connections close).
+WAIT_TIMEOUT_HOURS = 24
+_wait_group = None  # the gloo group of those waits (torchrun), made by init_distributed
+
+
 def init_distributed(args):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain run is rank 0 of 1."""
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (LOCAL_RANK: the device on this machine; RANK: the
+    process among all machines, 0 the one that writes); a plain run is rank 0 of 1."""
+    global _wait_group
     args.world_size = int(os.environ.get("WORLD_SIZE", 1))
     args.rank = int(os.environ.get("RANK", 0))
     args.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -657,7 +718,42 @@ def init_distributed(args):
             torch.cuda.set_device(args.local_rank)
             args.gpu = str(args.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        # the training collectives keep the default timeout, which finds a hung process sooner
+        _wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=WAIT_TIMEOUT_HOURS))
     return args
+
+
+def agreed(args, fn):
+    """fn()'s result, fn being run in every process, which then wait for each other (as long as
+    rank 0 may take alone: WAIT_TIMEOUT_HOURS): an error in one process is raised in all of them,
+    in one line naming the process (rank, machine) unless all had it, so none is left waiting."""
+    try:
+        result, error = fn(), None
+    except Exception as e:  # noqa: BLE001 -- any error: the other processes must hear of it
+        result, error = None, e
+    if args.world_size == 1:
+        if error is not None:
+            raise error
+        return result
+    errors = [None] * args.world_size
+    mine = None if error is None else (str(error).strip() or type(error).__name__)
+    dist.all_gather_object(errors, (socket.gethostname(), mine), group=_wait_group)
+    failed = [(rank, host, e) for rank, (host, e) in enumerate(errors) if e is not None]
+    if not failed:
+        return result
+    if error is not None and not isinstance(error, (ValueError, OSError, KeyError)):
+        raise error  # not one of the checks' errors: its traceback
+    rank, host, text = failed[0]
+    if len(failed) < args.world_size or len({e for _, _, e in failed}) > 1:
+        error = ValueError(f"rank {rank} of {args.world_size} (on {host}): {text}")
+    error.every_process = True  # every process raises it: rank 0 alone says it (__main__)
+    raise error
+
+
+def wait_for_rank0(args):
+    """The other processes wait while rank 0 evaluates and saves (without the default timeout)."""
+    if args.world_size > 1:
+        dist.barrier(group=_wait_group)
 
 
 def check_data(args, resuming=False):
@@ -677,14 +773,12 @@ def main(args):
     if args.sync_bn and args.world_size > 1 and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
     compile_mode(args, device)  # its errors before any folder is made
-    ckpt, name, notes = prepare_run(args)
+    ckpt, name, notes = agreed(args, lambda: prepare_run(args))  # e.g. --resume on a machine that lacks it
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
-    if main_process:
-        demo_data.ensure_demo(args, notes.append)  # logged with the run's first lines
-    if args.world_size > 1:
-        dist.barrier()
-    check_data(args, resuming=ckpt is not None)
+    # one writer, the others waiting: made once on a file system the machines share, without a race
+    agreed(args, lambda: demo_data.ensure_demo(args, notes.append) if main_process else None)  # logged first
+    agreed(args, lambda: check_data(args, resuming=ckpt is not None))  # every machine reads its own copy
     lock = None
     try:
         if main_process:  # one writer per run: the lock, then the run's files checked again under it
@@ -740,14 +834,16 @@ def train(args, ckpt, name, notes, device, log):
     utils.set_seed(args.seed)
     data = build_train_data(args)
     sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
-                                          args.seed, args.rank, settings.METHODS[args.method].extra_batch)
+                                          args.seed, args.rank, settings.METHODS[args.method].extra_batch,
+                                          args.world_size)
     batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on")
     raw, optimizer, scaler, start_epoch, best = build_network(data.num_classes, args, ckpt, name, device, dtype, log)
     model = training_step(raw, args, device, dtype, mode, log)
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "
         f"thermal images of {data.image_size[0]}x{data.image_size[1]}; {len(sampler)} batches of "
-        f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}")
+        f"{args.batch_size}x{args.num_pos}x2 per epoch; {args.world_size} process(es) on {device}"
+        + (f", {args.batch_size // args.world_size} identities each" if args.world_size > 1 else ""))
     log(f"step: {step_line}; data: {data_line}; amp: {dtype_name(dtype)}")
     evaluator = build_evaluator(args) if main_process else None
     # --log_path "": no files of the log, TensorBoard's included
@@ -771,8 +867,7 @@ def train(args, ckpt, name, notes, device, log):
                 utils.atomic_save(state, paths["best"])
                 log(f"best Rank-1 so far: {metrics['rank1']:.2f}% -> {paths['best']}")
             utils.atomic_save(state, paths["last"])
-        if args.world_size > 1:
-            dist.barrier()
+        wait_for_rank0(args)
     if isinstance(model, CompiledModel):
         model.log_end()
     if main_process and best["epoch"] >= 0:
@@ -822,7 +917,8 @@ def training_step(raw, args, device, dtype, mode, log):
     if args.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
-    model = TrainingStep(model, settings.METHODS[args.method].loss(args), dtype, args.looped_head)
+    model = TrainingStep(model, settings.METHODS[args.method].loss(args), dtype, args.looped_head,
+                         gather=args.world_size > 1)
     return CompiledModel(model, mode, log, args.compile_backend or "inductor") if mode is not None else model
 
 
@@ -866,6 +962,8 @@ if __name__ == "__main__":
         main(get_args_parser().parse_args())
     except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError, MemoryError,
             Interrupted) as e:
+        if getattr(e, "every_process", False) and int(os.environ.get("RANK", 0)) > 0:
+            raise SystemExit(1) from None
         raise SystemExit(f"error: {e}")
     except KeyboardInterrupt:  # before training began (demo generation, the checks): nothing to resume
         raise SystemExit("error: interrupted before training began; run the command again")
