@@ -418,8 +418,11 @@ def extract_features(model, images, modal, device, batch_size=128, half=False, a
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
-            out = model.features(x, modal)
-            if flip:
+            if flip and hasattr(model, "flip_features"):  # a method's own flip (DEEN's: a sum, not renormalised)
+                out = model.flip_features(x, modal)
+            else:
+                out = model.features(x, modal)
+            if flip and not hasattr(model, "flip_features"):
                 mirrored = model.features(x.flip(3), modal)
                 out = {n: torch.nn.functional.normalize((out[n] + mirrored[n]) / 2, dim=1) for n in out}
         for n in feats:

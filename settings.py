@@ -16,6 +16,7 @@ from typing import Callable
 
 import data_loader
 import data_manager
+import deen
 import eval_metrics
 import loss as losses
 import model_mine
@@ -132,6 +133,24 @@ AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3
 AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
                    backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", erasing_p=0.0, pad=10)
 CAJ_SETTING = dict(AGW_SETTING, epochs=100, caj_aug="on")
+DEEN_NETWORK = dict(share_net=1, margin=0.3, lambda_1=0.8, lambda_2=0.01)
+DEEN_SETTING = dict(DEEN_NETWORK, img_h=384, img_w=144, batch_size=6, num_pos=4, epochs=151, eval_start=1,
+                    eval_every=1, optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,80", pad=10,
+                    erasing_p=0.5)
+
+
+def deen_config(s):
+    """DEEN's network per dataset: RegDB's has no MFA3 and no layer4 (DEEN/model.py)."""
+    return dict(arch=s.arch, share_net=1, head="deen", last_stage=3 if getattr(s, "dataset", None) == "regdb" else 4)
+
+
+def check_deen(s):
+    if s.share_net != 1:
+        raise ValueError(f"--share_net {s.share_net}: DEEN's network has modality-specific stems and shared "
+                         f"layer1..4 (--share_net 1); leave --share_net out")
+    if s.caj_aug == "on":
+        raise ValueError("--caj_aug on: its joint batch [visible; visible; thermal] breaks the batch layout that "
+                         "DEEN's CPM loss needs; leave --caj_aug out with --method deen")
 
 METHODS = {
     # the paper's: ID + hetero-center triplet (Liu et al., TMM 2021)
@@ -152,6 +171,14 @@ METHODS = {
                         defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
                                   "demo": dict(AGW_NETWORK, caj_aug="on")}),
     "id-only": paper_family(None, margin=False, center=False),
+    # DEEN (Zhang and Wang, CVPR 2023; ZYK100/LLCM, DEEN/train.py): its own network (deen.py), CE + triplet
+    # + lambda_1 CPM + lambda_2 orthogonality, 384x144, P=6 K=4, 151 epochs, evaluated every epoch from 1
+    "deen": Method(
+        model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin", "lambda_1", "lambda_2"),
+        loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos), check=check_deen,
+        marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True,
+        reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
+        defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK}),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
     "dgtl": Method(
         model=model_mine.embed_net, config=dgtl_config, heads=("dgtl",),
@@ -326,7 +353,7 @@ COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=25
 # Experiment flags added after run names were first given, with the behaviour of runs from before: they
 # enter a run's name only with another value (names stay as they were), and a checkpoint that does not
 # record one ran with that value
-LATER_FLAGS = {"non_local": "off", "caj_aug": "off"}
+LATER_FLAGS = {"non_local": "off", "caj_aug": "off", "lambda_1": None, "lambda_2": None}
 
 
 def recorded_method(saved):
@@ -408,9 +435,9 @@ def check_training(args, explicit):
                  "local_feat_dim", "num_strips", "trial"):
         at_least(args, flag, 1)
     for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
-                 "backbone_lr_mult", "w_center", "seed", "margin_hc") + (("workers",) if args.workers is not None
+                 "backbone_lr_mult", "w_center", "seed", "margin_hc", "lambda_1", "lambda_2") + (("workers",) if args.workers is not None
                                                                           else ()):
-        at_least(args, flag, 0, skip_none=flag == "margin_hc")
+        at_least(args, flag, 0, skip_none=flag in ("margin_hc", "lambda_1", "lambda_2"))
     bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
         raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")

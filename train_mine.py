@@ -44,7 +44,7 @@ EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "
                     "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
                     "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
                     "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
-                    "eval_every", "amp", "non_local", "caj_aug")
+                    "eval_every", "amp", "non_local", "caj_aug", "lambda_1", "lambda_2")
 LOCKED = ("dataset", "trial", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
           "fuse", "non_local")
 
@@ -115,6 +115,8 @@ def model_flags(parser, C):
     g.add_argument("--label_smooth", default=None, choices=C["label_smooth"])
     g.add_argument("--hcloss", default=None, choices=C["hcloss"], help="DGTL center-granularity loss")
     g.add_argument("--margin_hc", default=None, type=float, help="DGTL: added to --margin for HcTri")
+    g.add_argument("--lambda_1", default=None, type=float, help="DEEN: weight of its CPM loss (default 0.8)")
+    g.add_argument("--lambda_2", default=None, type=float, help="DEEN: weight of its orthogonality loss (default 0.01)")
 
 
 def schedule_flags(parser, C):

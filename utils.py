@@ -235,6 +235,8 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
     model = settings.method_of(arch)[1].model(**arch)
+    unused = () if recorded else getattr(model, "unused_reference_keys", ())  # held by a reference, never run
+    sd = {k: v for k, v in sd.items() if not k.startswith(unused)} if unused else sd
     saved = ckpt.get("args") if recorded and isinstance(ckpt.get("args"), dict) else None
     check_arch_flags(path, model.config, args, explicit, recorded, saved)
     load_weights(model, sd, path)

@@ -44,6 +44,7 @@ def run_name(tmp_path, *flags):
 
 
 DGTL = ("--method", "dgtl")
+DEEN = ("--method", "deen")
 SYSU = ("--dataset", "sysu")
 # for every experiment flag: (the flags of a base run it applies to, the flag with another value)
 CHANGES = {
@@ -67,6 +68,7 @@ CHANGES = {
     "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
     "amp": ((), ("--amp", "bf16")), "non_local": ((), ("--non_local", "on")),
     "caj_aug": ((), ("--caj_aug", "on")),
+    "lambda_1": (DEEN, ("--lambda_1", "0.5")), "lambda_2": (DEEN, ("--lambda_2", "0.5")),
 }
 
 
