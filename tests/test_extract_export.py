@@ -24,6 +24,8 @@ IMG_W, IMG_H = 32, 64
 HEADS = {"pcb": dict(pcb="on", num_strips=2, local_feat_dim=16), "global": dict(pcb="off"),
          "dgtl": dict(head="dgtl", bpool="gem", cpool="gem"),
          "dgtl-no-coarse": dict(head="dgtl", bpool="max", cpool="no")}
+# a CAJ checkpoint: AGW's network (non-local blocks, global head), which FeatureExtractor flips by default
+OTHERS = {"caj": dict(pcb="off", non_local="on")}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,13 +48,13 @@ def checkpoints(tmp_path_factory):
     """{head: path} of this project's checkpoints of tiny ResNet-18 models trained at 64x32."""
     folder = tmp_path_factory.mktemp("ckpt")
     out = {}
-    for i, (name, kw) in enumerate(HEADS.items()):
+    for i, (name, kw) in enumerate({**HEADS, **OTHERS}.items()):
         torch.manual_seed(i)
         model = randomize_norms(model_mine.embed_net(4, arch="resnet18", share_net=2, **kw), i)
         out[name] = str(folder / f"{name}.pth")
+        method = "caj" if name == "caj" else "dgtl" if "head" in kw else "hctri"
         utils.atomic_save({"model": model.state_dict(), "arch": model.config,
-                           "args": {"img_w": IMG_W, "img_h": IMG_H, "method": "dgtl" if "head" in kw else "hctri"}},
-                          out[name])
+                           "args": {"img_w": IMG_W, "img_h": IMG_H, "method": method}}, out[name])
     return out
 
 
@@ -243,20 +245,51 @@ def test_exported_models_give_pytorchs_features(checkpoints, exported, head, fmt
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
-def test_model_json_alone_reproduces_the_extractor_through_onnx(checkpoints, images, exported):
-    onnxruntime = needs_onnx()
-    folder, meta = exported("pcb", "onnx")
+def run_exported(folder, meta, modality):
+    """A function running one exported file on a float32 numpy batch, as a user without this project does."""
+    path = os.path.join(folder, meta["modalities"][modality])
+    if meta["format"] == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: session.run([meta["output"]], {meta["input"]: x})[0]
+    module = torch.jit.load(path)
+    return lambda x: module(torch.from_numpy(x)).detach().numpy()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("head", ["pcb", "caj"])
+def test_model_json_alone_reproduces_the_extractors_default(checkpoints, images, exported, head, fmt):
+    """The README's model.json recipe gives FeatureExtractor's default features: CAJ's flip-averaged
+    ones included (the exported file averages with the mirror image itself)."""
+    if fmt == "onnx":
+        needs_onnx()
+    folder, meta = exported(head, fmt)
+    assert meta["flip_test"] == ("on" if head == "caj" else "off")
     paths = [p for p in data_manager.images_under(images, "x") if Image.open(p).mode in ("RGB", "L")]
     mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
     batch = []
     for p in paths:  # what a user without this project does
         img = Image.open(p).convert("RGB").resize((meta["img_w"], meta["img_h"]), Image.LANCZOS)
         batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
-    session = onnxruntime.InferenceSession(os.path.join(folder, meta["modalities"]["thermal"]),
-                                           providers=["CPUExecutionProvider"])
-    got = session.run([meta["output"]], {meta["input"]: np.stack(batch)})[0]
-    want = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")(paths, "thermal")
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    extractor = extract.FeatureExtractor(checkpoints[head], device="cpu")
+    assert extractor.flip == (head == "caj")
+    for modality in extract.MODALITIES:
+        got = run_exported(folder, meta, modality)(np.stack(batch))
+        np.testing.assert_allclose(got, extractor(paths, modality), rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("head", ["pcb", "caj"])
+def test_exported_pcb_and_non_local_models_take_an_empty_batch(exported, head, fmt):
+    """N is dynamic down to 0: the PCB head's and the non-local blocks' reshapes infer no size from it."""
+    if fmt == "onnx":
+        needs_onnx()
+    folder, meta = exported(head, fmt)
+    for modality in extract.MODALITIES:
+        got = run_exported(folder, meta, modality)(np.zeros((0, 3, IMG_H, IMG_W), np.float32))
+        assert got.shape == (0, meta["feature_dim"]) and got.dtype == np.float32
 
 
 def test_failed_export_leaves_out_as_it_was(checkpoints, exported, tmp_path, monkeypatch):
