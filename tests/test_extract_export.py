@@ -323,7 +323,19 @@ def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatc
                            log=lambda *a: None)
     foreign = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), foreign)
+    malformed = tmp_path / "malformed.pth"
+    torch.save({"model": {}, "arch": {}}, malformed)
+    no_arch = tmp_path / "no_arch.pth"
+    torch.save({"model": torch.load(checkpoints["pcb"])["model"], "arch": {"class_num": 4, "strips": 2}}, no_arch)
+    original = tmp_path / "original.t"
+    torch.save({"net": model_mine.to_original_state_dict(utils.model_from_checkpoint(checkpoints["pcb"])[0])},
+               original)
     cases = [((str(tmp_path / "missing.pth"), tmp_path / "o1"), FileNotFoundError, "no such checkpoint file"),
+             ((str(malformed), tmp_path / "o5"), ValueError, r"malformed\.pth: a malformed checkpoint: 'model' is not"),
+             ((str(no_arch), tmp_path / "o6"), ValueError,
+              r"no_arch\.pth: a malformed checkpoint: its 'arch' does not build a network \(.*strips"),
+             ((str(original), tmp_path / "o7", "--img_h", "99999999999", "--arch", "resnet18", "--num_strips", "2",
+               "--local_feat_dim", "16"), ValueError, r"^--img_h must be at most 4096 pixels, got 99999999999$"),
              ((str(foreign), tmp_path / "o2"), ValueError, "not a checkpoint of this project"),
              ((checkpoints["pcb"], foreign), ValueError, r"--out .*is a file, not a folder"),
              ((checkpoints["pcb"], foreign / "sub"), ValueError, r"--out .*is a file\)"),
@@ -337,7 +349,7 @@ def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"needs the onnx(runtime)? package .*pip install onnx onnxruntime") as e:
         run(checkpoints["pcb"], tmp_path / "o4", "--format", "onnx")
     one_line(e)
-    assert sorted(os.listdir(tmp_path)) == ["tensor.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["malformed.pth", "no_arch.pth", "original.t", "tensor.pth"]
 
 
 def test_scripts_print_one_line_errors(tmp_path, monkeypatch):

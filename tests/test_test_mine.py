@@ -279,6 +279,16 @@ def test_regdb_splits_are_1_to_10(regdb_root, checkpoint, tmp_path):
         run("--dataset", "demo", "--data_path", regdb_root, "--resume", template, "--trials", "0", "--log_path", "")
 
 
+def test_a_malformed_checkpoint_is_one_line_naming_it(regdb_root, tmp_path, monkeypatch):
+    refuse_evaluation(monkeypatch)
+    path = tmp_path / "hand_made.pth"
+    torch.save({"model": {}, "arch": {}}, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: a malformed checkpoint") as e:
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", str(path), "--trials", "1",
+            "--log_path", "")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("flags,match", [
     (("--dataset", "llcm", "--tvsearch", "both"), "--tvsearch: not used by --dataset llcm"),
     (("--dataset", "regdb", "--direction", "vis2ir"), "--direction: not used by --dataset regdb"),
