@@ -32,6 +32,10 @@ def parse_trials(text):
                          f"got {text!r}") from None
     if not trials or min(trials) < 0:
         raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '0 1 2' (non-negative), got {text!r}")
+    repeated = sorted({t for t in trials if trials.count(t) > 1})
+    if repeated:  # the mean would count that trial twice
+        raise ValueError(f"--trials {text!r}: {', '.join(map(str, repeated))} given more than once; name each "
+                         f"trial once")
     return trials
 
 
