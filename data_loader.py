@@ -42,6 +42,8 @@ def load_image(path, img_w, img_h):
 
 def resize_image(img, img_w, img_h):
     """A Pillow image as load_image makes it of a file (extract.py uses it for images in memory)."""
+    if 0 in img.size:  # Lanczos would give a black image, and the model its features
+        raise ValueError(f"it has no pixels ({img.size[1]}x{img.size[0]}, HxW)")
     return np.array(_rgb8(img).resize((img_w, img_h), Image.LANCZOS), dtype=np.uint8)
 
 

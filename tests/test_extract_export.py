@@ -113,6 +113,19 @@ def test_images_in_memory_give_the_features_of_their_files(checkpoints, images):
         extractor(paths, "infrared")
 
 
+def test_an_image_without_pixels_is_refused_not_read_as_black(checkpoints):
+    extractor = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")
+    good = np.zeros((8, 4, 3), np.uint8)
+    cases = [([good, np.zeros((0, 5, 3), np.uint8)], r"image 1: it has no pixels \(0x5, HxW\)"),
+             ([good, np.zeros((7, 0, 3), np.uint8)], r"image 1: it has no pixels \(7x0, HxW\)"),
+             ([good, Image.new("RGB", (0, 0))], r"image 1: it has no pixels \(0x0, HxW\)"),
+             (np.zeros((2, 0, 5, 3), np.uint8), r"image 0: it has no pixels \(0x5, HxW\)")]
+    for images, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            extractor(images)
+        one_line(e)
+
+
 def test_original_code_checkpoints_take_the_flags_and_test_mines_search_uses_the_extractor(checkpoints, images,
                                                                                           tmp_path):
     model, _ = utils.model_from_checkpoint(checkpoints["pcb"])
