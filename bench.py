@@ -430,7 +430,8 @@ def timed(step, batches, args, device, drain=0, batched=False):
     ready: prefetch factor x workers) are taken without a step, so that a pipeline slower than the
     step starts the timing as it runs, not with a queue that the slow warm-up steps let fill up."""
     if batched:
-        step(args.warmup, 0)
+        if args.warmup:  # an epoch of 0 steps has no mean loss
+            step(args.warmup, 0)
     else:
         for _ in range(args.warmup):
             step(next(batches))
@@ -668,6 +669,11 @@ def main(args):
         train_args(args, 0)  # the settings checked as train_mine.py checks them
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    if args.ref_workers < 0:
+        raise SystemExit(f"error: --ref_workers must be >= 0, got {args.ref_workers}")
+    if args.classes < args.batch_size:  # a batch holds P identities, labelled 0..P-1
+        raise SystemExit(f"error: --classes must be at least --batch-size ({args.batch_size} identities a batch), "
+                         f"got {args.classes}")
     if args.check:
         if args.method != ["hctri"]:
             raise SystemExit("error: --method: --check checks the default training path with the paper's method; "

@@ -42,6 +42,8 @@ def load_image(path, img_w, img_h):
 
 def resize_image(img, img_w, img_h):
     """A Pillow image as load_image makes it of a file (extract.py uses it for images in memory)."""
+    if 0 in img.size:  # Lanczos would give a black image, and the model its features
+        raise ValueError(f"it has no pixels ({img.size[1]}x{img.size[0]}, HxW)")
     return np.array(_rgb8(img).resize((img_w, img_h), Image.LANCZOS), dtype=np.uint8)
 
 
@@ -302,13 +304,35 @@ def npy_train_data(data_path, img_w, img_h, script):
     for p in paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"missing {p}: run `python {script} --data_path {data_path}` first")
-    vis, lab_v, th, lab_t = (np.load(p, mmap_mode="r") for p in paths)
-    data = TrainData(vis, np.asarray(lab_v), th, np.asarray(lab_t))
+    vis, lab_v, th, lab_t = stored_arrays(paths, f"run `python {script} --data_path {data_path}` again")
+    data = TrainData(vis, lab_v, th, lab_t)
     if data.image_size != (img_h, img_w) or th.shape[1:3] != (img_h, img_w):
         raise ValueError(f"{paths[0]} holds {data.image_size[0]}x{data.image_size[1]} (HxW) images but "
                          f"--img_h {img_h} --img_w {img_w} was asked: re-run {script} with "
                          f"--img_h {img_h} --img_w {img_w}, or pass the stored size")
     return data
+
+
+def stored_arrays(paths, fix):
+    """The four SYSU_NPY files (paths in that order): images memory-mapped, labels read; a file that is
+    truncated, damaged or does not fit its modality's other file is one error naming it and `fix`."""
+    out = []
+    for images, labels in (paths[:2], paths[2:]):
+        x, y = read_npy(images, fix), np.asarray(read_npy(labels, fix))
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+            raise ValueError(f"{images}: holds {x.dtype} {x.shape}, expected uint8 images [N, H, W, 3]: {fix}")
+        if y.dtype.kind not in "iu" or y.shape != (len(x),):
+            raise ValueError(f"{labels}: holds {y.dtype} {y.shape}, expected {len(x)} integer labels (one per image "
+                             f"of {os.path.basename(images)}): {fix}")
+        out += [x, y]
+    return out
+
+
+def read_npy(path, fix):
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # e.g. "mmap length is greater than file size"
+        raise ValueError(f"{path}: cannot read it ({e}); is it truncated or damaged? {fix}") from None
 
 
 # Storing a training set. The four SYSU_NPY files are one set: they change together or not at all.

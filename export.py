@@ -6,7 +6,7 @@
 DIR/visible.onnx and DIR/thermal.onnx (.pt for TorchScript) each take a normalised float32 batch
 [N, 3, H, W] (N dynamic) and give the reported L2-normalised feature [N, D]; DIR/model.json says
 how to prepare the images (size, resize, mean, std) and what came out. Every file is checked
-against PyTorch (batches of 1 and 7) before the folder is moved into place: a failed export
+against PyTorch (batches of 0, 1 and 7) before the folder is moved into place: a failed export
 leaves --out as it was.
 """
 import argparse
@@ -23,24 +23,32 @@ import torch.nn as nn
 import data_loader
 import extract
 import fileio
+import settings
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 MANIFEST = "model.json"
 INPUT, OUTPUT = "images", "feature"
 OPSET = 17  # ONNX Runtime >= 1.14 runs it
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted (features are L2-normalised)
-CHECK_BATCHES = (1, 7)
+CHECK_BATCHES = (0, 1, 7)  # N is dynamic: an empty batch gives [0, D]
 
 
 class Stream(nn.Module):
-    """One modality's stream of the model giving its reported feature only: what is exported."""
+    """One modality's stream of the model giving its reported feature only: what is exported. With
+    flip, the feature is averaged with the mirror image's and L2-normalised again, as
+    eval_metrics.extract_features computes it (CAJ's test, ICCV21_CAJ/testa.py): the exported file
+    gives FeatureExtractor's default feature in one run."""
 
-    def __init__(self, model, modal, feature):
+    def __init__(self, model, modal, feature, flip=False):
         super().__init__()
-        self.model, self.modal, self.feature = model, modal, feature
+        self.model, self.modal, self.feature, self.flip = model, modal, feature, flip
 
     def forward(self, x):
-        return self.model.features(x, self.modal)[self.feature]
+        f = self.model.features(x, self.modal)[self.feature]
+        if not self.flip:
+            return f
+        mirrored = self.model.features(x.flip(3), self.modal)[self.feature]
+        return nn.functional.normalize((f + mirrored) / 2, dim=1)
 
 
 def get_args_parser():
@@ -119,11 +127,11 @@ def check_file(stream, path, fmt, img_h, img_w):
         if got.shape != want.shape:
             raise ValueError(f"{os.path.basename(path)}: output {got.shape} for a batch of {n}, PyTorch's is "
                              f"{want.shape}")
-        worst = max(worst, float(np.abs(got - want).max()))
+        worst = max(worst, float(np.abs(got - want).max(initial=0.0)))
     return worst
 
 
-def export_streams(model, fmt, folder, img_h, img_w, log):
+def export_streams(model, fmt, folder, img_h, img_w, flip, log):
     """visible.* and thermal.* written into folder and checked; {modality: file name}, {file: difference}."""
     feature = model.feature_names[0]
     write = export_onnx if fmt == "onnx" else export_torchscript
@@ -131,7 +139,7 @@ def export_streams(model, fmt, folder, img_h, img_w, log):
     files, diffs = {}, {}
     for modality, modal in extract.MODALITIES.items():
         name = modality + FORMATS[fmt]
-        stream = Stream(model, modal, feature).eval()
+        stream = Stream(model, modal, feature, flip).eval()
         try:
             with warnings.catch_warnings():  # the exporters' notes on shape-dependent Python ifs, deprecations
                 warnings.simplefilter("ignore")
@@ -142,7 +150,7 @@ def export_streams(model, fmt, folder, img_h, img_w, log):
                              f"({type(e).__name__}: {first})") from None
         diffs[name] = check_file(stream, os.path.join(folder, name), fmt, img_h, img_w)
         log(f"{name}: largest absolute difference from PyTorch {diffs[name]:.2e} (batches of "
-            f"{' and '.join(map(str, CHECK_BATCHES))})")
+            f"{', '.join(map(str, CHECK_BATCHES[:-1]))} and {CHECK_BATCHES[-1]})")
         if diffs[name] > TOLERANCE:
             raise ValueError(f"{name}: differs from PyTorch by {diffs[name]:.2e} (> {TOLERANCE}); nothing was "
                              f"written to --out")
@@ -158,9 +166,10 @@ def sha256(path):
     return h.hexdigest()
 
 
-def metadata(model, info, fmt, files, diffs, versions, feature_dim):
-    """model.json's fields (write_manifest adds 'files')."""
-    meta = {"format": fmt, "modalities": files, "input": INPUT, "output": OUTPUT,
+def metadata(model, info, fmt, files, diffs, versions, feature_dim, flip):
+    """model.json's fields (write_manifest adds 'files'). flip_test: whether the files average each
+    feature with the mirror image's themselves (nothing for the user to do either way)."""
+    meta = {"format": fmt, "modalities": files, "input": INPUT, "output": OUTPUT, "flip_test": "on" if flip else "off",
             "img_h": info["img_h"], "img_w": info["img_w"], "resize": "lanczos", "channels": "RGB",
             "normalize": "(x / 255 - mean) / std per channel", "mean": list(data_loader.MEAN),
             "std": list(data_loader.STD),
@@ -180,12 +189,13 @@ def main(argv=None, log=print):
     model, info = extract.load_model(args.resume, **extract.model_flags(args))
     extract.check_dataset(args.dataset, info)
     img_h, img_w = info["img_h"], info["img_w"]
+    flip = settings.flip_default(info["method"]) == "on"  # FeatureExtractor's default, exported with the model
     with torch.no_grad():  # the feature size (and a head that fails at this image size, before any file)
         feature_dim = model.features(torch.zeros(1, 3, img_h, img_w), 1)[model.feature_names[0]].shape[1]
     tmp = fileio.new_build_folder(args.out)
     try:
-        files, diffs = export_streams(model, args.format, tmp, img_h, img_w, log)
-        meta = metadata(model, info, args.format, files, diffs, versions, feature_dim)
+        files, diffs = export_streams(model, args.format, tmp, img_h, img_w, flip, log)
+        meta = metadata(model, info, args.format, files, diffs, versions, feature_dim, flip)
         fileio.write_manifest(tmp, MANIFEST, **meta)
         try:  # checked again: something may have been put there meanwhile
             fileio.replace_owned(tmp, args.out, MANIFEST, "export folder", "export.py")

@@ -162,13 +162,15 @@ class NonLocal(nn.Module):
         self.phi = nn.Conv2d(channels, inter, 1)
 
     def forward(self, x):
-        b = x.shape[0]
-        g = self.g(x).reshape(b, self.inter, -1).permute(0, 2, 1)          # [B, N, inter]
-        theta = self.theta(x).reshape(b, self.inter, -1).permute(0, 2, 1)  # [B, N, inter]
-        phi = self.phi(x).reshape(b, self.inter, -1)                       # [B, inter, N]
+        # -1 for the batch and every other size given: a batch of 0 then reshapes, in PyTorch and in the
+        # exported models alike (ONNX's Reshape cannot infer a -1 beside a 0)
+        n = x.shape[2] * x.shape[3]
+        g = self.g(x).reshape(-1, self.inter, n).permute(0, 2, 1)          # [B, N, inter]
+        theta = self.theta(x).reshape(-1, self.inter, n).permute(0, 2, 1)  # [B, N, inter]
+        phi = self.phi(x).reshape(-1, self.inter, n)                       # [B, inter, N]
         f = theta @ phi                                                    # [B, N, N], as the reference
         y = (f / f.shape[-1]) @ g
-        y = y.permute(0, 2, 1).reshape(b, self.inter, *x.shape[2:])
+        y = y.permute(0, 2, 1).reshape(x.shape[0], self.inter, *x.shape[2:])
         return self.W(y) + x
 
 
@@ -239,11 +241,12 @@ class PCBHead(nn.Module):
 
     def pool(self, x):
         """[B, C, H, W] -> [B, S, C] pooled strips."""
-        b, c, h, w = x.shape
+        _, c, h, w = x.shape
         if h % self.num_strips:
             raise ValueError(f"feature map height {h} is not divisible by --num_strips {self.num_strips}: "
                              f"use an --img_h that is a multiple of {16 * self.num_strips}")
-        x = x.reshape(b, c, self.num_strips, (h // self.num_strips) * w)
+        # -1 for the batch (see NonLocal.forward): a batch of 0 reshapes
+        x = x.reshape(-1, c, self.num_strips, (h // self.num_strips) * w)
         if self.gm_pool == "on":
             pooled = gem(x, self.gem_p, dims=-1)
         else:  # the authors' PCB falls back to max pooling
@@ -253,9 +256,9 @@ class PCBHead(nn.Module):
     def forward(self, x):
         """[B, C, H, W] -> local features [B, S, D] and logits [B, S, classes]."""
         pooled = self.pool(x)
-        b = pooled.shape[0]
         feat = torch.einsum("bsc,sdc->bsd", pooled, self.conv_weight) + self.conv_bias
-        feat = F.relu(self.bn(feat.reshape(b, -1))).reshape(b, self.num_strips, -1)
+        # no -1 beside the batch's size: it cannot be inferred for a batch of 0 (an exported model's N is dynamic)
+        feat = F.relu(self.bn(feat.flatten(1))).reshape(feat.shape)
         logits = torch.einsum("bsd,skd->bsk", feat, self.fc_weight) + self.fc_bias
         return feat, logits
 

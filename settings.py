@@ -434,6 +434,7 @@ def check_training(args, explicit):
     for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
                  "local_feat_dim", "num_strips", "trial"):
         at_least(args, flag, 1)
+    check_image_size(args)
     for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
                  "backbone_lr_mult", "w_center", "seed", "margin_hc", "lambda_1", "lambda_2") + (("workers",) if args.workers is not None
                                                                           else ()):
@@ -464,6 +465,18 @@ def at_least(args, flag, low, skip_none=False):
     value = getattr(args, flag)
     if (value is None and not skip_none) or (value is not None and value < low):
         raise ValueError(f"--{flag} must be >= {low}, got {value}")
+
+
+# pixels a side: far above any re-ID setting (288x144); a larger --img_h/--img_w is a typo, and the first
+# forward pass would ask for terabytes
+MAX_IMG_SIDE = 4096
+
+
+def check_image_size(args):
+    for flag in ("img_w", "img_h"):
+        value = getattr(args, flag, None)
+        if value is not None and value > MAX_IMG_SIDE:
+            raise ValueError(f"--{flag} must be at most {MAX_IMG_SIDE} pixels, got {value}")
 
 
 def check_flags_apply(args, explicit, method):

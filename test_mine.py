@@ -512,6 +512,7 @@ def validate_args(args):
                       ("img_h", 1), ("local_feat_dim", 1), ("num_strips", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    settings.check_image_size(args)
     if args.gem_p is not None and not (math.isfinite(args.gem_p) and args.gem_p > 0):
         raise ValueError(f"--gem_p must be a finite number > 0, got {args.gem_p}")
     if args.trials is not None:

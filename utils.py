@@ -1,4 +1,5 @@
 """Seeding, trial lists, the metric logger, logging, devices and checkpoint files."""
+import inspect
 import logging
 import os
 import random
@@ -31,6 +32,10 @@ def parse_trials(text):
                          f"got {text!r}") from None
     if not trials or min(trials) < 0:
         raise ValueError(f"--trials: expected e.g. '0-9', '1,3,5' or '0 1 2' (non-negative), got {text!r}")
+    repeated = sorted({t for t in trials if trials.count(t) > 1})
+    if repeated:  # the mean would count that trial twice
+        raise ValueError(f"--trials {text!r}: {', '.join(map(str, repeated))} given more than once; name each "
+                         f"trial once")
     return trials
 
 
@@ -145,7 +150,12 @@ def checkpoint_weights(ckpt, path):
     """(state dict, architecture dict or None) of one of our checkpoints ('model', 'arch') or of the
     authors' ('net'), with a DataParallel 'module.' prefix removed and their PCB keys converted."""
     if isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt:
-        return dict(ckpt["model"]), dict(ckpt["arch"])
+        sd, arch = ckpt["model"], ckpt["arch"]
+        if not (isinstance(sd, dict) and sd and all(torch.is_tensor(v) for v in sd.values())
+                and isinstance(arch, dict)):
+            raise ValueError(f"{path}: a malformed checkpoint: 'model' is not a state dict of tensors or 'arch' not "
+                             f"a network's settings (a damaged or hand-made file?)")
+        return dict(sd), dict(arch)
     if isinstance(ckpt, dict) and "net" in ckpt:
         sd = dict(ckpt["net"])
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
@@ -234,7 +244,12 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
         arch = original_arch(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])
-    model = settings.method_of(arch)[1].model(**arch)
+    try:
+        build = settings.method_of(arch)[1].model
+        inspect.signature(build).bind(**arch)
+    except (TypeError, ValueError) as e:  # not a network this project builds: a damaged or hand-made file
+        raise ValueError(f"{path}: a malformed checkpoint: its 'arch' does not build a network ({e})") from None
+    model = build(**arch)
     unused = () if recorded else getattr(model, "unused_reference_keys", ())  # held by a reference, never run
     sd = {k: v for k, v in sd.items() if not k.startswith(unused)} if unused else sd
     saved = ckpt.get("args") if recorded and isinstance(ckpt.get("args"), dict) else None

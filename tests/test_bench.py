@@ -195,3 +195,28 @@ def test_the_self_check_fails_where_the_compiled_path_falls_back(capsys, monkeyp
     out = capsys.readouterr().out
     assert "FAIL fell back to eager (the note above)" in out and "note: torch.compile failed (RuntimeError: " \
         "injected: no working compiler)" in out and out.rstrip().endswith("1 check(s) failed")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--classes", "0"], r"--classes must be at least --batch-size \(2 identities a batch\), got 0"),
+    (["--classes", "1"], r"--classes must be at least --batch-size"),
+    (["--ref_workers", "-1"], r"--ref_workers must be >= 0, got -1"),
+])
+def test_bad_flags_are_one_line_errors_before_any_work(argv, match, capsys, monkeypatch):
+    def work(*a):
+        raise AssertionError("measuring started")
+    monkeypatch.setattr(bench, "measure_training", work)
+    with pytest.raises(SystemExit, match=match) as e:
+        bench.main(bench.get_args_parser().parse_args(["--device", "cpu", "--quick", "--arch", "resnet18", *argv]))
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_no_warm_up_steps_measure_the_fast_path():
+    """--warmup 0: the fast path's timed steps run without an untimed epoch before them (an epoch of 0
+    steps has no mean loss to return)."""
+    args = config(warmup=0, steps=1, arch="resnet18", compile="off", amp="off")
+    args.workers = 0
+    rate, ms, _, loss = bench.measure_fast(args, torch.device("cpu"), "synthetic")
+    assert rate > 0 and ms > 0 and np.isfinite(loss)

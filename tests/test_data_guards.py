@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 import data_loader
@@ -411,3 +412,37 @@ def test_training_leaves_the_temps_of_a_run_holding_the_lock(tmp_path):
         os.close(fd)
     assert data_loader.remove_killed_run_temps(str(tmp_path)) == sorted(LEFTOVERS)
     os.close(data_loader._lock_root(str(tmp_path)))  # the cleanup let go of its lock
+
+
+def stored_set(root, n=3):
+    """The four SYSU_NPY files of a tiny valid training set (32x16 images, n per modality)."""
+    for mod in ("rgb", "ir"):
+        np.save(root / f"train_{mod}_resized_img.npy", np.zeros((n, 32, 16, 3), np.uint8))
+        np.save(root / f"train_{mod}_resized_label.npy", np.arange(n, dtype=np.int64))
+
+
+def truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep(len(data))])
+
+
+@pytest.mark.parametrize("loader, script", [(data_loader.sysu_train_data, "pre_process_sysu.py"),
+                                            (data_loader.llcm_train_data, "pre_process_llcm.py")])
+@pytest.mark.parametrize("name, damage, match", [
+    ("train_rgb_resized_img.npy", lambda p: truncate(p, lambda n: n - 100), r"cannot read it \(.*\); is it truncated"),
+    ("train_ir_resized_img.npy", lambda p: truncate(p, lambda n: 50), r"cannot read it \(.*\); is it truncated"),
+    ("train_ir_resized_label.npy", lambda p: truncate(p, lambda n: n - 8), r"cannot read it \(.*\); is it truncated"),
+    ("train_rgb_resized_label.npy", lambda p: p.write_bytes(b""), r"cannot read it \(.*\); is it truncated"),
+    ("train_rgb_resized_label.npy", lambda p: np.save(p, np.arange(2)),
+     r"holds int64 \(2,\), expected 3 integer labels \(one per image of train_rgb_resized_img\.npy\)"),
+    ("train_ir_resized_img.npy", lambda p: np.save(p, np.zeros((3, 32, 16))),
+     r"holds float64 \(3, 32, 16\), expected uint8 images"),
+])
+def test_a_damaged_stored_set_names_the_file_and_the_fix(tmp_path, loader, script, name, damage, match):
+    stored_set(tmp_path)
+    loader(str(tmp_path), 16, 32)  # the intact set loads
+    damage(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / name))}: {match}.*run `python "
+                                         rf"{re.escape(script)} --data_path {re.escape(str(tmp_path))}` again$") as e:
+        loader(str(tmp_path), 16, 32)
+    assert "\n" not in str(e.value)

@@ -24,6 +24,8 @@ IMG_W, IMG_H = 32, 64
 HEADS = {"pcb": dict(pcb="on", num_strips=2, local_feat_dim=16), "global": dict(pcb="off"),
          "dgtl": dict(head="dgtl", bpool="gem", cpool="gem"),
          "dgtl-no-coarse": dict(head="dgtl", bpool="max", cpool="no")}
+# a CAJ checkpoint: AGW's network (non-local blocks, global head), which FeatureExtractor flips by default
+OTHERS = {"caj": dict(pcb="off", non_local="on")}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,13 +48,13 @@ def checkpoints(tmp_path_factory):
     """{head: path} of this project's checkpoints of tiny ResNet-18 models trained at 64x32."""
     folder = tmp_path_factory.mktemp("ckpt")
     out = {}
-    for i, (name, kw) in enumerate(HEADS.items()):
+    for i, (name, kw) in enumerate({**HEADS, **OTHERS}.items()):
         torch.manual_seed(i)
         model = randomize_norms(model_mine.embed_net(4, arch="resnet18", share_net=2, **kw), i)
         out[name] = str(folder / f"{name}.pth")
+        method = "caj" if name == "caj" else "dgtl" if "head" in kw else "hctri"
         utils.atomic_save({"model": model.state_dict(), "arch": model.config,
-                           "args": {"img_w": IMG_W, "img_h": IMG_H, "method": "dgtl" if "head" in kw else "hctri"}},
-                          out[name])
+                           "args": {"img_w": IMG_W, "img_h": IMG_H, "method": method}}, out[name])
     return out
 
 
@@ -109,6 +111,19 @@ def test_images_in_memory_give_the_features_of_their_files(checkpoints, images):
         extractor([np.zeros((8, 4, 3), np.float32)])
     with pytest.raises(ValueError, match="modality must be visible or thermal, got 'infrared'"):
         extractor(paths, "infrared")
+
+
+def test_an_image_without_pixels_is_refused_not_read_as_black(checkpoints):
+    extractor = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")
+    good = np.zeros((8, 4, 3), np.uint8)
+    cases = [([good, np.zeros((0, 5, 3), np.uint8)], r"image 1: it has no pixels \(0x5, HxW\)"),
+             ([good, np.zeros((7, 0, 3), np.uint8)], r"image 1: it has no pixels \(7x0, HxW\)"),
+             ([good, Image.new("RGB", (0, 0))], r"image 1: it has no pixels \(0x0, HxW\)"),
+             (np.zeros((2, 0, 5, 3), np.uint8), r"image 0: it has no pixels \(0x5, HxW\)")]
+    for images, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            extractor(images)
+        one_line(e)
 
 
 def test_original_code_checkpoints_take_the_flags_and_test_mines_search_uses_the_extractor(checkpoints, images,
@@ -243,20 +258,51 @@ def test_exported_models_give_pytorchs_features(checkpoints, exported, head, fmt
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
-def test_model_json_alone_reproduces_the_extractor_through_onnx(checkpoints, images, exported):
-    onnxruntime = needs_onnx()
-    folder, meta = exported("pcb", "onnx")
+def run_exported(folder, meta, modality):
+    """A function running one exported file on a float32 numpy batch, as a user without this project does."""
+    path = os.path.join(folder, meta["modalities"][modality])
+    if meta["format"] == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: session.run([meta["output"]], {meta["input"]: x})[0]
+    module = torch.jit.load(path)
+    return lambda x: module(torch.from_numpy(x)).detach().numpy()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("head", ["pcb", "caj"])
+def test_model_json_alone_reproduces_the_extractors_default(checkpoints, images, exported, head, fmt):
+    """The README's model.json recipe gives FeatureExtractor's default features: CAJ's flip-averaged
+    ones included (the exported file averages with the mirror image itself)."""
+    if fmt == "onnx":
+        needs_onnx()
+    folder, meta = exported(head, fmt)
+    assert meta["flip_test"] == ("on" if head == "caj" else "off")
     paths = [p for p in data_manager.images_under(images, "x") if Image.open(p).mode in ("RGB", "L")]
     mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
     batch = []
     for p in paths:  # what a user without this project does
         img = Image.open(p).convert("RGB").resize((meta["img_w"], meta["img_h"]), Image.LANCZOS)
         batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
-    session = onnxruntime.InferenceSession(os.path.join(folder, meta["modalities"]["thermal"]),
-                                           providers=["CPUExecutionProvider"])
-    got = session.run([meta["output"]], {meta["input"]: np.stack(batch)})[0]
-    want = extract.FeatureExtractor(checkpoints["pcb"], device="cpu")(paths, "thermal")
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    extractor = extract.FeatureExtractor(checkpoints[head], device="cpu")
+    assert extractor.flip == (head == "caj")
+    for modality in extract.MODALITIES:
+        got = run_exported(folder, meta, modality)(np.stack(batch))
+        np.testing.assert_allclose(got, extractor(paths, modality), rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("head", ["pcb", "caj"])
+def test_exported_pcb_and_non_local_models_take_an_empty_batch(exported, head, fmt):
+    """N is dynamic down to 0: the PCB head's and the non-local blocks' reshapes infer no size from it."""
+    if fmt == "onnx":
+        needs_onnx()
+    folder, meta = exported(head, fmt)
+    for modality in extract.MODALITIES:
+        got = run_exported(folder, meta, modality)(np.zeros((0, 3, IMG_H, IMG_W), np.float32))
+        assert got.shape == (0, meta["feature_dim"]) and got.dtype == np.float32
 
 
 def test_failed_export_leaves_out_as_it_was(checkpoints, exported, tmp_path, monkeypatch):
@@ -290,7 +336,19 @@ def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatc
                            log=lambda *a: None)
     foreign = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), foreign)
+    malformed = tmp_path / "malformed.pth"
+    torch.save({"model": {}, "arch": {}}, malformed)
+    no_arch = tmp_path / "no_arch.pth"
+    torch.save({"model": torch.load(checkpoints["pcb"])["model"], "arch": {"class_num": 4, "strips": 2}}, no_arch)
+    original = tmp_path / "original.t"
+    torch.save({"net": model_mine.to_original_state_dict(utils.model_from_checkpoint(checkpoints["pcb"])[0])},
+               original)
     cases = [((str(tmp_path / "missing.pth"), tmp_path / "o1"), FileNotFoundError, "no such checkpoint file"),
+             ((str(malformed), tmp_path / "o5"), ValueError, r"malformed\.pth: a malformed checkpoint: 'model' is not"),
+             ((str(no_arch), tmp_path / "o6"), ValueError,
+              r"no_arch\.pth: a malformed checkpoint: its 'arch' does not build a network \(.*strips"),
+             ((str(original), tmp_path / "o7", "--img_h", "99999999999", "--arch", "resnet18", "--num_strips", "2",
+               "--local_feat_dim", "16"), ValueError, r"^--img_h must be at most 4096 pixels, got 99999999999$"),
              ((str(foreign), tmp_path / "o2"), ValueError, "not a checkpoint of this project"),
              ((checkpoints["pcb"], foreign), ValueError, r"--out .*is a file, not a folder"),
              ((checkpoints["pcb"], foreign / "sub"), ValueError, r"--out .*is a file\)"),
@@ -304,7 +362,7 @@ def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"needs the onnx(runtime)? package .*pip install onnx onnxruntime") as e:
         run(checkpoints["pcb"], tmp_path / "o4", "--format", "onnx")
     one_line(e)
-    assert sorted(os.listdir(tmp_path)) == ["tensor.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["malformed.pth", "no_arch.pth", "original.t", "tensor.pth"]
 
 
 def test_scripts_print_one_line_errors(tmp_path, monkeypatch):

@@ -280,6 +280,31 @@ def test_regdb_splits_are_1_to_10(regdb_root, checkpoint, tmp_path):
         run("--dataset", "demo", "--data_path", regdb_root, "--resume", template, "--trials", "0", "--log_path", "")
 
 
+def test_a_malformed_checkpoint_is_one_line_naming_it(regdb_root, tmp_path, monkeypatch):
+    refuse_evaluation(monkeypatch)
+    path = tmp_path / "hand_made.pth"
+    torch.save({"model": {}, "arch": {}}, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: a malformed checkpoint") as e:
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", str(path), "--trials", "1",
+            "--log_path", "")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("dataset,trials,repeated", [("sysu", ["0,0"], "0"), ("sysu", ["0-2", "1"], "1"),
+                                                     ("regdb", ["1,2,2,1"], "1, 2")])
+def test_a_trial_given_twice_is_refused_not_counted_twice(sysu_root, regdb_root, checkpoint, tmp_path, monkeypatch,
+                                                          dataset, trials, repeated):
+    refuse_evaluation(monkeypatch)
+    root = sysu_root if dataset == "sysu" else regdb_root
+    shutil.copy(checkpoint, tmp_path / "m_trial1.pth")
+    shutil.copy(checkpoint, tmp_path / "m_trial2.pth")
+    resume = checkpoint if dataset == "sysu" else str(tmp_path / "m_trial{trial}.pth")
+    with pytest.raises(ValueError, match=rf"^--trials .*: {repeated} given more than once; name each trial once$"):
+        run("--dataset", dataset, "--data_path", root, "--resume", resume, "--trials", *trials, "--json",
+            str(tmp_path / "r.json"), "--log_path", str(tmp_path / "log"))
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "log").exists()
+
+
 @pytest.mark.parametrize("flags,match", [
     (("--dataset", "llcm", "--tvsearch", "both"), "--tvsearch: not used by --dataset llcm"),
     (("--dataset", "regdb", "--direction", "vis2ir"), "--direction: not used by --dataset regdb"),
