@@ -162,7 +162,9 @@ def add_model_flags(parser):
     """--resume, and the flags of an original-code checkpoint (this project's carry their own)."""
     parser.add_argument("--resume", required=True, help="checkpoint file (test_mine.py's --resume)")
     g = parser.add_argument_group("original-code checkpoints: architecture (this project's carry theirs)")
-    g.add_argument("--dataset", default=None, help="whose defaults fill what is left out (default sysu: 288x144)")
+    g.add_argument("--dataset", default=None,
+                   help="whose defaults fill what is left out (default sysu: 288x144); a checkpoint of this "
+                        "project's records its own (another is refused)")
     g.add_argument("--img_w", default=None, type=int, help="default: the checkpoint's, else the dataset's")
     g.add_argument("--img_h", default=None, type=int)
     for flag, kind in ARCH_TYPES.items():
