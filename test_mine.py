@@ -467,7 +467,7 @@ def resolve_search_flags(args, searching):
     every = dict(FOLDER_SEARCH_FLAGS, **{f: v for d in settings.DATASETS.values() for f, v in d.test_flags.items()})
     given = [f for f in every if getattr(args, f) is not None and f not in own]
     if searching:
-        given += [f for f in EVALUATION_FLAGS if getattr(args, f) is not None]
+        given += [f for f in EVALUATION_FLAGS if getattr(args, f) is not None and f not in given]
         if args.log_path is not None and args.vis_dir is not None:  # it only places the default --vis_dir
             given.append("log_path")
     if given:
