@@ -426,8 +426,8 @@ def search_folders(args, device, log):
     tmp = fileio.new_build_folder(folder)
     try:
         visualize.write_topk_csv(os.path.join(tmp, "search_topk.csv"), q_paths, g_paths, dist, top_k=args.top_k)
-        pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, num=args.visualize or min(10, len(q_paths)),
-                                                top_k=args.top_k, order="random")
+        pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, top_k=args.top_k, order="random",
+                                                num=args.visualize or min(10, len(q_paths)))
         fileio.write_manifest(tmp, RankedListWriter.MANIFEST, search=True, query_dir=args.query_dir,
                               gallery_dir=args.gallery_dir, checkpoint=args.resume)
         try:
