@@ -197,8 +197,9 @@ CHECKPOINT_ENDINGS = (".pth", ".pt", ".t", ".tar", ".ckpt")
 
 class OutputKind:
     """A kind of file output (test_mine.py's JSON, results.csv, extract.py's features ...): what it is
-    called, and recognise(path) -> whether an existing file is an earlier output of this kind, told
-    from its content. Every kind made is known to describe()."""
+    called, and recognise(path) -> True if an existing file is an earlier output of this kind, told
+    from its content (reading no more of a large file than it must). Every kind made is known to
+    describe()."""
     known = []
 
     def __init__(self, what, recognise):

@@ -259,11 +259,15 @@ RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", 
 def results_header(path):
     """The columns of a results table of test_mine.py (this version's or an older one's), else None."""
     with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader([f.readline()]), [])
+        header = next(csv.reader([f.readline(4096)]), [])  # bounded: the file may be a large binary one
     return header if header[:4] == RESULT_FIELDS[:4] and set(header) <= set(RESULT_FIELDS) else None
 
 
 def is_result_json(path):
+    """Whether path holds a --json of test_mine.py: a JSON object whose args name a --resume."""
+    with open(path, "rb") as f:
+        if f.read(64).lstrip()[:1] != b"{":  # not read whole unless it may be one (a stored dataset is GBs)
+            return False
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     return isinstance(saved, dict) and isinstance(saved.get("args"), dict) and "resume" in saved["args"]
