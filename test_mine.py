@@ -93,7 +93,8 @@ def get_args_parser(add_help=True):
 def picture_flags(parser):
     """Ranked-list pictures, and the search of a folder of your own images."""
     g = parser.add_argument_group("pictures and searching your own images")
-    g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
+    g.add_argument("--visualize", default=None, type=int,
+                   help="ranked-list PNGs for this many queries (first trial; a folder search: default 10, 0 for none)")
     g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
     g.add_argument("--vis_order", default=None, choices=("hardest", "random"),
                    help="hardest (worst first true match first; default) or random (a folder search: random only)")
@@ -431,7 +432,7 @@ def search_folders(args, device, log):
     try:
         visualize.write_topk_csv(os.path.join(tmp, "search_topk.csv"), q_paths, g_paths, dist, top_k=args.top_k)
         pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, top_k=args.top_k, order="random",
-                                                num=args.visualize or min(10, len(q_paths)))
+                                                num=10 if args.visualize is None else args.visualize)
         fileio.write_manifest(tmp, RankedListWriter.MANIFEST, search=True, query_dir=args.query_dir,
                               gallery_dir=args.gallery_dir, checkpoint=args.resume)
         try:
@@ -444,7 +445,7 @@ def search_folders(args, device, log):
     if args.json:
         write_search_json(args, q_paths, g_paths, dist, g_modal)
     log(f"searched {len(q_paths)} {args.query_modal} queries against {len(g_paths)} gallery images: "
-        f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} pictures in {folder}"
+        f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} picture(s) in {folder}"
         f"{f', every top-{args.top_k} in {args.json}' if args.json else ''}")
     return os.path.join(folder, "search_topk.csv")
 

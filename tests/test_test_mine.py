@@ -521,7 +521,8 @@ def test_folder_search_writes_its_json(checkpoint, tmp_path):
     q, g = image_folder(tmp_path / "q", 2), image_folder(tmp_path / "g", 5, seed=1)
     out = tmp_path / "search.json"
     csv_path = run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", g, "--vis_dir", str(tmp_path / "u"),
-                   "--json", str(out), "--top_k", "3", "--vis_order", "random")
+                   "--json", str(out), "--top_k", "3", "--vis_order", "random", "--visualize", "0")
+    assert sorted(os.listdir(tmp_path / "u" / "search")) == ["search_topk.csv", "vis.json"]  # 0 pictures, as asked
     saved = json.load(open(out))
     rows = [line.split(",") for line in open(csv_path).read().splitlines()[1:]]
     assert [(r["query"], x["rank"], x["gallery"], x["distance"]) for r in saved["queries"] for x in r["ranked"]] == \
