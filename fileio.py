@@ -1,5 +1,6 @@
-"""Files that are never left half-written and never taken from their owner: atomic writes, output
-checks made before any work, temporaries of dead processes, the one-writer lock of a run, and
+"""Files that are never left half-written and never taken from their owner: atomic writes (several
+files of one output together), output checks made before any work (an existing file is replaced only
+by an output of its own kind), temporaries of dead processes, the one-writer lock of a run, and
 folders replaced only when a manifest proves they are the project's own. No torch: demo_data.py
 and visualize.py use it too."""
 import json
