@@ -569,6 +569,22 @@ def check_outputs(args, searching):
         fileio.check_output_dir(args.vis_dir, "--vis_dir")
     if searching:
         check_search_folder(args.vis_dir)
+    if args.json:
+        check_json_apart(args, searching)
+
+
+def check_json_apart(args, searching):
+    """--json is none of this run's other outputs: not its results.csv, not inside its pictures' folder
+    (swapped in whole, it would take the JSON with it, or refuse the next run)."""
+    target = os.path.realpath(args.json)
+    if args.log_path and not searching and target == os.path.realpath(os.path.join(args.log_path, "results.csv")):
+        raise ValueError(f"--json {args.json}: this run's results table (--log_path); give another file name")
+    if args.visualize or searching:
+        name = SEARCH_FOLDER if searching else RankedListWriter.folder_name(resolve_checkpoint(args.resume,
+                                                                                                args.model_path))
+        folder = os.path.realpath(os.path.join(args.vis_dir, name))
+        if os.path.commonpath([folder, target]) == folder:
+            raise ValueError(f"--json {args.json}: inside this run's picture folder {folder}; give another file name")
 
 
 def main(args):

@@ -418,6 +418,15 @@ def test_results_csv_of_another_kind_is_refused_and_an_earlier_json_replaced(tra
                                          "results table of test_mine.py"):
         test_mine.main(eval_args(data, ckpt, "--log_path", str(log)))
     assert digest(log) == before
+    os.remove(log / "results.csv")
+    no_images_read(monkeypatch)
+    for flags, message in ((["--json", str(log / "results.csv"), "--log_path", str(log)], "this run's results table"),
+                           (["--json", str(tmp_path / "vis" / os.path.basename(ckpt)[:-4] / "r.json"), "--visualize", "2", "--vis_dir",
+                             str(tmp_path / "vis")], "inside this run's picture folder")):
+        with pytest.raises(ValueError, match=f"^--json .*: {message}"):  # two outputs of one run at one place
+            test_mine.main(eval_args(data, ckpt, *flags))
+    assert os.listdir(log) == [] and not os.path.exists(tmp_path / "vis")
+    monkeypatch.undo()
     out = tmp_path / "r.json"
     test_mine.main(eval_args(data, ckpt, "--json", str(out)))
     test_mine.main(eval_args(data, ckpt, "--json", str(out)))  # an earlier result of its own kind is replaced
