@@ -420,9 +420,10 @@ def test_results_csv_of_another_kind_is_refused_and_an_earlier_json_replaced(tra
     assert digest(log) == before
     os.remove(log / "results.csv")
     no_images_read(monkeypatch)
+    pictures = tmp_path / "vis" / os.path.basename(ckpt)[:-len(".pth")]
     for flags, message in ((["--json", str(log / "results.csv"), "--log_path", str(log)], "this run's results table"),
-                           (["--json", str(tmp_path / "vis" / os.path.basename(ckpt)[:-4] / "r.json"), "--visualize", "2", "--vis_dir",
-                             str(tmp_path / "vis")], "inside this run's picture folder")):
+                           (["--json", str(pictures / "r.json"), "--visualize", "2", "--vis_dir", str(tmp_path / "vis")],
+                            "inside this run's picture folder")):
         with pytest.raises(ValueError, match=f"^--json .*: {message}"):  # two outputs of one run at one place
             test_mine.main(eval_args(data, ckpt, *flags))
     assert os.listdir(log) == [] and not os.path.exists(tmp_path / "vis")
