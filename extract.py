@@ -200,11 +200,10 @@ def listed_rows(path):
     """The number of images an image list of extract.py holds (header row,path, then rows 0, 1, ... in
     order), else None: how an earlier --csv is told from a user's file."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.reader(f)
-        if next(rows, None) != CSV_HEADER:
+        if f.readline(16).rstrip("\r\n") != ",".join(CSV_HEADER):  # bounded: it may be a large binary file
             return None
         n = 0
-        for row in rows:
+        for row in csv.reader(f):
             if len(row) != 2 or row[0] != str(n):
                 return None
             n += 1
@@ -221,8 +220,8 @@ def feature_rows(path):
     return shape[0] if dtype == np.float32 and len(shape) == 2 and not fortran else None
 
 
-IMAGE_LIST = fileio.OutputKind("an image list of extract.py (row,path)", listed_rows)
-FEATURES = fileio.OutputKind("features of extract.py (float32 [N, D])", feature_rows)
+IMAGE_LIST = fileio.OutputKind("an image list of extract.py (row,path)", lambda p: listed_rows(p) is not None)
+FEATURES = fileio.OutputKind("features of extract.py (float32 [N, D])", lambda p: feature_rows(p) is not None)
 
 
 def check_outputs(args):

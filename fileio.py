@@ -1,5 +1,6 @@
-"""Files that are never left half-written and never taken from their owner: atomic writes, output
-checks made before any work, temporaries of dead processes, the one-writer lock of a run, and
+"""Files that are never left half-written and never taken from their owner: atomic writes (several
+files of one output together), output checks made before any work (an existing file is replaced only
+by an output of its own kind), temporaries of dead processes, the one-writer lock of a run, and
 folders replaced only when a manifest proves they are the project's own. No torch: demo_data.py
 and visualize.py use it too."""
 import json
@@ -197,8 +198,9 @@ CHECKPOINT_ENDINGS = (".pth", ".pt", ".t", ".tar", ".ckpt")
 
 class OutputKind:
     """A kind of file output (test_mine.py's JSON, results.csv, extract.py's features ...): what it is
-    called, and recognise(path) -> whether an existing file is an earlier output of this kind, told
-    from its content. Every kind made is known to describe()."""
+    called, and recognise(path) -> True if an existing file is an earlier output of this kind, told
+    from its content (reading no more of a large file than it must). Every kind made is known to
+    describe()."""
     known = []
 
     def __init__(self, what, recognise):

@@ -93,7 +93,8 @@ def get_args_parser(add_help=True):
 def picture_flags(parser):
     """Ranked-list pictures, and the search of a folder of your own images."""
     g = parser.add_argument_group("pictures and searching your own images")
-    g.add_argument("--visualize", default=0, type=int, help="ranked-list PNGs for this many queries (first trial)")
+    g.add_argument("--visualize", default=None, type=int,
+                   help="ranked-list PNGs for this many queries (first trial; a folder search: default 10, 0 for none)")
     g.add_argument("--vis_dir", default=None, help="where pictures go (default <log_path>/vis)")
     g.add_argument("--vis_order", default=None, choices=("hardest", "random"),
                    help="hardest (worst first true match first; default) or random (a folder search: random only)")
@@ -259,11 +260,15 @@ RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", 
 def results_header(path):
     """The columns of a results table of test_mine.py (this version's or an older one's), else None."""
     with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader([f.readline()]), [])
+        header = next(csv.reader([f.readline(4096)]), [])  # bounded: the file may be a large binary one
     return header if header[:4] == RESULT_FIELDS[:4] and set(header) <= set(RESULT_FIELDS) else None
 
 
 def is_result_json(path):
+    """Whether path holds a --json of test_mine.py: a JSON object whose args name a --resume."""
+    with open(path, "rb") as f:
+        if f.read(64).lstrip()[:1] != b"{":  # not read whole unless it may be one (a stored dataset is GBs)
+            return False
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     return isinstance(saved, dict) and isinstance(saved.get("args"), dict) and "resume" in saved["args"]
@@ -426,8 +431,8 @@ def search_folders(args, device, log):
     tmp = fileio.new_build_folder(folder)
     try:
         visualize.write_topk_csv(os.path.join(tmp, "search_topk.csv"), q_paths, g_paths, dist, top_k=args.top_k)
-        pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, num=args.visualize or min(10, len(q_paths)),
-                                                top_k=args.top_k, order="random")
+        pictures = visualize.write_ranked_lists(tmp, q_paths, g_paths, dist, top_k=args.top_k, order="random",
+                                                num=10 if args.visualize is None else args.visualize)
         fileio.write_manifest(tmp, RankedListWriter.MANIFEST, search=True, query_dir=args.query_dir,
                               gallery_dir=args.gallery_dir, checkpoint=args.resume)
         try:
@@ -440,7 +445,7 @@ def search_folders(args, device, log):
     if args.json:
         write_search_json(args, q_paths, g_paths, dist, g_modal)
     log(f"searched {len(q_paths)} {args.query_modal} queries against {len(g_paths)} gallery images: "
-        f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} pictures in {folder}"
+        f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} picture(s) in {folder}"
         f"{f', every top-{args.top_k} in {args.json}' if args.json else ''}")
     return os.path.join(folder, "search_topk.csv")
 
@@ -467,7 +472,7 @@ def resolve_search_flags(args, searching):
     every = dict(FOLDER_SEARCH_FLAGS, **{f: v for d in settings.DATASETS.values() for f, v in d.test_flags.items()})
     given = [f for f in every if getattr(args, f) is not None and f not in own]
     if searching:
-        given += [f for f in EVALUATION_FLAGS if getattr(args, f) is not None]
+        given += [f for f in EVALUATION_FLAGS if getattr(args, f) is not None and f not in given]
         if args.log_path is not None and args.vis_dir is not None:  # it only places the default --vis_dir
             given.append("log_path")
     if given:
@@ -565,6 +570,22 @@ def check_outputs(args, searching):
         fileio.check_output_dir(args.vis_dir, "--vis_dir")
     if searching:
         check_search_folder(args.vis_dir)
+    if args.json:
+        check_json_apart(args, searching)
+
+
+def check_json_apart(args, searching):
+    """--json is none of this run's other outputs: not its results.csv, not inside its pictures' folder
+    (swapped in whole, it would take the JSON with it, or refuse the next run)."""
+    target = os.path.realpath(args.json)
+    if args.log_path and not searching and target == os.path.realpath(os.path.join(args.log_path, "results.csv")):
+        raise ValueError(f"--json {args.json}: this run's results table (--log_path); give another file name")
+    if args.visualize or searching:
+        name = SEARCH_FOLDER if searching else RankedListWriter.folder_name(resolve_checkpoint(args.resume,
+                                                                                                args.model_path))
+        folder = os.path.realpath(os.path.join(args.vis_dir, name))
+        if os.path.commonpath([folder, target]) == folder:
+            raise ValueError(f"--json {args.json}: inside this run's picture folder {folder}; give another file name")
 
 
 def main(args):

@@ -418,6 +418,16 @@ def test_results_csv_of_another_kind_is_refused_and_an_earlier_json_replaced(tra
                                          "results table of test_mine.py"):
         test_mine.main(eval_args(data, ckpt, "--log_path", str(log)))
     assert digest(log) == before
+    os.remove(log / "results.csv")
+    no_images_read(monkeypatch)
+    pictures = tmp_path / "vis" / os.path.basename(ckpt)[:-len(".pth")]
+    for flags, message in ((["--json", str(log / "results.csv"), "--log_path", str(log)], "this run's results table"),
+                           (["--json", str(pictures / "r.json"), "--visualize", "2", "--vis_dir", str(tmp_path / "vis")],
+                            "inside this run's picture folder")):
+        with pytest.raises(ValueError, match=f"^--json .*: {message}"):  # two outputs of one run at one place
+            test_mine.main(eval_args(data, ckpt, *flags))
+    assert os.listdir(log) == [] and not os.path.exists(tmp_path / "vis")
+    monkeypatch.undo()
     out = tmp_path / "r.json"
     test_mine.main(eval_args(data, ckpt, "--json", str(out)))
     test_mine.main(eval_args(data, ckpt, "--json", str(out)))  # an earlier result of its own kind is replaced
@@ -439,3 +449,26 @@ def test_results_csv_records_flip_test_and_half_and_keeps_an_older_tables_rows(t
     assert list(rows[0]) == older[:8] + ["flip_test", "half"] + older[8:] and len(rows) == 3
     assert rows[0] == {**row, "flip_test": "", "half": ""}  # the older row whole; not recorded then
     assert [(r["flip_test"], r["half"]) for r in rows[1:]] == [("on", "off"), ("off", "on")]
+
+
+def test_files_written_together_are_all_new_or_all_as_they_were(tmp_path, monkeypatch):
+    first, second = tmp_path / "a" / "x.npy", tmp_path / "b" / "x.csv"
+    first.parent.mkdir()
+    real_replace = os.replace
+
+    def fail_second(src, dst):
+        if os.fspath(dst) == str(second):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", fail_second)
+    write = [(first, lambda f: f.write(b"new"), True), (second, lambda f: f.write("new"), False)]
+    with pytest.raises(OSError, match=f"^cannot write {second}: No space left on device$"):
+        fileio.write_together(write)
+    assert os.listdir(first.parent) == [] and os.listdir(second.parent) == []  # the new first file taken back
+    first.write_bytes(b"old")
+    with pytest.raises(OSError):
+        fileio.write_together(write)
+    assert os.listdir(first.parent) == ["x.npy"] and first.read_bytes() == b"old"
+    monkeypatch.undo()
+    assert fileio.write_together(write) == [str(first), str(second)]
+    assert first.read_bytes() == b"new" and second.read_text() == "new" and os.listdir(first.parent) == ["x.npy"]

@@ -491,3 +491,75 @@ def test_gem_p_is_read_where_a_dgtl_branch_pools_with_gem(tmp_path):
     global_head = model_mine.embed_net(5, arch="resnet18", pcb="off", gm_pool="off").config
     assert sorted(settings.unused_arch_flags(global_head, ["gem_p", "num_strips", "bpool", "share_net"])) == \
         ["bpool", "gem_p", "num_strips"]
+
+
+def image_folder(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return str(folder)
+
+
+def tree_digest(folder):
+    """{relative path: bytes} of every file under folder."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(folder) for f in names}
+
+
+def test_folder_search_keeps_a_users_files_and_replaces_its_own_pictures_whole(checkpoint, tmp_path):
+    q, g, u = image_folder(tmp_path / "q", 3), image_folder(tmp_path / "g", 4, seed=1), tmp_path / "u"
+    (u / "search").mkdir(parents=True)
+    (u / "search_topk.csv").write_text("my own table\n")
+    Image.new("RGB", (4, 8)).save(u / "search" / "query_00001.png")  # a picture of the user's
+    before = tree_digest(u)
+    with pytest.raises(ValueError, match=r"--vis_dir: .*search holds 1 file\(s\) and no vis.json; refusing"):
+        run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", g, "--vis_dir", str(u))
+    assert tree_digest(u) == before
+    os.remove(u / "search" / "query_00001.png")
+    run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", g, "--vis_dir", str(u), "--visualize", "3")
+    assert (u / "search_topk.csv").read_text() == "my own table\n"  # beside the search's folder, untouched
+    assert len([f for f in os.listdir(u / "search") if f.endswith(".png")]) == 3
+    one = image_folder(tmp_path / "q1", 1)
+    run("--resume", checkpoint, "--query_dir", one, "--gallery_dir", g, "--vis_dir", str(u))
+    listed = json.load(open(u / "search" / "vis.json"))
+    assert sorted(os.listdir(u / "search")) == sorted(listed["files"] + ["vis.json"]) == \
+        ["query_00000.png", "search_topk.csv", "vis.json"]  # none of the first search's pictures left
+    assert listed["search"] and listed["query_dir"] == one
+
+
+@pytest.mark.parametrize("flags,match", [
+    (("--data_path", "/nonexistent"), "^--data_path: not used by a folder search"),
+    (("--trial", "1", "--cross_split"), "^--trial, --cross_split: not used by a folder search"),
+    (("--log_path", "L"), "^--log_path: not used by a folder search"),  # with --vis_dir: nothing goes there
+    (("--vis_order", "hardest"), "^--vis_order hardest: a folder search has no labels"),
+])
+def test_folder_search_refuses_the_flags_it_does_not_read(checkpoint, tmp_path, flags, match, monkeypatch):
+    q = image_folder(tmp_path / "q", 2)
+    monkeypatch.setattr(data_manager, "images_under", lambda *a: pytest.fail("images read before the refusal"))
+    with pytest.raises(ValueError, match=match):
+        run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", q, "--vis_dir", str(tmp_path / "u"), *flags)
+    assert sorted(os.listdir(tmp_path)) == ["q"]
+
+
+def test_folder_search_writes_its_json(checkpoint, tmp_path):
+    q, g = image_folder(tmp_path / "q", 2), image_folder(tmp_path / "g", 5, seed=1)
+    out = tmp_path / "search.json"
+    csv_path = run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", g, "--vis_dir", str(tmp_path / "u"),
+                   "--json", str(out), "--top_k", "3", "--vis_order", "random", "--visualize", "0")
+    assert sorted(os.listdir(tmp_path / "u" / "search")) == ["search_topk.csv", "vis.json"]  # 0 pictures, as asked
+    saved = json.load(open(out))
+    rows = [line.split(",") for line in open(csv_path).read().splitlines()[1:]]
+    assert [(r["query"], x["rank"], x["gallery"], x["distance"]) for r in saved["queries"] for x in r["ranked"]] == \
+        [(a, int(b), c, float(d)) for a, b, c, d in rows] and len(rows) == 2 * 3
+    assert saved["args"]["query_dir"] == q and saved["query_modal"] == "thermal"
+    (tmp_path / "results.csv").write_text("time,dataset,resume,setting\n")  # a results table is not replaced
+    with pytest.raises(ValueError, match="--json .*results.csv: that file exists and is a results table"):
+        run("--resume", checkpoint, "--query_dir", q, "--gallery_dir", g, "--vis_dir", str(tmp_path / "u"),
+            "--json", str(tmp_path / "results.csv"))
+
+
+def test_picture_flags_without_visualize_are_refused(regdb_root, checkpoint):
+    with pytest.raises(ValueError, match=r"^--vis_dir, --top_k: these say how --visualize N draws"):
+        run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--log_path", "",
+            "--vis_dir", "v", "--top_k", "3")
