@@ -84,6 +84,9 @@ def get_args_parser():
                         help="the fast path's --resident_data (auto: on a GPU where the set fits)")
     parser.add_argument("--method", default=["hctri"], nargs="+", choices=tuple(settings.METHODS),
                         help="the fast path of these methods too, beside the paper's (e.g. --method agw caj)")
+    parser.add_argument("--processes", default=None, type=int, nargs="+",
+                        help="the per-process share of a step with N processes (torchrun): the fast step of P/N "
+                             "identities, and the N-GPU epoch it predicts (default: 2, 3 and 4 where they divide P)")
     parser.add_argument("--check", action="store_true",
                         help="a self-check of the default training path for a new machine (OK/FAIL lines, exit "
                              "status 1 on a FAIL): run it first on a new GPU")
@@ -382,12 +385,14 @@ def measure_fast(args, device, source, method="hctri"):
 # ----------------------------------------------------------------------------- measuring
 
 def synthetic_batch(args):
-    """One uint8 batch (visible [PK, H, W, 3], thermal, labels [2PK]) in the authors' layout."""
-    b = args.batch_size * args.num_pos
+    """One uint8 batch (visible [PK, H, W, 3], thermal, labels [2PK]) in the authors' layout; P is
+    args.share_ids where set (a process's share of the global batch, measure_shares)."""
+    p = getattr(args, "share_ids", None) or args.batch_size
+    b = p * args.num_pos
     g = torch.Generator().manual_seed(0)
     v = torch.randint(0, 256, (b, args.img_h, args.img_w, 3), dtype=torch.uint8, generator=g)
     t = torch.randint(0, 256, (b, args.img_h, args.img_w, 3), dtype=torch.uint8, generator=g)
-    labels = torch.arange(args.batch_size).repeat_interleave(args.num_pos).repeat(2)
+    labels = torch.arange(p).repeat_interleave(args.num_pos).repeat(2)
     return v, t, labels
 
 
@@ -674,6 +679,12 @@ def main(args):
     if args.classes < args.batch_size:  # a batch holds P identities, labelled 0..P-1
         raise SystemExit(f"error: --classes must be at least --batch-size ({args.batch_size} identities a batch), "
                          f"got {args.classes}")
+    if args.processes is None:
+        args.processes = [n for n in (2, 3, 4) if args.batch_size % n == 0]
+    for n in args.processes:
+        if n < 2 or args.batch_size % n:
+            raise SystemExit(f"error: --processes {n}: a share of the P={args.batch_size} identities of a step "
+                             f"needs N >= 2 that divides P (torchrun refuses any other)")
     if args.check:
         if args.method != ["hctri"]:
             raise SystemExit("error: --method: --check checks the default training path with the paper's method; "
@@ -700,6 +711,7 @@ def main(args):
         torch.backends.cudnn.benchmark = benchmark
     torch.backends.cudnn.benchmark = True
     try:
+        measure_shares(args, device, rows)
         times, extract = eval_timing(args, device)
     finally:
         torch.backends.cudnn.benchmark = benchmark
@@ -738,6 +750,26 @@ def measure_training(args, device):
               f"{100 * rows[label, 'pipeline'][0] / rows[label, 'synthetic'][0]:.0f}%")
     print(f"fast path: step {args.step_line}; data {args.data_line}")
     return rows
+
+
+def measure_shares(args, device, rows):
+    """The per-process share of a step of N processes, for each N of --processes: the fast step of P/N
+    identities (synthetic batches: compute alone), measured on this one device, and the SYSU-MM01
+    epoch it predicts on N such devices. A prediction: the gathering of the outputs and the gradient
+    all-reduce are not in it, and its loss is on the share's rows (the real one, on the gathered
+    batch, costs a little more)."""
+    if not args.processes:
+        return
+    steps, full = 22258 // (args.batch_size * args.num_pos), rows["fast", "synthetic"][1]
+    print(f"\nper-process share of a step with N processes (fast path, synthetic batches; 1 process: {full:.1f} "
+          f"ms/step, a SYSU-MM01 epoch of {steps} steps {steps * full / 1000:.0f} s):")
+    for n in args.processes:
+        share = argparse.Namespace(**{**vars(args), "share_ids": args.batch_size // n})
+        ms = measure_fast(share, device, "synthetic")[1]
+        release(device)
+        print(f"  N={n}: {args.batch_size // n} identities ({2 * args.batch_size // n * args.num_pos} images) per "
+              f"process: {ms:.1f} ms/step, {100 * ms / full:.0f}% of the 1-process step; predicted SYSU-MM01 epoch "
+              f"on {n} devices: {steps * ms / 1000:.0f} s (a prediction: communication not included)", flush=True)
 
 
 def print_run_prediction(args, rows, times, extract):

@@ -252,3 +252,19 @@ def test_a_machine_without_the_dataset_is_one_line_naming_its_rank(tmp_path, dem
     line = [x for x in text0.splitlines() if x.startswith("error:")]
     assert len(line) == 1 and line[0].startswith("error: rank 1 of 2 (on ") and missing in line[0], text0
     assert not os.path.exists(tmp_path / "models")  # nothing made
+
+
+def test_bench_prints_the_per_process_share_as_a_prediction(capsys):
+    import bench
+    args = bench.get_args_parser().parse_args(
+        ["--device", "cpu", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
+         "--classes", "4", "--arch", "resnet18", "--steps", "2", "--warmup", "1", "--batch-size", "4",
+         "--num_pos", "2", "--workers", "0", "--processes", "2", "4"])
+    bench.measure_shares(args, torch.device("cpu"), {("fast", "synthetic"): (1.0, 1000.0, 0, 0)})
+    out = capsys.readouterr().out
+    for n, ids in ((2, 2), (4, 1)):
+        line = [x for x in out.splitlines() if x.startswith(f"  N={n}: {ids} identities ({4 * ids} images)")]
+        assert len(line) == 1 and "predicted SYSU-MM01 epoch on" in line[0] and "a prediction" in line[0], out
+    with pytest.raises(SystemExit, match="--processes 3: .* P=4"):
+        bench.main(bench.get_args_parser().parse_args(["--device", "cpu", "--quick", "--batch-size", "4",
+                                                        "--processes", "3"]))
