@@ -120,11 +120,13 @@ class BatchAugment:
     three), normalise; then, optionally, random erasing and this project's channel augmentation on
     the visible half; or (caj) CAJ's three-stream joint batch (joint())."""
 
-    def __init__(self, erasing_p=0.0, channel_aug=0.0, pad=PAD, caj=False):
+    def __init__(self, erasing_p=0.0, channel_aug=0.0, pad=PAD, caj=False, gray_p=0.0, erasing=None):
         self.pad = pad
         self.erasing_p = erasing_p
         self.channel_aug = channel_aug
         self.caj = caj
+        self.gray_p = gray_p  # a method's RandomGrayscale of both modalities (DEEN's 0.5)
+        self.erasing = erasing  # a method's Zhong et al. erasing, channel_random_erasing's sl, sh, mean (DEEN's)
 
     def crop_flip(self, x):
         b, h, w, _ = x.shape
@@ -144,10 +146,14 @@ class BatchAugment:
         [B', 3, H, W], thermal [B, 3, H, W], labels [visible; thermal]); B' = B, or 2B with caj."""
         if self.caj:
             return self.joint(x_visible, x_thermal, labels)
+        if self.gray_p > 0:
+            x_visible, x_thermal = random_grayscale(x_visible, self.gray_p), random_grayscale(x_thermal, self.gray_p)
         v, t = normalize(self.crop_flip(x_visible)), normalize(self.crop_flip(x_thermal))
         if self.channel_aug > 0:
             v = channel_augment(v, self.channel_aug)
-        if self.erasing_p > 0:
+        if self.erasing_p > 0 and self.erasing is not None:
+            v, t = (channel_random_erasing(x, self.erasing_p, **self.erasing) for x in (v, t))
+        elif self.erasing_p > 0:
             v, t = random_erase(v, self.erasing_p), random_erase(t, self.erasing_p)
         return v, t, labels
 
@@ -161,6 +167,16 @@ class BatchAugment:
         v = torch.cat((v[:n], channel_exchange(v[n:])))
         t = channel_adap_gray(channel_random_erasing(normalize(self.crop_flip(x_thermal)), 0.5), 0.5)
         return v, t, torch.cat((labels[:n], labels[:n], labels[n:]))
+
+
+def random_grayscale(x, p):
+    """torchvision's RandomGrayscale(p) of uint8 images [B, H, W, 3]: with probability p, PIL's convert('L')
+    (L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, Pillow's rgb2l) in all three channels. It commutes
+    with the zero padding, crop and flip, so it may run before them."""
+    w = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=x.device)
+    gray = ((x.int() * w).sum(-1, keepdim=True) + 32768).bitwise_right_shift(16).to(torch.uint8)
+    apply = (torch.rand(x.shape[0], device=x.device) < p)[:, None, None, None]
+    return torch.where(apply, gray.expand_as(x), x)
 
 
 def pick_channel(x, choice):
@@ -295,16 +311,29 @@ def llcm_train_data(data_path, img_w=144, img_h=288):
     return npy_train_data(data_path, img_w, img_h, "pre_process_llcm.py")
 
 
+# Heights whose stored training set lives in a folder of its own beside the root's set (DEEN's 384-high
+# images, DEEN/pre_process_sysu.py): the root's set (288 high) and the runs made with it stay valid
+BESIDE_HEIGHTS = (384,)
+
+
+def stored_set_folder(data_path, img_h):
+    """Where the training set of this image height is stored: data_path/train_h384 for 384, else the root."""
+    return os.path.join(data_path, f"train_h{img_h}") if img_h in BESIDE_HEIGHTS else data_path
+
+
 def npy_train_data(data_path, img_w, img_h, script):
     """A training set stored by write_training_set (the four SYSU_NPY files), memory-mapped;
     `script` is the pre-processing script that errors tell the user to run."""
-    finish_commit(data_path)  # a set whose commit was cut short is completed before it is read
-    remove_killed_run_temps(data_path)  # else a killed pre-processing run's ~0.8-2.8 GB stay
+    root, data_path = data_path, stored_set_folder(data_path, img_h)
+    size = f" --img_h {img_h} --img_w {img_w}" if data_path != root else ""
+    if os.path.isdir(data_path):
+        finish_commit(data_path)  # a set whose commit was cut short is completed before it is read
+        remove_killed_run_temps(data_path)  # else a killed pre-processing run's ~0.8-2.8 GB stay
     paths = [os.path.join(data_path, name) for name in SYSU_NPY]
     for p in paths:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"missing {p}: run `python {script} --data_path {data_path}` first")
-    vis, lab_v, th, lab_t = stored_arrays(paths, f"run `python {script} --data_path {data_path}` again")
+            raise FileNotFoundError(f"missing {p}: run `python {script} --data_path {root}{size}` first")
+    vis, lab_v, th, lab_t = stored_arrays(paths, f"run `python {script} --data_path {root}{size}` again")
     data = TrainData(vis, lab_v, th, lab_t)
     if data.image_size != (img_h, img_w) or th.shape[1:3] != (img_h, img_w):
         raise ValueError(f"{paths[0]} holds {data.image_size[0]}x{data.image_size[1]} (HxW) images but "

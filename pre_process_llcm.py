@@ -33,10 +33,12 @@ def main(args):
         if not lists[modal][0]:
             raise ValueError(f"{os.path.join(args.data_path, 'idx', name)}: no training images listed")
     visible, thermal = lists["visible"], lists["thermal"]
-    data_loader.write_training_set(args.data_path, visible, thermal, args.img_w, args.img_h, args.workers)
+    folder = data_loader.stored_set_folder(args.data_path, args.img_h)  # 384 high: beside the root's set
+    os.makedirs(folder, exist_ok=True)
+    data_loader.write_training_set(folder, visible, thermal, args.img_w, args.img_h, args.workers)
     num_ids = len(set(visible[1].tolist()) | set(thermal[1].tolist()))
     print(f"{num_ids} identities: {len(visible[0])} visible and {len(thermal[0])} near-infrared "
-          f"training images ({args.img_h}x{args.img_w}) written to {args.data_path}")
+          f"training images ({args.img_h}x{args.img_w}) written to {folder}")
 
 
 if __name__ == "__main__":

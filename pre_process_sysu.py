@@ -52,9 +52,11 @@ def main(args):
     pid2label = {pid: label for label, pid in enumerate(pids)}
     visible, thermal = ((paths, np.array([pid2label[pid_of(p)] for p in paths], dtype=np.int64))
                         for paths in (files["visible"], files["thermal"]))
-    data_loader.write_training_set(args.data_path, visible, thermal, args.img_w, args.img_h, args.workers)
+    folder = data_loader.stored_set_folder(args.data_path, args.img_h)  # 384 high: beside the root's set
+    os.makedirs(folder, exist_ok=True)
+    data_loader.write_training_set(folder, visible, thermal, args.img_w, args.img_h, args.workers)
     print(f"{len(pids)} identities: {len(files['visible'])} visible and {len(files['thermal'])} thermal "
-          f"training images ({args.img_h}x{args.img_w}) written to {args.data_path}")
+          f"training images ({args.img_h}x{args.img_w}) written to {folder}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Method:
     #                    does not fit another method
     test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
     extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
+    augment: Callable = lambda s: {}  # settings -> data_loader.BatchAugment's method-specific arguments
 
 
 def two_stream_config(s):
@@ -144,6 +145,13 @@ def deen_config(s):
     return dict(arch=s.arch, share_net=1, head="deen", last_stage=3 if getattr(s, "dataset", None) == "regdb" else 4)
 
 
+def deen_augment(s):
+    """RandomGrayscale 0.5 of both modalities; Zhong et al.'s erasing (--erasing_p, 0.5) filled with the ImageNet
+    mean in the normalised image, of area 0.2-0.8 on SYSU-MM01 and 0.02-0.4 elsewhere (DEEN/train.py)."""
+    area = (0.2, 0.8) if s.dataset == "sysu" else (0.02, 0.4)
+    return dict(gray_p=0.5, erasing=dict(sl=area[0], sh=area[1], mean=data_loader.MEAN))
+
+
 def check_deen(s):
     if s.share_net != 1:
         raise ValueError(f"--share_net {s.share_net}: DEEN's network has modality-specific stems and shared "
@@ -151,6 +159,9 @@ def check_deen(s):
     if s.caj_aug == "on":
         raise ValueError("--caj_aug on: its joint batch [visible; visible; thermal] breaks the batch layout that "
                          "DEEN's CPM loss needs; leave --caj_aug out with --method deen")
+    if getattr(s, "cpu_aug", False):
+        raise ValueError("--cpu_aug: the per-image transform lacks DEEN's grayscale and erasing, which run on the "
+                         "device's batch; leave --cpu_aug out with --method deen")
 
 METHODS = {
     # the paper's: ID + hetero-center triplet (Liu et al., TMM 2021)
@@ -176,7 +187,7 @@ METHODS = {
     "deen": Method(
         model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin", "lambda_1", "lambda_2"),
         loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos), check=check_deen,
-        marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True,
+        marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True, augment=deen_augment,
         reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
         defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK}),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)

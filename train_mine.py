@@ -839,7 +839,8 @@ def train(args, ckpt, name, notes, device, log):
                                           args.seed, args.rank, settings.METHODS[args.method].extra_batch,
                                           args.world_size)
     batches, data_line = build_batches(data, sampler, args, device)
-    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on")
+    augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on",
+                                       **settings.METHODS[args.method].augment(args))
     raw, optimizer, scaler, start_epoch, best = build_network(data.num_classes, args, ckpt, name, device, dtype, log)
     model = training_step(raw, args, device, dtype, mode, log)
     log(f"{args.dataset}: {data.num_classes} identities, {len(data.labels_v)} visible + {len(data.labels_t)} "

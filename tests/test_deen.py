@@ -1,5 +1,7 @@
 """DEEN (Zhang and Wang, CVPR 2023) against literal readings of its reference code (ZYK100/LLCM, DEEN/model.py,
 DEEN/loss.py, DEEN/train.py, DEEN/test.py), written out here operation by operation."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -351,3 +353,37 @@ def test_flip_features_sum_unit_vectors_without_renormalising():
     sims = [p.double() @ p.double().T for p in parts]
     assert torch.allclose(d7, sum(sims)) and torch.allclose(d8, 0.1 * (sims[0] + sims[2] + sims[4]) +
                                                             0.9 * (sims[1] + sims[3] + sims[5]))
+
+
+def test_the_augmentation_grays_both_modalities_and_erases_with_the_dataset_areas():
+    from PIL import Image
+    import data_loader
+    x = torch.randint(0, 256, (6, 20, 10, 3), dtype=torch.uint8)
+    gray = data_loader.random_grayscale(x, 1.0)  # torchvision's RandomGrayscale: PIL's convert('L')
+    assert np.array_equal(gray[..., 1].numpy(), np.stack([np.array(Image.fromarray(a.numpy()).convert("L"))
+                                                          for a in x]))
+    assert torch.equal(data_loader.random_grayscale(x, 0.0), x)
+    for dataset, area in (("sysu", (0.2, 0.8)), ("llcm", (0.02, 0.4)), ("regdb", (0.02, 0.4))):
+        kw = settings.METHODS["deen"].augment(argparse_namespace(dataset=dataset))
+        assert kw == dict(gray_p=0.5, erasing=dict(sl=area[0], sh=area[1], mean=(0.485, 0.456, 0.406)))
+    torch.manual_seed(0)
+    aug = data_loader.BatchAugment(1.0, pad=2, gray_p=1.0, erasing=dict(sl=0.2, sh=0.8, mean=data_loader.MEAN))
+    v, t, _ = aug(x, x, torch.zeros(12))
+    for y in (v, t):
+        filled = (y == torch.tensor(data_loader.MEAN)[None, :, None, None]).all(1)
+        assert (filled.flatten(1).float().mean(1) >= 0.1).all()  # every image erased, with at least 0.2 x area
+    assert settings.METHODS["hctri"].augment(argparse_namespace(dataset="sysu")) == {}
+
+
+def argparse_namespace(**kw):
+    import types
+    return types.SimpleNamespace(**kw)
+
+
+def test_a_384_high_training_set_is_stored_beside_the_root_one(tmp_path):
+    import data_loader
+    assert data_loader.stored_set_folder("ROOT", 288) == "ROOT" and data_loader.stored_set_folder("ROOT", 32) == "ROOT"
+    assert data_loader.stored_set_folder("ROOT", 384) == os.path.join("ROOT", "train_h384")
+    with pytest.raises(FileNotFoundError, match=r"train_h384.*run `python pre_process_sysu.py --data_path "
+                                                r".* --img_h 384 --img_w 144` first"):
+        data_loader.sysu_train_data(str(tmp_path), 144, 384)
