@@ -19,7 +19,6 @@ L2-normalised, flip-summed (not renormalised), compared in float64. The features
 'distmat8' are their concatenations, scaled so that a plain inner product is the reference's sum of
 the six similarities (distmat7) or its 0.1 pooled / 0.9 BN weighting (distmat8).
 """
-import copy
 import math
 
 import torch
@@ -132,27 +131,25 @@ def stage_widths(shared):
     return out
 
 
-class DEEN(nn.Module):
-    """DEEN's network. last_stage 4 (SYSU-MM01, LLCM) or 3 (RegDB: no MFA3, no layer4); ResNet-18 (the
-    demo's) gets blocks sized to its channels. config: what rebuilds it (checkpoints record it)."""
+class DEEN(model_mine.TwoStreamResNet):
+    """DEEN's network: model_mine's two-stream backbone with the MFA and DEE blocks inserted at its places.
+    last_stage 4 (SYSU-MM01, LLCM) or 3 (RegDB: no MFA3, no layer4); ResNet-18 (the demo's) gets blocks
+    sized to its channels. config: what rebuilds it (checkpoints record it)."""
 
     def __init__(self, class_num, arch="resnet50", share_net=1, head="deen", last_stage=4, pretrained="none"):
-        super().__init__()
         if share_net != 1 or head != "deen" or last_stage not in (3, 4):
             raise ValueError(f"DEEN's network has modality-specific stems and shared layer1..4 (share_net 1) and "
                              f"last stage 4 (3 on RegDB); got share_net {share_net}, head {head}, "
                              f"last_stage {last_stage}")
+        super().__init__(arch, 1, pretrained, last_stage)
         self.config = dict(class_num=class_num, arch=arch, share_net=1, head="deen", last_stage=last_stage)
-        self.kind, self.share_net, self.pcb, self.last_stage = "deen", 1, "off", last_stage
-        base = model_mine.resnet_last_stride1(arch, model_mine.load_backbone_weights(pretrained, arch))
-        self.visible_module, self.thermal_module, self.base_resnet = nn.Module(), nn.Module(), nn.Module()
-        self.visible_module.visible = model_mine._part(copy.deepcopy(base), model_mine.STEM)
-        self.thermal_module.thermal = model_mine._part(copy.deepcopy(base), model_mine.STEM)
-        self.base_resnet.base = model_mine._part(base, model_mine.LAYERS[:last_stage])
+        self.pcb, self.last_stage = "off", last_stage
         widths = stage_widths(self.base_resnet.base)
         self.DEE = DEE_module(widths[-1][0])
         for k, (low, high) in enumerate(widths[:-1], 1):
             setattr(self, f"MFA{k}", MFA_block(high, low, 1 if k == 1 else 2))
+            self.insert(f"layer{k}", getattr(self, f"MFA{k}"), with_input=True)  # MFA_k(layer_k(x), x)
+        self.insert(f"layer{last_stage - 1}", self.DEE)  # before the last stage, after the MFA there
         dim = widths[-1][1]
         self.bottleneck = model_mine.bn_neck(dim)
         self.classifier = model_mine.id_classifier(dim, class_num)
@@ -163,18 +160,6 @@ class DEEN(nn.Module):
     def head_parameters(self):
         """The full-rate group: the BN neck and the classifier (the backbone, MFA and DEE at 0.1x)."""
         return list(self.bottleneck.parameters()) + list(self.classifier.parameters())
-
-    def backbone(self, x1, x2, modal=0):
-        if modal == 0:
-            x = torch.cat((self.visible_module.visible(x1), self.thermal_module.thermal(x2)), 0)
-        elif modal in (1, 2):
-            x = self.visible_module.visible(x1) if modal == 1 else self.thermal_module.thermal(x2)
-        else:
-            raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
-        stages = list(self.base_resnet.base.children())
-        for k, stage in enumerate(stages[:-1], 1):
-            x = getattr(self, f"MFA{k}")(stage(x), x)
-        return stages[-1](self.DEE(x))
 
     def forward(self, x1, x2, modal=0, looped_head=False):
         """Training: {'feat': pooled [3B, D], 'logits' [3B, classes], 'ort'}; evaluation: {'pool', 'bn'}

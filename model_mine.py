@@ -28,7 +28,6 @@ ARCHS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "ResNet-18"),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "ResNet-50"),
 }
-HEADS = ("pcb", "global", "dgtl")
 POOLS = ("avg", "max", "gem")
 
 
@@ -193,10 +192,8 @@ def non_local_blocks(shared):
     for name, stage in shared.named_children():
         if name in NON_LOCAL:
             n = min(NON_LOCAL[name], len(stage))
-            last = stage[-1]
-            channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
             out[name] = (tuple(range(len(stage) - n, len(stage))),
-                         nn.ModuleList(NonLocal(channels) for _ in range(n)))
+                         nn.ModuleList(NonLocal(_out_channels(stage)) for _ in range(n)))
     return out
 
 
@@ -344,15 +341,165 @@ def dgtl_options(head, bpool, cpool, fuse, gm_pool):
     return bpool, cpool, fuse
 
 
-class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
-    """The two-stream ResNet of the paper (Liu et al., IEEE TMM 2021; hijune6/Hetero-center-triplet-loss-
-    for-VT-Re-ID, model_mine.py): share_net 0..5, and one of three heads:
+def _out_channels(stage):
+    """The output channels of a torchvision ResNet stage (a Sequential of Bottleneck or BasicBlock)."""
+    last = stage[-1]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
 
-    'pcb'    part strips (pcb 'on', the default);
-    'global' one GeM/average-pooled feature with a BN neck (pcb 'off');
-    'dgtl'   DGTL's fine branch f = bpool(X), b = BN1(f), W1 b and, unless cpool is 'no', its coarse
-             branch h = BN2(cpool(X) + b) (or of [cpool(X); b] with fuse 'cat'), W2 h
-             (hijune6/DGTL-for-VT-ReID, model_main.py).
+
+class TwoStreamResNet(nn.Module):
+    """The two-stream backbone (Liu et al., TMM 2021): modality-specific ResNet parts
+    (visible_module.visible, thermal_module.thermal) up to the share point, the shared base_resnet.base
+    after it (split_names), last stride 1, its stages up to layer<last_stage> (DEEN's RegDB network
+    stops at layer3). Each stream starts from its own copy of the same weights.
+
+    The seam for a method's own blocks: insert(place, block) runs a block registered on the network at
+    a named place of the shared part, 'layer2' after stage layer2, 'layer2.3' after its residual block 3
+    (self.places lists them), in the order inserted. AGW's non-local blocks and DEEN's MFA and DEE
+    blocks go in through it; the blocks' state-dict keys are the names they are registered under.
+    """
+
+    def __init__(self, arch="resnet50", share_net=2, pretrained="none", last_stage=4):
+        super().__init__()
+        specific, shared = split_names(share_net)
+        shared = tuple(n for n in shared if n not in LAYERS[last_stage:])
+        base = resnet_last_stride1(arch, load_backbone_weights(pretrained, arch))
+        self.share_net = share_net
+        self.out_channels = _out_channels(getattr(base, LAYERS[last_stage - 1]))
+        self.visible_module = nn.Module()
+        self.thermal_module = nn.Module()
+        self.base_resnet = nn.Module()
+        self.visible_module.visible = _part(copy.deepcopy(base), specific)
+        self.thermal_module.thermal = _part(copy.deepcopy(base), specific)
+        self.base_resnet.base = _part(base, shared)
+        self.places = tuple(p for n, stage in self.base_resnet.base.named_children()
+                            for p in ((n,) + tuple(f"{n}.{i}" for i in range(len(stage))) if n in LAYERS else (n,)))
+        self.blocks_at = {}  # place -> [(block, with_input)]: a plain dict, the blocks are registered elsewhere
+        self.split_stages = set()  # the stages with a block between their residual blocks
+
+    def insert(self, place, block, with_input=False):
+        """Run block at place: x = block(x), or block(x, x_in) with_input (x_in: the input of the stage or
+        residual block that place follows, e.g. DEEN's MFA). block must be registered on this network
+        (its weights are saved under that name), e.g. self.NL_2 = ModuleList(...) before inserting NL_2[0]."""
+        if place not in self.places:
+            raise ValueError(f"no place {place!r} in the shared stages of this backbone (--share_net "
+                             f"{self.share_net}); its places: {', '.join(self.places)}")
+        if not any(m is block for m in self.modules()):
+            raise ValueError(f"the block for {place!r} is not registered on the network: assign it to an "
+                             f"attribute first, so that its weights are saved and loaded")
+        self.blocks_at.setdefault(place, []).append((block, with_input))
+        if "." in place:
+            self.split_stages.add(place.split(".")[0])
+
+    def streams(self, x1, x2, modal):
+        """The modality-specific part: modal 0 both (visible rows first), 1 visible, 2 thermal."""
+        if modal == 0:
+            return torch.cat((self.visible_module.visible(x1), self.thermal_module.thermal(x2)), 0)
+        if modal == 1:
+            return self.visible_module.visible(x1)
+        if modal == 2:
+            return self.thermal_module.thermal(x2)
+        raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
+
+    def backbone(self, x1, x2, modal=0):
+        x = self.streams(x1, x2, modal)
+        if not self.blocks_at:
+            return self.base_resnet.base(x)
+        for name, stage in self.base_resnet.base.named_children():
+            x_in = x
+            if name in self.split_stages:
+                for i, block in enumerate(stage):
+                    x = self._blocks(f"{name}.{i}", block(x), x)
+            else:
+                x = stage(x)
+            x = self._blocks(name, x, x_in)
+        return x
+
+    def _blocks(self, place, x, x_in):
+        for block, with_input in self.blocks_at.get(place, ()):
+            x = block(x, x_in) if with_input else block(x)
+        return x
+
+
+class StripHead(nn.Module):
+    """The PCB head as a network's part: PCBHead under the authors' name 'head'. Training: 'strips'
+    [S, B, D] and 'strip_logits' [S, B, classes], 'feat' the strips joined; evaluation: 'parts'."""
+    feature_names = ("parts",)
+
+    def __init__(self, dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool):
+        super().__init__()
+        self.head = PCBHead(dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool)
+
+    def forward(self, x, looped_head=False):
+        feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
+        feat_all = feat.flatten(1)
+        if not self.training:
+            return {"parts": feat_all}
+        # [S, B, ...] by unbind + stack, not a transposed copy: the gradients then reach the head in the
+        # memory layout (and summation order) they always had, so training is bit for bit as before
+        strips, strip_logits = feat.unbind(1), logits.unbind(1)
+        return {"strips": torch.stack(strips), "strip_logits": torch.stack(strip_logits), "feat": feat_all}
+
+
+class GlobalHead(nn.Module):
+    """One GeM- (gm_pool on) or average-pooled feature, the BN neck and the ID classifier. Training:
+    'feat' the pooled feature, 'logits'; evaluation: 'bn' (reported) and 'pool'."""
+    feature_names = ("bn", "pool")
+
+    def __init__(self, dim, class_num, gm_pool, gem_p):
+        super().__init__()
+        self.pool, self.gem_p = "gem" if gm_pool == "on" else "avg", gem_p
+        self.bottleneck = bn_neck(dim)
+        self.classifier = id_classifier(dim, class_num)
+
+    def forward(self, x):
+        x_pool = global_pool(x, self.pool, self.gem_p)
+        feat = self.bottleneck(x_pool)
+        if self.training:
+            return {"feat": x_pool, "logits": self.classifier(feat)}
+        return {"bn": feat, "pool": x_pool}
+
+
+class DGTLHead(nn.Module):
+    """DGTL's two granularities (hijune6/DGTL-for-VT-ReID, model_main.py): the fine branch f = bpool(X),
+    b = BN1(f), W1 b and, unless cpool is 'no', the coarse branch h = BN2(cpool(X) + b) (of [cpool(X); b]
+    with fuse 'cat'), W2 h. Training adds 'coarse' and 'coarse_logits'; evaluation: 'coarse', 'fine'."""
+
+    def __init__(self, dim, class_num, bpool, cpool, fuse, gem_p):
+        super().__init__()
+        self.bpool, self.gem_p, self.coarse = bpool, gem_p, cpool != "no"
+        self.feature_names = ("coarse", "fine") if self.coarse else ("fine",)
+        self.bottleneck = bn_neck(dim)  # the fine branch's modules are the global head's, in the reference's order
+        self.classifier = id_classifier(dim, class_num)
+        if self.coarse:
+            self.classifier_att = id_classifier(2 * dim if fuse == "cat" else dim, class_num)
+            self.cpool_layer = CoarsePool(dim, cpool, fuse, gem_p)
+
+    def forward(self, x):
+        f = global_pool(x, self.bpool, self.gem_p)
+        b = self.bottleneck(f)
+        if not self.coarse:
+            return {"feat": f, "logits": self.classifier(b)} if self.training else {"fine": b}
+        h = self.cpool_layer(x, b)
+        if self.training:
+            return {"feat": f, "logits": self.classifier(b), "coarse": h, "coarse_logits": self.classifier_att(h)}
+        return {"coarse": h, "fine": b}
+
+
+# head -> its part, from (input channels, classes, the resolved options)
+HEAD_PARTS = {
+    "pcb": lambda dim, n, o: StripHead(dim, n, o["num_strips"], o["local_feat_dim"], o["gem_p"], o["gm_pool"]),
+    "global": lambda dim, n, o: GlobalHead(dim, n, o["gm_pool"], o["gem_p"]),
+    "dgtl": lambda dim, n, o: DGTLHead(dim, n, o["bpool"], o["cpool"], o["fuse"], o["gem_p"]),
+}
+HEADS = tuple(HEAD_PARTS)
+
+
+class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
+    """The network of the paper (Liu et al., IEEE TMM 2021; hijune6/Hetero-center-triplet-loss-for-VT-
+    Re-ID, model_mine.py): the two-stream backbone (share_net 0..5), AGW's non-local blocks inserted into
+    it (non_local 'on'), and one head part (HEAD_PARTS): 'pcb' part strips (pcb 'on', the default),
+    'global' one pooled feature with a BN neck (pcb 'off'), 'dgtl' DGTL's fine and coarse branches.
 
     The scripts pass every option resolved (settings.METHODS); the keyword defaults here are the
     paper's SYSU-MM01 network, for use from Python (GeM p = 3 for every head).
@@ -366,7 +513,6 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
     def __init__(self, class_num, non_local="off", gm_pool="on", arch="resnet50", share_net=2, pcb=None,
                  local_feat_dim=256, num_strips=6, gem_p=3.0, pretrained="none", head=None, bpool=None,
                  cpool=None, fuse=None):
-        super().__init__()
         check_non_local(non_local, share_net)
         check_arch(arch)
         gm_pool = "on" if gm_pool is None else gm_pool  # None: left out, as for the other options
@@ -374,82 +520,44 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
             raise ValueError(f"--gm_pool must be 'on' or 'off', got {gm_pool}")
         head, pcb = resolve_head(head, pcb)
         bpool, cpool, fuse = dgtl_options(head, bpool, cpool, fuse, gm_pool)
-        self.kind, self.share_net, self.pcb, self.gm_pool = head, share_net, pcb, gm_pool
-        self.bpool, self.cpool, self.fuse = bpool, cpool, fuse
+        super().__init__(arch, share_net, pretrained)
+        self.pcb, self.gm_pool, self.bpool, self.cpool, self.fuse = pcb, gm_pool, bpool, cpool, fuse
         self.gem_p = float(gem_p)
         # everything embed_net(**config) needs to rebuild this model (the weights are loaded after)
         self.config = dict(class_num=class_num, share_net=share_net, pcb=pcb, local_feat_dim=local_feat_dim,
                            num_strips=num_strips, arch=arch, head=head, gm_pool=gm_pool, gem_p=self.gem_p,
                            bpool=bpool, cpool=cpool, fuse=fuse)
+        self.non_local_at = {}  # stage -> block indices followed by a non-local block (self.NL_2, self.NL_3)
         if non_local == "on":  # recorded only when on: the files written before the option rebuild as they were
             self.config["non_local"] = "on"
-
-        specific, shared = split_names(share_net)
-        base = resnet_last_stride1(arch, load_backbone_weights(pretrained, arch))
-        dim = base.fc.in_features
-        # Each stream starts from its own copy of the same weights.
-        self.visible_module = nn.Module()
-        self.thermal_module = nn.Module()
-        self.base_resnet = nn.Module()
-        self.visible_module.visible = _part(copy.deepcopy(base), specific)
-        self.thermal_module.thermal = _part(copy.deepcopy(base), specific)
-        self.base_resnet.base = _part(base, shared)
-        self.non_local_at = {}  # stage -> block indices followed by a non-local block (self.NL_2, self.NL_3)
-        if non_local == "on":
             for stage, (at, blocks) in non_local_blocks(self.base_resnet.base).items():
                 self.non_local_at[stage] = at
                 setattr(self, f"NL_{stage[-1]}", blocks)  # the reference's names: NL_2.0.*, NL_3.2.*
-
-        if head == "pcb":
-            self.head = PCBHead(dim, class_num, num_strips, local_feat_dim, self.gem_p, gm_pool)
-        else:  # the global head and DGTL's fine branch are the same modules, in the reference's order
-            self.bottleneck = bn_neck(dim)
-            self.classifier = id_classifier(dim, class_num)
-        if head == "dgtl" and cpool != "no":
-            self.classifier_att = id_classifier(2 * dim if fuse == "cat" else dim, class_num)
-            self.cpool_layer = CoarsePool(dim, cpool, fuse, self.gem_p)
+                for i, block in zip(at, blocks):
+                    self.insert(f"{stage}.{i}", block)
+        self.set_head(HEAD_PARTS[head](self.out_channels, class_num, self.config))
         self._register_load_state_dict_pre_hook(_original_pcb_keys_hook)
 
-    def head_parameters(self):
-        """The parameters trained at the full learning rate (the rest, the backbone, at 0.1x)."""
-        if self.kind == "pcb":
-            return list(self.head.parameters())
-        params = list(self.bottleneck.parameters()) + list(self.classifier.parameters())
-        if self.kind == "dgtl" and self.cpool != "no":
-            params += list(self.classifier_att.parameters()) + list(self.cpool_layer.parameters())
-        return params
+    def set_head(self, part):
+        """Register the head part's modules on the network itself, under their own names (the authors'
+        flat keys: head.*, bottleneck.*, classifier.*, ...); the part itself is kept unregistered."""
+        for name, module in part.named_children():
+            self.add_module(name, module)
+        object.__setattr__(self, "head_part", part)
 
-    def backbone(self, x1, x2, modal=0):
-        if modal == 0:
-            x = torch.cat((self.visible_module.visible(x1), self.thermal_module.thermal(x2)), 0)
-        elif modal == 1:
-            x = self.visible_module.visible(x1)
-        elif modal == 2:
-            x = self.thermal_module.thermal(x2)
-        else:
-            raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
-        if not self.non_local_at:
-            return self.base_resnet.base(x)
-        for name, stage in self.base_resnet.base.named_children():
-            at = self.non_local_at.get(name, ())
-            if not at:  # a stage without blocks, or the stem (conv1, bn1, ...) shared at share_net 0
-                x = stage(x)
-                continue
-            blocks = iter(getattr(self, f"NL_{name[-1]}"))
-            for i, block in enumerate(stage):
-                x = block(x)
-                if i in at:
-                    x = next(blocks)(x)
-        return x
+    def train(self, mode=True):
+        super().train(mode)
+        self.head_part.training = mode  # not a registered child (set_head), so nn.Module.train misses it
+        return self
+
+    def head_parameters(self):
+        """The parameters trained at the full learning rate (the rest, the backbone and blocks, at 0.1x)."""
+        return list(self.head_part.parameters())
 
     @property
     def feature_names(self):
         """The names of the features evaluation gives, the reported one first."""
-        if self.kind == "pcb":
-            return ("parts",)
-        if self.kind == "global":
-            return ("bn", "pool")
-        return ("fine",) if self.cpool == "no" else ("coarse", "fine")
+        return self.head_part.feature_names
 
     def features(self, x, modal):
         """{name: L2-normalised float32 feature [N, D]} of one modality's images (modal 1 visible,
@@ -457,50 +565,15 @@ class embed_net(nn.Module):  # noqa: N801 -- the authors' public name
         return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
 
     def forward(self, x1, x2, modal=0, looped_head=False):
+        """Named outputs: in training what the losses read, in evaluation the features of feature_names
+        (the reported one first) before the L2 normalisation of features()."""
         x = self.backbone(x1, x2, modal)
         # The heads run in float32 even under autocast: they cost little, and their batch norms
         # divide by the spread of the pooled features across the batch, which bf16 rounding can
         # swamp (early in training that spread is tiny).
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
-            if self.kind == "pcb":
-                return self._pcb(x, looped_head)
-            if self.kind == "global":
-                return self._global(x)
-            return self._dgtl(x)
-
-    # Outputs are named. Training: what the losses read ('strips' [S, B, D] and 'strip_logits'
-    # [S, B, classes] of the strips, 'feat' the feature of the batch's triplet term, 'logits';
-    # DGTL adds its coarse branch's 'coarse' and 'coarse_logits'). Evaluation: the features of
-    # feature_names, reported first, before the L2 normalisation that features() applies.
-
-    def _pcb(self, x, looped_head):
-        feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
-        feat_all = feat.flatten(1)
-        if not self.training:
-            return {"parts": feat_all}
-        # [S, B, ...] by unbind + stack, not a transposed copy: the gradients then reach the head in the
-        # memory layout (and summation order) they always had, so training is bit for bit as before
-        strips, strip_logits = feat.unbind(1), logits.unbind(1)
-        return {"strips": torch.stack(strips), "strip_logits": torch.stack(strip_logits), "feat": feat_all}
-
-    def _global(self, x):
-        x_pool = global_pool(x, "gem" if self.gm_pool == "on" else "avg", self.gem_p)
-        feat = self.bottleneck(x_pool)
-        if self.training:
-            return {"feat": x_pool, "logits": self.classifier(feat)}
-        return {"bn": feat, "pool": x_pool}
-
-    def _dgtl(self, x):
-        """The fine branch f = bpool(X), b = BN1(f) and, with a coarse branch, h = BN2(...)."""
-        f = global_pool(x, self.bpool, self.gem_p)
-        b = self.bottleneck(f)
-        if self.cpool == "no":
-            return {"feat": f, "logits": self.classifier(b)} if self.training else {"fine": b}
-        h = self.cpool_layer(x, b)
-        if self.training:
-            return {"feat": f, "logits": self.classifier(b), "coarse": h, "coarse_logits": self.classifier_att(h)}
-        return {"coarse": h, "fine": b}
+            return self.head_part(x, looped_head=True) if looped_head else self.head_part(x)
 
 
 def _original_pcb_keys_hook(state_dict, prefix, *args):
