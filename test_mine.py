@@ -253,8 +253,9 @@ def collect(records, model, log, labels=None):
 UNTAGGED = {"pcb": "parts", "global": "bn"}
 
 
-RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank", "flip_test",
-                 "half"] + [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS]
+# flip_test and half came later: at the end, so that the older columns keep their places
+RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
+    [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS] + ["flip_test", "half"]
 
 
 def results_header(path):
