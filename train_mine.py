@@ -568,8 +568,8 @@ class GatherRows(torch.autograd.Function):
     """[R, ...] of every process stacked, [N, R, ...]; backward: the sum of every process's gradient
     of this process's rows. Every process computes the same global loss, so that sum is N times the
     1-process gradient of these rows, and DDP's average over the processes makes it the 1-process
-    gradient of every parameter. (torch.distributed.nn.functional.all_gather does the same, and is
-    deprecated from torch 2.10 on.)"""
+    gradient of every parameter. (torch.distributed.nn.functional.all_gather does the same, and warns
+    that it is deprecated in recent torch.)"""
 
     @staticmethod
     def forward(ctx, y):
@@ -700,9 +700,9 @@ def evaluate(model, evaluator, device, args):
     return evaluator.run_first(model, device, args.test_batch)
 
 
-# How long the other processes wait for rank 0 alone (generating the demo, evaluating, saving): a
-# SYSU-MM01 evaluation of 10 trials takes minutes on a GPU, hours on a CPU, and NCCL's default timeout
-# is 10 minutes. A process that dies ends the wait at once (its peers' connections close).
+# How long the other processes wait for rank 0 alone (generating the demo, evaluating, saving): far
+# beyond any evaluation (NCCL's default timeout, 10 minutes, is not). A process that dies ends the wait
+# at once (its peers' connections close).
 WAIT_TIMEOUT_HOURS = 24
 _wait_group = None  # the gloo group of those waits (torchrun), made by init_distributed
 
