@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 import deen
+import model_mine
 import settings
 import test_mine
 import train_mine
@@ -288,9 +289,14 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
                                                                                           atol=1e-5)
             f = ours.features(x, modal)["distmat7"]  # six unit vectors side by side: pool, bn per branch
             assert torch.allclose(f[:, :pool.shape[1]].float(), pool[:2], atol=1e-5)
-    # another method's checkpoint with --method deen, and this one with another method: named
+    # this checkpoint under another method, and another method's under --method deen: named
     with pytest.raises(ValueError, match="looks like one of --method deen"):
         utils.model_from_checkpoint(path, eval_args("agw"), ())
+    if not regdb:
+        agw = model_mine.embed_net(6, arch="resnet50", share_net=1, pcb="off", non_local="on")
+        torch.save({"net": model_mine.to_dgtl_state_dict(agw), "epoch": 3}, tmp_path / "agw.t")
+        with pytest.raises(ValueError, match="looks like one of --method agw .* not of --method deen"):
+            utils.model_from_checkpoint(str(tmp_path / "agw.t"), eval_args("deen"), ())
 
 
 def test_the_training_forward_and_loss_equal_the_reference(tmp_path):
@@ -387,3 +393,24 @@ def test_a_384_high_training_set_is_stored_beside_the_root_one(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train_h384.*run `python pre_process_sysu.py --data_path "
                                                 r".* --img_h 384 --img_w 144` first"):
         data_loader.sysu_train_data(str(tmp_path), 144, 384)
+
+
+def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
+    import eval_metrics
+    seen = {}
+
+    def extract(model, images, modal, *a, **k):
+        seen[images] = modal
+        return {}
+    monkeypatch.setattr(eval_metrics, "extract_features", extract)
+    for swap, want in ((False, {"v": 1, "t": 2}), (True, {"v": 2, "t": 1})):
+        ev = eval_metrics.RegDBEval.__new__(eval_metrics.RegDBEval)
+        ev.images, ev.swap_stems, ev.directions = {"visible": "v", "thermal": "t"}, swap, ()
+        ev.trial = 1
+        assert ev.run(argparse_namespace(feature_names=("distmat7",)), torch.device("cpu")) == []
+        assert seen == want  # DEEN's RegDB test.py: thermal images through the visible stem and the reverse
+    s = settings.with_test_flags(argparse_namespace(dataset="regdb", data_path="R", workers=1))
+    assert s.stem_swap == "off"
+    args = test_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", "R", "--stem_swap", "on"])
+    with pytest.raises(ValueError, match="--stem_swap: not used by --dataset sysu"):
+        test_mine.resolve_search_flags(args, False)
