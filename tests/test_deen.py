@@ -414,3 +414,27 @@ def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
     args = test_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", "R", "--stem_swap", "on"])
     with pytest.raises(ValueError, match="--stem_swap: not used by --dataset sysu"):
         test_mine.resolve_search_flags(args, False)
+
+
+def test_the_feature_extractor_gives_one_vector_per_image_whose_inner_products_are_distmat7(tmp_path):
+    import extract
+    torch.manual_seed(0)
+    m = deen.DEEN(5, arch="resnet18").eval()
+    path = tmp_path / "demo_deen_best.t"
+    torch.save({"net": m.state_dict(), "epoch": 1}, path)
+    ex = extract.FeatureExtractor(path, "cpu", method="deen", arch="resnet18", dataset="demo", img_h=64, img_w=32)
+    assert ex.flip and ex.feature == "distmat7"  # flips on by default, as DEEN's test.py
+    images = (np.random.default_rng(0).random((3, 64, 32, 3)) * 255).astype(np.uint8)
+    f = ex(images, "thermal", all_features=True)
+    x = eval_metrics_normalize(images)
+    with torch.no_grad():
+        parts = [a + b for a, b in zip(m.parts(x, 2), m.parts(x.flip(3), 2))]
+    sims = [p.double() @ p.double().T for p in parts]
+    assert np.allclose(f["distmat7"] @ f["distmat7"].T, sum(sims).numpy())
+    assert np.allclose(f["distmat8"] @ f["distmat8"].T, (0.1 * (sims[0] + sims[2] + sims[4]) +
+                                                        0.9 * (sims[1] + sims[3] + sims[5])).numpy())
+
+
+def eval_metrics_normalize(images):
+    import data_loader
+    return data_loader.normalize(torch.from_numpy(images))
