@@ -356,7 +356,7 @@ def measure_fast(args, device, source, method="hctri"):
     targs = train_args(args, 0, method)
     mode, args.step_line = train_mine.compile_mode(targs, device)
     _, model, optimizer, scaler = fast_step(args, device, mode, method=method)
-    augment = data_loader.BatchAugment(caj=targs.caj_aug == "on")
+    augment = data_loader.BatchAugment(caj=targs.caj_aug == "on", **settings.METHODS[method].augment(targs))
     drain = 0
     if source == "synthetic":
         it = itertools.repeat(tuple(x.to(device) for x in synthetic_batch(args)))

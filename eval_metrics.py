@@ -466,6 +466,8 @@ class Evaluator:
     """Features once per image, then every (setting, trial) search; run() returns one record per
     (setting, feature, trial): {'setting', 'feature', 'trial', 'cmc', 'mAP', 'mINP'}."""
 
+    swap_stems = False  # each modality through the other's stem (DEEN's RegDB test.py; a compatibility mode)
+
     def searches(self):
         """[(setting, trial, query (modal, indices), gallery (modal, indices), metric)] to run."""
         raise NotImplementedError
@@ -474,7 +476,8 @@ class Evaluator:
         """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
         q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
         removed_mask takes, so that pictures leave out what the metric leaves out)."""
-        feats = {m: extract_features(model, self.images[m], 1 if m == "visible" else 2, device, batch_size, half,
+        feats = {m: extract_features(model, self.images[m], (1 if m == "visible" else 2) if not self.swap_stems
+                                     else (2 if m == "visible" else 1), device, batch_size, half,
                                      all_features=True, flip=flip) for m in self.images}
         names = model.feature_names
         records = []
@@ -539,8 +542,10 @@ class RegDBEval(Evaluator):
     """One RegDB split's test images (visible and thermal), read once."""
     protocol = "regdb"
 
-    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",)):
+    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",),
+                 swap_stems=False):
         self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
+        self.swap_stems = swap_stems
         lists = {}
         for m in ("visible", "thermal"):
             paths, labels = data_manager.process_test_regdb(data_path, trial, m)

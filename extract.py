@@ -122,7 +122,8 @@ def as_device(device):
 
 class FeatureExtractor:
     """extractor(images, modality) -> the reported feature of each image, float32 numpy [N, D]
-    (L2-normalised: rank by dot product), or with all_features=True {name: [N, D]} of every feature
+    (L2-normalised: rank by dot product; DEEN's: float64, its six flip-summed vectors side by side, whose
+    dot products are its test's similarities), or with all_features=True {name: [N, D]} of every feature
     the model evaluates (model.feature_names, reported first). Images: see image_list. flip: each
     feature averaged with its mirror image's (None: as the checkpoint's method's reference tests, CAJ's
     flip; else not)."""

@@ -306,7 +306,9 @@ DEMO_SETTING = dict(batch_size=8, num_pos=4, w_center=1.0, label_smooth="off", g
 # RegDB (the authors' test script): a direction per --tvsearch
 REGDB_DIRECTIONS = {"off": ("visible->thermal",), "on": ("thermal->visible",),
                     "both": ("visible->thermal", "thermal->visible")}
-REGDB_TEST_FLAGS = {"tvsearch": "off", "trial": None, "cross_split": False}
+# stem_swap: DEEN's test.py on RegDB feeds thermal images to the visible stem and the reverse (a compatibility
+# mode for comparing with its printed numbers; off: each modality through its own stem)
+REGDB_TEST_FLAGS = {"tvsearch": "off", "trial": None, "cross_split": False, "stem_swap": "off"}
 
 
 def regdb_dataset(defaults, max_split):
@@ -315,7 +317,8 @@ def regdb_dataset(defaults, max_split):
         test_flags=REGDB_TEST_FLAGS,
         train_data=lambda s: data_loader.regdb_train_data(s.data_path, s.trial, s.img_w, s.img_h, max(s.workers, 1)),
         evaluator=lambda s, trials, w, h: eval_metrics.RegDBEval(s.data_path, trials[0], w, h, s.workers,
-                                                                 REGDB_DIRECTIONS[s.tvsearch]),
+                                                                 REGDB_DIRECTIONS[s.tvsearch],
+                                                                 getattr(s, "stem_swap", "off") == "on"),
         check=check_regdb)
 
 

@@ -50,6 +50,9 @@ def get_args_parser(add_help=True):
                         "(a cross-split study; its training identities are then among the test ones)")
     g.add_argument("--tvsearch", nargs="?", const="on", default=None, choices=tuple(settings.REGDB_DIRECTIONS),
                    help="RegDB direction: visible->thermal (default), --tvsearch thermal->visible, 'both'")
+    g.add_argument("--stem_swap", default=None, choices=("on", "off"),
+                   help="RegDB: on = thermal images through the visible stem and the reverse, as DEEN's test.py "
+                        "does (a compatibility mode to compare with its printed numbers; default off)")
     g.add_argument("--direction", default=None, choices=tuple(eval_metrics.LLCM_DIRECTIONS),
                    help="LLCM: ir2vis (infrared->visible, default), vis2ir (visible->infrared as the official "
                         "test script computes it: roles swapped, the published second column group), "

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 import deen
+import model_mine
 import settings
 import test_mine
 import train_mine
@@ -288,9 +289,14 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
                                                                                           atol=1e-5)
             f = ours.features(x, modal)["distmat7"]  # six unit vectors side by side: pool, bn per branch
             assert torch.allclose(f[:, :pool.shape[1]].float(), pool[:2], atol=1e-5)
-    # another method's checkpoint with --method deen, and this one with another method: named
+    # this checkpoint under another method, and another method's under --method deen: named
     with pytest.raises(ValueError, match="looks like one of --method deen"):
         utils.model_from_checkpoint(path, eval_args("agw"), ())
+    if not regdb:
+        agw = model_mine.embed_net(6, arch="resnet50", share_net=1, pcb="off", non_local="on")
+        torch.save({"net": model_mine.to_dgtl_state_dict(agw), "epoch": 3}, tmp_path / "agw.t")
+        with pytest.raises(ValueError, match="looks like one of --method agw .* not of --method deen"):
+            utils.model_from_checkpoint(str(tmp_path / "agw.t"), eval_args("deen"), ())
 
 
 def test_the_training_forward_and_loss_equal_the_reference(tmp_path):
@@ -387,3 +393,48 @@ def test_a_384_high_training_set_is_stored_beside_the_root_one(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train_h384.*run `python pre_process_sysu.py --data_path "
                                                 r".* --img_h 384 --img_w 144` first"):
         data_loader.sysu_train_data(str(tmp_path), 144, 384)
+
+
+def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
+    import eval_metrics
+    seen = {}
+
+    def extract(model, images, modal, *a, **k):
+        seen[images] = modal
+        return {}
+    monkeypatch.setattr(eval_metrics, "extract_features", extract)
+    for swap, want in ((False, {"v": 1, "t": 2}), (True, {"v": 2, "t": 1})):
+        ev = eval_metrics.RegDBEval.__new__(eval_metrics.RegDBEval)
+        ev.images, ev.swap_stems, ev.directions = {"visible": "v", "thermal": "t"}, swap, ()
+        ev.trial = 1
+        assert ev.run(argparse_namespace(feature_names=("distmat7",)), torch.device("cpu")) == []
+        assert seen == want  # DEEN's RegDB test.py: thermal images through the visible stem and the reverse
+    s = settings.with_test_flags(argparse_namespace(dataset="regdb", data_path="R", workers=1))
+    assert s.stem_swap == "off"
+    args = test_mine.get_args_parser().parse_args(["--dataset", "sysu", "--data_path", "R", "--stem_swap", "on"])
+    with pytest.raises(ValueError, match="--stem_swap: not used by --dataset sysu"):
+        test_mine.resolve_search_flags(args, False)
+
+
+def test_the_feature_extractor_gives_one_vector_per_image_whose_inner_products_are_distmat7(tmp_path):
+    import extract
+    torch.manual_seed(0)
+    m = deen.DEEN(5, arch="resnet18").eval()
+    path = tmp_path / "demo_deen_best.t"
+    torch.save({"net": m.state_dict(), "epoch": 1}, path)
+    ex = extract.FeatureExtractor(path, "cpu", method="deen", arch="resnet18", dataset="demo", img_h=64, img_w=32)
+    assert ex.flip and ex.feature == "distmat7"  # flips on by default, as DEEN's test.py
+    images = (np.random.default_rng(0).random((3, 64, 32, 3)) * 255).astype(np.uint8)
+    f = ex(images, "thermal", all_features=True)
+    x = eval_metrics_normalize(images)
+    with torch.no_grad():
+        parts = [a + b for a, b in zip(m.parts(x, 2), m.parts(x.flip(3), 2))]
+    sims = [p.double() @ p.double().T for p in parts]
+    assert np.allclose(f["distmat7"] @ f["distmat7"].T, sum(sims).numpy())
+    assert np.allclose(f["distmat8"] @ f["distmat8"].T, (0.1 * (sims[0] + sims[2] + sims[4]) +
+                                                        0.9 * (sims[1] + sims[3] + sims[5])).numpy())
+
+
+def eval_metrics_normalize(images):
+    import data_loader
+    return data_loader.normalize(torch.from_numpy(images))
