@@ -8,9 +8,8 @@ once: every flag of the experiment defaults to None on the command line, so that
 explicitly can be told from one left out (a resumed run takes the latter from its checkpoint, and a
 flag the chosen method does not read is an error only when it was given).
 """
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -18,15 +17,11 @@ import data_loader
 import data_manager
 import deen
 import eval_metrics
+import flags
 import loss as losses
 import model_mine
 
-# Closed sets of values, one list per flag: the parsers' choices=, and the check of values that do not
-# come from a command line (a resumed run's checkpoint, a namespace built by hand).
-CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on", "off"), gm_pool=("on", "off"),
-               label_smooth=("on", "off"), optim=("sgd", "adam"), amp=("auto", "bf16", "fp16", "off"),
-               mode=("all", "indoor"), bpool=model_mine.POOLS, cpool=("no",) + model_mine.POOLS,
-               fuse=("sum", "cat"), hcloss=losses.HCLOSSES, non_local=("on", "off"), caj_aug=("on", "off"))
+CHOICES = flags.choices(flags.FLAGS)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -59,6 +54,10 @@ class Method:
     #                    does not fit another method
     test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
     extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
+    own_flags: tuple = ()  # flags.Flag of the flags it alone reads, with their defaults (added to flags)
+
+    def __post_init__(self):
+        object.__setattr__(self, "flags", tuple(self.flags) + tuple(f.name for f in self.own_flags))
 
 
 def two_stream_config(s):
@@ -133,7 +132,10 @@ AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3
 AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
                    backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", erasing_p=0.0, pad=10)
 CAJ_SETTING = dict(AGW_SETTING, epochs=100, caj_aug="on")
-DEEN_NETWORK = dict(share_net=1, margin=0.3, lambda_1=0.8, lambda_2=0.01)
+# DEEN's own loss weights (DEEN/train.py's --lambda_1, --lambda_2)
+DEEN_FLAGS = (flags.Flag("lambda_1", float, 0.8, "DEEN: weight of its CPM loss (default 0.8)", low=0),
+              flags.Flag("lambda_2", float, 0.01, "DEEN: weight of its orthogonality loss (default 0.01)", low=0))
+DEEN_NETWORK = dict(share_net=1, margin=0.3, **{f.name: f.default for f in DEEN_FLAGS})
 DEEN_SETTING = dict(DEEN_NETWORK, img_h=384, img_w=144, batch_size=6, num_pos=4, epochs=151, eval_start=1,
                     eval_every=1, optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,80", pad=10,
                     erasing_p=0.5)
@@ -174,7 +176,7 @@ METHODS = {
     # DEEN (Zhang and Wang, CVPR 2023; ZYK100/LLCM, DEEN/train.py): its own network (deen.py), CE + triplet
     # + lambda_1 CPM + lambda_2 orthogonality, 384x144, P=6 K=4, 151 epochs, evaluated every epoch from 1
     "deen": Method(
-        model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin", "lambda_1", "lambda_2"),
+        model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin",), own_flags=DEEN_FLAGS,
         loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos), check=check_deen,
         marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True,
         reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
@@ -344,16 +346,44 @@ def with_test_flags(args):
 
 # ----------------------------------------------------------------------------- defaults
 
-COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
-                       non_local="off", caj_aug="off",
-                       method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
-                       eval_every=2, mode="all", steps_per_epoch=0, trial=1)
+# the declared defaults of the experiment's flags: what neither the method nor the dataset sets
+COMMON_DEFAULTS = {f.name: f.default for f in flags.FLAGS if "experiment" in f.scope and f.default is not None}
+# the table's experiment flags added after run names were first given (flags.Flag.later)
+LATER_FLAGS = {f.name: f.later for f in flags.FLAGS if f.later is not flags.UNSET}
 
 
-# Experiment flags added after run names were first given, with the behaviour of runs from before: they
-# enter a run's name only with another value (names stay as they were), and a checkpoint that does not
-# record one ran with that value
-LATER_FLAGS = {"non_local": "off", "caj_aug": "off", "lambda_1": None, "lambda_2": None}
+def training_flags():
+    """train_mine.py's flags: the table's, --dataset and --method with their choices, and each method's own
+    (Method.own_flags). A method's own flag enters a run's name only when set, so that runs of the other
+    methods keep their names."""
+    known = {"dataset": tuple(DATASETS), "method": tuple(METHODS)}
+    own = (replace(f, later=None, group=f"--method {name}'s own") for name, m in METHODS.items() for f in m.own_flags)
+    return tuple(replace(f, choices=known[f.name]) if f.name in known else f for f in flags.FLAGS
+                 if f.scope != flags.TEST) + tuple({f.name: f for f in own}.values())
+
+
+def flag(name):
+    """The declaration of one flag (test-time ones included), as training_flags() gives it."""
+    return {f.name: f for f in flags.FLAGS + training_flags()}[name]
+
+
+def architecture_flags():
+    """The flags a checkpoint's network config records: test_mine.py's and extract.py's for the original
+    codes' checkpoints, which record none."""
+    return tuple(f for f in training_flags() if "architecture" in f.scope)
+
+
+def experiment_flags():
+    return flags.names(training_flags(), "experiment")
+
+
+def locked_flags():
+    return flags.names(training_flags(), "locked")
+
+
+def later_flags():
+    """{flag: the value of runs from before it}: the table's, and every method's own flag (None)."""
+    return {f.name: f.later for f in training_flags() if f.later is not flags.UNSET}
 
 
 def recorded_method(saved):
@@ -377,7 +407,8 @@ def fill_defaults(args, skip=()):
     (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
     dataset = get_dataset(args.dataset)
     method = get_method(getattr(args, "method", None) or COMMON_DEFAULTS["method"])
-    for layer in (method.defaults.get(args.dataset, {}), dataset.defaults, COMMON_DEFAULTS):
+    own = {f.name: f.default for f in method.own_flags}
+    for layer in (method.defaults.get(args.dataset, {}), own, dataset.defaults, COMMON_DEFAULTS):
         for key, value in layer.items():
             if key == "gem_p" and getattr(args, "pcb", None) == "off":
                 value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
@@ -388,12 +419,12 @@ def fill_defaults(args, skip=()):
     return args
 
 
-def check_choices(args, flags):
-    """Closed-set flags (CHOICES) among flags whose value is set: one of their values."""
-    for flag in flags:
+def check_choices(args, closed):
+    """Closed-set flags ({flag: values}) among those whose value is set: one of their values."""
+    for flag, values in closed.items():
         value = getattr(args, flag, None)
-        if value is not None and flag in CHOICES and value not in CHOICES[flag]:
-            raise ValueError(f"--{flag} must be one of {', '.join(map(str, CHOICES[flag]))}, got {value!r}")
+        if value is not None and value not in values:
+            raise ValueError(f"--{flag} must be one of {', '.join(map(str, values))}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- training's settings
@@ -402,12 +433,10 @@ def resolve_training(args, explicit):
     """train_mine.py's settings resolved and checked, before any work: the defaults of the dataset
     and method filled in, every flag checked, the method's unread flags set to None (so that they
     are shown and hashed as unset). explicit: the flags given on the command line."""
-    args.dataset = args.dataset or "sysu"
+    args.dataset = args.dataset or COMMON_DEFAULTS["dataset"]
     fill_defaults(args)
-    args.amp = args.amp or "auto"
     if args.lr is None:  # whatever the number of processes: they share one global batch of P identities
         args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
-    args.cpu_aug = bool(args.cpu_aug)
     args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
     check_training(args, explicit)
     method = METHODS[args.method]
@@ -430,26 +459,9 @@ def combination_note(args, explicit):
 def check_training(args, explicit):
     """Every training flag checked, each error naming its flag."""
     method = get_method(args.method)
-    check_choices(args, CHOICES)
-    for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
-                 "local_feat_dim", "num_strips", "trial"):
-        at_least(args, flag, 1)
-    check_image_size(args)
-    for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
-                 "backbone_lr_mult", "w_center", "seed", "margin_hc", "lambda_1", "lambda_2") + (("workers",) if args.workers is not None
-                                                                          else ()):
-        at_least(args, flag, 0, skip_none=flag in ("margin_hc", "lambda_1", "lambda_2"))
-    bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
-    if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
-        raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")
-    for flag in ("erasing_p", "channel_aug"):
-        if not 0 <= getattr(args, flag) <= 1:
-            raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
-    for flag in ("lr", "gem_p"):
-        if not getattr(args, flag) > 0:
-            raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    if args.seed > 2 ** 32 - 1:
-        raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
+    every = training_flags()
+    check_choices(args, flags.choices(every))
+    flags.check_ranges(args, every)
     if args.batch_size == 1 and method.compares_identities:
         raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
                          f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
@@ -461,22 +473,8 @@ def check_training(args, explicit):
     check_flags_apply(args, explicit, method)
 
 
-def at_least(args, flag, low, skip_none=False):
-    value = getattr(args, flag)
-    if (value is None and not skip_none) or (value is not None and value < low):
-        raise ValueError(f"--{flag} must be >= {low}, got {value}")
-
-
-# pixels a side: far above any re-ID setting (288x144); a larger --img_h/--img_w is a typo, and the first
-# forward pass would ask for terabytes
-MAX_IMG_SIDE = 4096
-
-
 def check_image_size(args):
-    for flag in ("img_w", "img_h"):
-        value = getattr(args, flag, None)
-        if value is not None and value > MAX_IMG_SIDE:
-            raise ValueError(f"--{flag} must be at most {MAX_IMG_SIDE} pixels, got {value}")
+    flags.check_ranges(args, (flags.BY_NAME["img_w"], flags.BY_NAME["img_h"]))
 
 
 def check_flags_apply(args, explicit, method):

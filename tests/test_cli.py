@@ -75,7 +75,7 @@ CHANGES = {
 # 1. checkpoints are never silently overwritten
 
 def test_every_experiment_flag_is_covered():
-    assert set(CHANGES) == set(train_mine.EXPERIMENT_FLAGS)
+    assert set(CHANGES) == set(settings.experiment_flags())
 
 
 @pytest.mark.parametrize("flag", sorted(CHANGES))
