@@ -293,7 +293,7 @@ def train_args(args, steps, method="hctri"):
     base = dict(dataset="sysu", data_path=".", compile=args.compile, resident_data=args.resident_data, lr=LR,
                 method=method, arch=args.arch, batch_size=args.batch_size, num_pos=args.num_pos, img_h=args.img_h,
                 img_w=args.img_w)
-    own = settings.METHODS[method].defaults.get("sysu", {})
+    own = settings.METHODS[method].reproduction.defaults.get("sysu", {})
     network = {k: v for k, v in dict(share_net=args.share_net, num_strips=args.num_strips, gem_p=args.gem_p,
                                      local_feat_dim=args.local_feat_dim, margin=MARGIN, w_center=W_CENTER,
                                      label_smooth="off").items() if k not in own}

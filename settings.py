@@ -27,34 +27,44 @@ CHOICES = flags.choices(flags.FLAGS)
 # ----------------------------------------------------------------------------- methods
 
 @dataclass(frozen=True)
+class Reproduction:
+    """What a method's reference code did, for reproducing its runs; optional (a method of this project's
+    own has none)."""
+    defaults: dict = field(default_factory=dict)  # {dataset: {flag: published value}}
+    reference: dict = field(default_factory=dict)  # {flag: value} of the reference code's runs: another value
+    #                                                given explicitly is a combination of ours, said in the log
+    test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
+    keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
+    extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
+    marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a reference code's
+    #                    checkpoint that does not fit another method
+
+
+@dataclass(frozen=True)
 class Method:
-    """One training method. `flags` are the method-dependent flags it may read (method_flags() is
-    their union over all methods); `reads(s)` those the settings s give it (default: all of flags;
-    the others are shown and hashed as None); `unread(s)` those it has but that s makes inert (an
-    error when given)."""
+    """One training method: the five fields that define it, its own flags, the rules of its flags, and
+    how its reference code ran (optional). `flags` are the method-dependent flags it may read
+    (method_flags() is their union over all methods); `reads(s)` those the settings s give it (default:
+    all of flags; the others are shown and hashed as None); `unread(s)` those it has but that s makes
+    inert (an error when given)."""
     model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
     #                       .features(x, modal), .head_parameters())
     config: Callable      # settings -> the network's architecture (what its checkpoints record)
     loss: Callable        # settings -> nn.Module: (training outputs, labels) -> (total, {name: term})
-    flags: tuple
+    flags: tuple          # the table's flags it reads (flags.FLAGS)
     heads: tuple          # the config["head"] values of its networks: how a checkpoint finds its method
+    own_flags: tuple = ()  # flags.Flag of the flags it alone reads, with their defaults (added to flags):
+    #                        train_mine.py's parser, the run name, resume and the unused-flag error take them
+    # the rules of its flags
     reads: Callable = None
     unread: Callable = lambda s: ()
-    defaults: dict = field(default_factory=dict)  # {dataset: {flag: published value}}
-    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
-    #                                                                  --backbone_lr_mult
-    keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
-    tag: Callable = lambda s: s.method  # the run name's readable part
-    describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
     compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
-    reference: dict = field(default_factory=dict)  # {flag: value} of the reference code's runs: another value
-    #                                                given explicitly is a combination of ours, said in the log
-    marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a checkpoint that
-    #                    does not fit another method
-    test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
-    extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
-    own_flags: tuple = ()  # flags.Flag of the flags it alone reads, with their defaults (added to flags)
+    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
+    #                                                                  --backbone_lr_mult
+    tag: Callable = lambda s: s.method  # the run name's readable part
+    describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
+    reproduction: Reproduction = Reproduction()
 
     def __post_init__(self):
         object.__setattr__(self, "flags", tuple(self.flags) + tuple(f.name for f in self.own_flags))
@@ -75,24 +85,30 @@ def check_two_stream(s):
                          f"{s.num_strips} strips; use a multiple of {16 * s.num_strips}")
 
 
-def paper_family(triplet, margin=True, center=True, **fields):
+# the paper's own code (the strips' keys) and the reference flags every method of its family shares
+PAPER_CODE = Reproduction(reference=dict(non_local="off", caj_aug="off"), marks=("head.conv_weight",))
+
+
+def paper_family(triplet, margin=True, center=True, reproduction=PAPER_CODE):
     """A method of the paper's network and total loss (ReIDLoss) with its own triplet term
-    (triplet(settings) -> loss module, or None for the ID loss alone); fields: the Method's others."""
+    (triplet(settings) -> loss module, or None for the ID loss alone)."""
     def reads(s):
         strips = ("local_feat_dim", "num_strips") if s.pcb == "on" else ()
         return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "non_local") + strips + \
             (("w_center",) if center else ())
 
-    return Method(**dict(dict(
+    return Method(
         model=model_mine.embed_net, config=two_stream_config,
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center",
                "non_local"),
-        heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
-        tag=lambda s: f"{s.method}_pcb-{s.pcb}", reference=dict(non_local="off", caj_aug="off"),
-        marks=("head.conv_weight",),
+        heads=("pcb", "global"),
+        reads=reads,
+        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)),
+        check=check_two_stream, compares_identities=triplet is not None,
+        tag=lambda s: f"{s.method}_pcb-{s.pcb}",
         describe=lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}",
-        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",))), **fields))
+        reproduction=reproduction)
 
 
 def dgtl_config(s):
@@ -160,38 +176,47 @@ METHODS = {
     "batch-hard": paper_family(lambda s: losses.TripletLoss(margin=s.margin)),
     # AGW's weighted regularised triplet on this project's network (what --method agw was before AGW)
     "wrt": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
-    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",), extra_batch=True,
-                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
-                        defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING,
-                                  "demo": AGW_NETWORK}),
+    "agw": paper_family(
+        lambda s: losses.TripletLoss_WRT(), margin=False,
+        reproduction=Reproduction(
+            defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING, "demo": AGW_NETWORK},
+            reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
+            extra_batch=True, marks=("NL_2.",))),
     # CAJ (Ye et al., ICCV 2021; ICCV21_CAJ/ of the same repository, train_ext.py): AGW's network and
     # optimiser, its three-stream joint batch (--caj_aug), ADP (alpha 1, gamma 1, square 1; the KL term
     # has weight 0 there), 100 epochs; its documented test flips (testa.py)
-    "caj": paper_family(lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
-                        marks=("NL_2.",), test_defaults=dict(flip_test="on"), extra_batch=True,
-                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
-                        defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
-                                  "demo": dict(AGW_NETWORK, caj_aug="on")}),
+    "caj": paper_family(
+        lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
+        reproduction=Reproduction(
+            defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
+                      "demo": dict(AGW_NETWORK, caj_aug="on")},
+            reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
+            test_defaults=dict(flip_test="on"), extra_batch=True, marks=("NL_2.",))),
     "id-only": paper_family(None, margin=False, center=False),
     # DEEN (Zhang and Wang, CVPR 2023; ZYK100/LLCM, DEEN/train.py): its own network (deen.py), CE + triplet
     # + lambda_1 CPM + lambda_2 orthogonality, 384x144, P=6 K=4, 151 epochs, evaluated every epoch from 1
     "deen": Method(
-        model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin",), own_flags=DEEN_FLAGS,
-        loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos), check=check_deen,
-        marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True,
-        reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
-        defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK}),
+        model=deen.DEEN, config=deen_config,
+        loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos),
+        flags=("margin",), heads=("deen",), own_flags=DEEN_FLAGS,
+        check=check_deen,
+        reproduction=Reproduction(
+            defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK},
+            reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
+            test_defaults=dict(flip_test="on"), extra_batch=True, marks=("DEE.", "MFA1."))),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
     "dgtl": Method(
-        model=model_mine.embed_net, config=dgtl_config, heads=("dgtl",),
+        model=model_mine.embed_net, config=dgtl_config,
         loss=lambda s: losses.DGTLLoss(s.margin, s.margin_hc, s.hcloss, s.label_smooth),
         flags=("pcb", "gem_p", "bpool", "cpool", "fuse", "margin", "label_smooth", "hcloss", "margin_hc"),
-        unread=dgtl_unread, check=check_dgtl, keep_ties=True, marks=("classifier_att.",),
-        reference=dict(caj_aug="off"),
-        defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
-                  "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+        heads=("dgtl",),
+        unread=dgtl_unread, check=check_dgtl,
         tag=lambda s: f"dgtl-{s.bpool}-{s.cpool}",
-        describe=lambda s: f"--method dgtl --cpool {s.cpool} --hcloss {s.hcloss}"),
+        describe=lambda s: f"--method dgtl --cpool {s.cpool} --hcloss {s.hcloss}",
+        reproduction=Reproduction(
+            defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
+                      "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+            reference=dict(caj_aug="off"), keep_ties=True, marks=("classifier_att.",))),
 }
 
 
@@ -226,9 +251,9 @@ def method_of(config):
 
 
 def looks_like(state_dict):
-    """The name of the method whose networks alone have keys of this state dict (Method.marks), else None."""
+    """The name of the method whose networks alone have keys of this state dict (Reproduction.marks), else None."""
     for name, method in METHODS.items():
-        if method.marks and any(k.startswith(method.marks) for k in state_dict):
+        if method.reproduction.marks and any(k.startswith(method.reproduction.marks) for k in state_dict):
             return name
     return None
 
@@ -399,7 +424,7 @@ def recorded_method(saved):
 
 def flip_default(method):
     """test_mine.py's --flip_test for a checkpoint of this method: as its reference tests (CAJ's flips)."""
-    return METHODS.get(method, METHODS[COMMON_DEFAULTS["method"]]).test_defaults.get("flip_test", "off")
+    return METHODS.get(method, METHODS[COMMON_DEFAULTS["method"]]).reproduction.test_defaults.get("flip_test", "off")
 
 
 def fill_defaults(args, skip=()):
@@ -408,7 +433,7 @@ def fill_defaults(args, skip=()):
     dataset = get_dataset(args.dataset)
     method = get_method(getattr(args, "method", None) or COMMON_DEFAULTS["method"])
     own = {f.name: f.default for f in method.own_flags}
-    for layer in (method.defaults.get(args.dataset, {}), own, dataset.defaults, COMMON_DEFAULTS):
+    for layer in (method.reproduction.defaults.get(args.dataset, {}), own, dataset.defaults, COMMON_DEFAULTS):
         for key, value in layer.items():
             if key == "gem_p" and getattr(args, "pcb", None) == "off":
                 value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
@@ -446,9 +471,9 @@ def resolve_training(args, explicit):
 
 
 def combination_note(args, explicit):
-    """A log line where flags given explicitly leave the chosen method's reference run (Method.reference),
+    """A log line where flags given explicitly leave the chosen method's reference run (Reproduction.reference),
     else None: the combination is allowed, and its numbers are this project's, not the reference's."""
-    ours = [f"--{k} {getattr(args, k)}" for k, v in METHODS[args.method].reference.items()
+    ours = [f"--{k} {getattr(args, k)}" for k, v in METHODS[args.method].reproduction.reference.items()
             if k in explicit and getattr(args, k) != v]
     if not ours:
         return None

@@ -714,7 +714,7 @@ def train(args, ckpt, name, notes, device, log):
     utils.set_seed(args.seed)
     data = build_train_data(args)
     sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
-                                          args.seed, args.rank, settings.METHODS[args.method].extra_batch,
+                                          args.seed, args.rank, settings.METHODS[args.method].reproduction.extra_batch,
                                           args.world_size)
     batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on")
@@ -742,7 +742,7 @@ def train(args, ckpt, name, notes, device, log):
                      "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
                      "metrics": metrics, "train": stats, "best": best, "name": name}
             if metrics is not None and (metrics["rank1"] > best["rank1"] or (
-                    settings.METHODS[args.method].keep_ties and metrics["rank1"] == best["rank1"])):
+                    settings.METHODS[args.method].reproduction.keep_ties and metrics["rank1"] == best["rank1"])):
                 best = state["best"] = {**metrics, "epoch": epoch}
                 utils.atomic_save(state, paths["best"])
                 log(f"best Rank-1 so far: {metrics['rank1']:.2f}% -> {paths['best']}")
