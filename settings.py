@@ -498,10 +498,6 @@ def check_training(args, explicit):
     check_flags_apply(args, explicit, method)
 
 
-def check_image_size(args):
-    flags.check_ranges(args, (flags.BY_NAME["img_w"], flags.BY_NAME["img_h"]))
-
-
 def check_flags_apply(args, explicit, method):
     """A flag given where nothing reads it is an error: the method's, the dataset's, --cpu_aug's."""
     unused = unread_flags(method, args, explicit)
