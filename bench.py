@@ -62,37 +62,28 @@ def get_args_parser():
     parser.add_argument("--quick", action="store_true", help="small batch, few steps (CPU smoke run)")
     parser.add_argument("--steps", default=None, type=int, help="timed steps per measurement (default 30; quick 3)")
     parser.add_argument("--warmup", default=None, type=int, help="untimed steps first (default 10; quick 1)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
-                        help="P identities per batch (default 6, SYSU-MM01's; quick 2)")
-    parser.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality "
-                                                                  "(default 8, SYSU-MM01's; quick 2)")
-    parser.add_argument("--img_h", default=288, type=int)
-    parser.add_argument("--img_w", default=144, type=int)
-    parser.add_argument("--arch", default="resnet50", choices=settings.CHOICES["arch"])
-    parser.add_argument("--share_net", default=2, type=int, choices=settings.CHOICES["share_net"])
-    parser.add_argument("--num_strips", default=6, type=int)
-    parser.add_argument("--local_feat_dim", default=256, type=int)
-    parser.add_argument("--gem_p", default=3.0, type=float, help="GeM power (SYSU-MM01: 3)")
+    flag = settings.flag
+    flag("batch_size").add_to(parser, help="P identities per batch (default 6, SYSU-MM01's; quick 2)")
+    flag("num_pos").add_to(parser, help="K images per identity and modality (default 8, SYSU-MM01's; quick 2)")
+    # the paper's SYSU-MM01 network
+    for name, value in dict(img_h=288, img_w=144, gem_p=3.0).items():
+        flag(name).add_to(parser, default=value, help=f"default {value} (SYSU-MM01's)")
+    for name in ("arch", "share_net", "num_strips", "local_feat_dim"):
+        flag(name).add_to(parser, default=flag(name).default)
     parser.add_argument("--classes", default=395, type=int, help="identities (SYSU-MM01: 395)")
     parser.add_argument("--ref_workers", default=4, type=int, help="the reference's loader workers (theirs: 4)")
-    parser.add_argument("--workers", default=None, type=int,
-                        help="the fast path's loader workers (default as train_mine.py: 4 on a GPU, 0 on the CPU)")
-    parser.add_argument("--amp", default="auto", help="the fast path's --amp")
-    parser.add_argument("--compile", default="auto", choices=("auto", "off", "default", "reduce-overhead"),
-                        help="the fast path's --compile (auto: CUDA graphs on a CUDA device)")
-    parser.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
-                        help="the fast path's --resident_data (auto: on a GPU where the set fits)")
-    parser.add_argument("--method", default=["hctri"], nargs="+", choices=tuple(settings.METHODS),
-                        help="the fast path of these methods too, beside the paper's (e.g. --method agw caj)")
+    for name in ("workers", "amp", "compile", "resident_data"):  # train_mine.py's, for the fast path
+        flag(name).add_to(parser, default=flag(name).default, help=f"the fast path's --{name} (as train_mine.py)")
+    flag("method").add_to(parser, default=["hctri"], nargs="+",
+                          help="the fast path of these methods too, beside the paper's (e.g. --method agw caj)")
     parser.add_argument("--processes", default=None, type=int, nargs="+",
                         help="the per-process share of a step with N processes (torchrun): the fast step of P/N "
                              "identities, and the N-GPU epoch it predicts (default: 2, 3 and 4 where they divide P)")
     parser.add_argument("--check", action="store_true",
                         help="a self-check of the default training path for a new machine (OK/FAIL lines, exit "
                              "status 1 on a FAIL): run it first on a new GPU")
-    parser.add_argument("--compile_backend", default=None, choices=tuple(train_mine.BACKENDS),
-                        help="--check on a CPU: the compiled path's backend (default inductor where a C++ "
-                             "compiler is found, else aot_eager)")
+    flag("compile_backend").add_to(parser, help="--check on a CPU: the compiled path's backend (default inductor "
+                                                "where a C++ compiler is found, else aot_eager)")
     return parser
 
 
@@ -305,7 +296,7 @@ def train_args(args, steps, method="hctri"):
     base = dict(dataset="sysu", data_path=".", compile=args.compile, resident_data=args.resident_data, lr=LR,
                 method=method, arch=args.arch, batch_size=args.batch_size, num_pos=args.num_pos, img_h=args.img_h,
                 img_w=args.img_w)
-    own = settings.METHODS[method].defaults.get("sysu", {})
+    own = settings.METHODS[method].reproduction.defaults.get("sysu", {})
     network = {k: v for k, v in dict(share_net=args.share_net, num_strips=args.num_strips, gem_p=args.gem_p,
                                      local_feat_dim=args.local_feat_dim, margin=MARGIN, w_center=W_CENTER,
                                      label_smooth="off").items() if k not in own}

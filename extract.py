@@ -32,9 +32,7 @@ import utils
 
 MODALITIES = {"visible": 1, "thermal": 2}  # the model's modal argument: which stream runs
 # flags that say how to build an original-code checkpoint, pick its dataset's defaults, or resize
-ARCH_TYPES = {"method": str, "arch": str, "share_net": int, "pcb": str, "local_feat_dim": int, "num_strips": int,
-              "gm_pool": str, "gem_p": float, "non_local": str, "bpool": str, "cpool": str, "fuse": str}
-MODEL_FLAGS = {"dataset": str, "img_w": int, "img_h": int, **ARCH_TYPES}
+MODEL_FLAGS = ("dataset", "img_w", "img_h") + tuple(f.name for f in settings.architecture_flags())
 
 
 def modal_index(modality, flag="modality"):
@@ -163,13 +161,13 @@ def add_model_flags(parser):
     """--resume, and the flags of an original-code checkpoint (this project's carry their own)."""
     parser.add_argument("--resume", required=True, help="checkpoint file (test_mine.py's --resume)")
     g = parser.add_argument_group("original-code checkpoints: architecture (this project's carry theirs)")
-    g.add_argument("--dataset", default=None,
-                   help="whose defaults fill what is left out (default sysu: 288x144); a checkpoint of this "
-                        "project's records its own (another is refused)")
-    g.add_argument("--img_w", default=None, type=int, help="default: the checkpoint's, else the dataset's")
-    g.add_argument("--img_h", default=None, type=int)
-    for flag, kind in ARCH_TYPES.items():
-        g.add_argument(f"--{flag}", default=None, type=kind, help="as in test_mine.py")
+    settings.flag("dataset").add_to(g, help="whose defaults fill what is left out (default sysu: 288x144); a "
+                                            "checkpoint of this project's records its own (another is refused)",
+                                    choices=None)  # checked with the checkpoint, in one line
+    for name in ("img_w", "img_h"):
+        settings.flag(name).add_to(g, help="default: the checkpoint's, else the dataset's")
+    for flag in settings.architecture_flags():
+        flag.add_to(g)
 
 
 def model_flags(args):
@@ -185,12 +183,9 @@ def get_args_parser():
     parser.add_argument("--out", required=True, help="features, float32 [N, D] .npy")
     parser.add_argument("--csv", default=None, help="image paths in row order (default: --out with .csv)")
     parser.add_argument("--batch_size", default=128, type=int)
-    parser.add_argument("--workers", default=4, type=int, help="threads reading images")
-    parser.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else "
-                                                    "the CPU)")
-    parser.add_argument("--half", action="store_true", help="under bf16/fp16 autocast (for GPUs)")
-    parser.add_argument("--flip_test", default=None, choices=("on", "off"),
-                        help="average with the mirror image's feature (default: on for CAJ's checkpoints)")
+    settings.flag("workers").add_to(parser, default=4, help="threads reading images")
+    for name in ("gpu", "half", "flip_test"):
+        settings.flag(name).add_to(parser)
     return parser
 
 

@@ -8,9 +8,8 @@ once: every flag of the experiment defaults to None on the command line, so that
 explicitly can be told from one left out (a resumed run takes the latter from its checkpoint, and a
 flag the chosen method does not read is an error only when it was given).
 """
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -18,48 +17,58 @@ import data_loader
 import data_manager
 import deen
 import eval_metrics
+import flags
 import loss as losses
 import model_mine
 
-# Closed sets of values, one list per flag: the parsers' choices=, and the check of values that do not
-# come from a command line (a resumed run's checkpoint, a namespace built by hand).
-CHOICES = dict(arch=tuple(model_mine.ARCHS), share_net=tuple(range(6)), pcb=("on", "off"), gm_pool=("on", "off"),
-               label_smooth=("on", "off"), optim=("sgd", "adam"), amp=("auto", "bf16", "fp16", "off"),
-               mode=("all", "indoor"), bpool=model_mine.POOLS, cpool=("no",) + model_mine.POOLS,
-               fuse=("sum", "cat"), hcloss=losses.HCLOSSES, non_local=("on", "off"), caj_aug=("on", "off"))
+CHOICES = flags.choices(flags.FLAGS)
 
 
 # ----------------------------------------------------------------------------- methods
 
 @dataclass(frozen=True)
+class Reproduction:
+    """What a method's reference code did, for reproducing its runs; optional (a method of this project's
+    own has none)."""
+    defaults: dict = field(default_factory=dict)  # {dataset: {flag: published value}}
+    reference: dict = field(default_factory=dict)  # {flag: value} of the reference code's runs: another value
+    #                                                given explicitly is a combination of ours, said in the log
+    test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
+    keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
+    extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
+    marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a reference code's
+    #                    checkpoint that does not fit another method
+
+
+@dataclass(frozen=True)
 class Method:
-    """One training method. `flags` are the method-dependent flags it may read (method_flags() is
-    their union over all methods); `reads(s)` those the settings s give it (default: all of flags;
-    the others are shown and hashed as None); `unread(s)` those it has but that s makes inert (an
-    error when given)."""
+    """One training method: the five fields that define it, its own flags, the rules of its flags, and
+    how its reference code ran (optional). `flags` are the method-dependent flags it may read
+    (method_flags() is their union over all methods); `reads(s)` those the settings s give it (default:
+    all of flags; the others are shown and hashed as None); `unread(s)` those it has but that s makes
+    inert (an error when given)."""
     model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
     #                       .features(x, modal), .head_parameters())
     config: Callable      # settings -> the network's architecture (what its checkpoints record)
     loss: Callable        # settings -> nn.Module: (training outputs, labels) -> (total, {name: term})
-    flags: tuple
+    flags: tuple          # the table's flags it reads (flags.FLAGS)
     heads: tuple          # the config["head"] values of its networks: how a checkpoint finds its method
+    own_flags: tuple = ()  # flags.Flag of the flags it alone reads, with their defaults (added to flags):
+    #                        train_mine.py's parser, the run name, resume and the unused-flag error take them
+    # the rules of its flags
     reads: Callable = None
     unread: Callable = lambda s: ()
-    defaults: dict = field(default_factory=dict)  # {dataset: {flag: published value}}
-    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
-    #                                                                  --backbone_lr_mult
-    keep_ties: bool = False  # on equal Rank-1 the kept checkpoint is the later epoch's
-    tag: Callable = lambda s: s.method  # the run name's readable part
-    describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
     compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
-    reference: dict = field(default_factory=dict)  # {flag: value} of the reference code's runs: another value
-    #                                                given explicitly is a combination of ours, said in the log
-    marks: tuple = ()  # state-dict key prefixes only its networks have: names it for a checkpoint that
-    #                    does not fit another method
-    test_defaults: dict = field(default_factory=dict)  # test_mine.py's flags as its reference tests
-    extra_batch: bool = False  # its reference's sampler runs max(N_v, N_t) // (P*K) + 1 batches an epoch
+    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
+    #                                                                  --backbone_lr_mult
+    tag: Callable = lambda s: s.method  # the run name's readable part
+    describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     augment: Callable = lambda s: {}  # settings -> data_loader.BatchAugment's method-specific arguments
+    reproduction: Reproduction = Reproduction()
+
+    def __post_init__(self):
+        object.__setattr__(self, "flags", tuple(self.flags) + tuple(f.name for f in self.own_flags))
 
 
 def two_stream_config(s):
@@ -77,24 +86,30 @@ def check_two_stream(s):
                          f"{s.num_strips} strips; use a multiple of {16 * s.num_strips}")
 
 
-def paper_family(triplet, margin=True, center=True, **fields):
+# the paper's own code (the strips' keys) and the reference flags every method of its family shares
+PAPER_CODE = Reproduction(reference=dict(non_local="off", caj_aug="off"), marks=("head.conv_weight",))
+
+
+def paper_family(triplet, margin=True, center=True, reproduction=PAPER_CODE):
     """A method of the paper's network and total loss (ReIDLoss) with its own triplet term
-    (triplet(settings) -> loss module, or None for the ID loss alone); fields: the Method's others."""
+    (triplet(settings) -> loss module, or None for the ID loss alone)."""
     def reads(s):
         strips = ("local_feat_dim", "num_strips") if s.pcb == "on" else ()
         return ("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "non_local") + strips + \
             (("w_center",) if center else ())
 
-    return Method(**dict(dict(
+    return Method(
         model=model_mine.embed_net, config=two_stream_config,
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center",
                "non_local"),
-        heads=("pcb", "global"), reads=reads, check=check_two_stream, compares_identities=triplet is not None,
-        tag=lambda s: f"{s.method}_pcb-{s.pcb}", reference=dict(non_local="off", caj_aug="off"),
-        marks=("head.conv_weight",),
+        heads=("pcb", "global"),
+        reads=reads,
+        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)),
+        check=check_two_stream, compares_identities=triplet is not None,
+        tag=lambda s: f"{s.method}_pcb-{s.pcb}",
         describe=lambda s: f"--method {s.method} --pcb {s.pcb} --gm_pool {s.gm_pool}",
-        unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",))), **fields))
+        reproduction=reproduction)
 
 
 def dgtl_config(s):
@@ -134,7 +149,10 @@ AGW_NETWORK = dict(pcb="off", share_net=1, non_local="on", gm_pool="on", gem_p=3
 AGW_SETTING = dict(AGW_NETWORK, batch_size=8, num_pos=4, epochs=81, eval_start=2, eval_every=2, optim="sgd",
                    backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", erasing_p=0.0, pad=10)
 CAJ_SETTING = dict(AGW_SETTING, epochs=100, caj_aug="on")
-DEEN_NETWORK = dict(share_net=1, margin=0.3, lambda_1=0.8, lambda_2=0.01)
+# DEEN's own loss weights (DEEN/train.py's --lambda_1, --lambda_2)
+DEEN_FLAGS = (flags.Flag("lambda_1", float, 0.8, "DEEN: weight of its CPM loss (default 0.8)", low=0),
+              flags.Flag("lambda_2", float, 0.01, "DEEN: weight of its orthogonality loss (default 0.01)", low=0))
+DEEN_NETWORK = dict(share_net=1, margin=0.3, **{f.name: f.default for f in DEEN_FLAGS})
 DEEN_SETTING = dict(DEEN_NETWORK, img_h=384, img_w=144, batch_size=6, num_pos=4, epochs=151, eval_start=1,
                     eval_every=1, optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,80", pad=10,
                     erasing_p=0.5)
@@ -169,38 +187,47 @@ METHODS = {
     "batch-hard": paper_family(lambda s: losses.TripletLoss(margin=s.margin)),
     # AGW's weighted regularised triplet on this project's network (what --method agw was before AGW)
     "wrt": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False),
-    "agw": paper_family(lambda s: losses.TripletLoss_WRT(), margin=False, marks=("NL_2.",), extra_batch=True,
-                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
-                        defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING,
-                                  "demo": AGW_NETWORK}),
+    "agw": paper_family(
+        lambda s: losses.TripletLoss_WRT(), margin=False,
+        reproduction=Reproduction(
+            defaults={"sysu": AGW_SETTING, "regdb": AGW_SETTING, "llcm": AGW_SETTING, "demo": AGW_NETWORK},
+            reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="off"),
+            extra_batch=True, marks=("NL_2.",))),
     # CAJ (Ye et al., ICCV 2021; ICCV21_CAJ/ of the same repository, train_ext.py): AGW's network and
     # optimiser, its three-stream joint batch (--caj_aug), ADP (alpha 1, gamma 1, square 1; the KL term
     # has weight 0 there), 100 epochs; its documented test flips (testa.py)
-    "caj": paper_family(lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
-                        marks=("NL_2.",), test_defaults=dict(flip_test="on"), extra_batch=True,
-                        reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
-                        defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
-                                  "demo": dict(AGW_NETWORK, caj_aug="on")}),
+    "caj": paper_family(
+        lambda s: losses.TripletLoss_ADP(alpha=1, gamma=1, square=1), margin=False,
+        reproduction=Reproduction(
+            defaults={"sysu": CAJ_SETTING, "regdb": CAJ_SETTING, "llcm": CAJ_SETTING,
+                      "demo": dict(AGW_NETWORK, caj_aug="on")},
+            reference=dict(AGW_NETWORK, arch="resnet50", erasing_p=0.0, caj_aug="on"),
+            test_defaults=dict(flip_test="on"), extra_batch=True, marks=("NL_2.",))),
     "id-only": paper_family(None, margin=False, center=False),
     # DEEN (Zhang and Wang, CVPR 2023; ZYK100/LLCM, DEEN/train.py): its own network (deen.py), CE + triplet
     # + lambda_1 CPM + lambda_2 orthogonality, 384x144, P=6 K=4, 151 epochs, evaluated every epoch from 1
     "deen": Method(
-        model=deen.DEEN, config=deen_config, heads=("deen",), flags=("margin", "lambda_1", "lambda_2"),
-        loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos), check=check_deen,
-        marks=("DEE.", "MFA1."), test_defaults=dict(flip_test="on"), extra_batch=True, augment=deen_augment,
-        reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
-        defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK}),
+        model=deen.DEEN, config=deen_config,
+        loss=lambda s: deen.DEENLoss(s.margin, s.lambda_1, s.lambda_2, s.num_pos),
+        flags=("margin",), heads=("deen",), own_flags=DEEN_FLAGS,
+        check=check_deen, augment=deen_augment,
+        reproduction=Reproduction(
+            defaults={"sysu": DEEN_SETTING, "regdb": DEEN_SETTING, "llcm": DEEN_SETTING, "demo": DEEN_NETWORK},
+            reference=dict(DEEN_NETWORK, arch="resnet50", caj_aug="off"),
+            test_defaults=dict(flip_test="on"), extra_batch=True, marks=("DEE.", "MFA1."))),
     # DGTL (Liu et al., IEEE SPL 2021): its reference keeps the later of two epochs of equal Rank-1 (>=)
     "dgtl": Method(
-        model=model_mine.embed_net, config=dgtl_config, heads=("dgtl",),
+        model=model_mine.embed_net, config=dgtl_config,
         loss=lambda s: losses.DGTLLoss(s.margin, s.margin_hc, s.hcloss, s.label_smooth),
         flags=("pcb", "gem_p", "bpool", "cpool", "fuse", "margin", "label_smooth", "hcloss", "margin_hc"),
-        unread=dgtl_unread, check=check_dgtl, keep_ties=True, marks=("classifier_att.",),
-        reference=dict(caj_aug="off"),
-        defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
-                  "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+        heads=("dgtl",),
+        unread=dgtl_unread, check=check_dgtl,
         tag=lambda s: f"dgtl-{s.bpool}-{s.cpool}",
-        describe=lambda s: f"--method dgtl --cpool {s.cpool} --hcloss {s.hcloss}"),
+        describe=lambda s: f"--method dgtl --cpool {s.cpool} --hcloss {s.hcloss}",
+        reproduction=Reproduction(
+            defaults={"regdb": dict(_DGTL_REGDB, epochs=31, eval_start=5, eval_every=5), "sysu": _DGTL_SYSU,
+                      "llcm": _DGTL_SYSU, "demo": dict(_DGTL_REGDB)},
+            reference=dict(caj_aug="off"), keep_ties=True, marks=("classifier_att.",))),
 }
 
 
@@ -235,9 +262,9 @@ def method_of(config):
 
 
 def looks_like(state_dict):
-    """The name of the method whose networks alone have keys of this state dict (Method.marks), else None."""
+    """The name of the method whose networks alone have keys of this state dict (Reproduction.marks), else None."""
     for name, method in METHODS.items():
-        if method.marks and any(k.startswith(method.marks) for k in state_dict):
+        if method.reproduction.marks and any(k.startswith(method.reproduction.marks) for k in state_dict):
             return name
     return None
 
@@ -358,16 +385,44 @@ def with_test_flags(args):
 
 # ----------------------------------------------------------------------------- defaults
 
-COMMON_DEFAULTS = dict(arch="resnet50", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gm_pool="on",
-                       non_local="off", caj_aug="off",
-                       method="hctri", margin=0.3, weight_decay=5e-4, seed=0, erasing_p=0.0, channel_aug=0.0,
-                       eval_every=2, mode="all", steps_per_epoch=0, trial=1)
+# the declared defaults of the experiment's flags: what neither the method nor the dataset sets
+COMMON_DEFAULTS = {f.name: f.default for f in flags.FLAGS if "experiment" in f.scope and f.default is not None}
+# the table's experiment flags added after run names were first given (flags.Flag.later)
+LATER_FLAGS = {f.name: f.later for f in flags.FLAGS if f.later is not flags.UNSET}
 
 
-# Experiment flags added after run names were first given, with the behaviour of runs from before: they
-# enter a run's name only with another value (names stay as they were), and a checkpoint that does not
-# record one ran with that value
-LATER_FLAGS = {"non_local": "off", "caj_aug": "off", "lambda_1": None, "lambda_2": None}
+def training_flags():
+    """train_mine.py's flags: the table's, --dataset and --method with their choices, and each method's own
+    (Method.own_flags). A method's own flag enters a run's name only when set, so that runs of the other
+    methods keep their names."""
+    known = {"dataset": tuple(DATASETS), "method": tuple(METHODS)}
+    own = (replace(f, later=None, group=f"--method {name}'s own") for name, m in METHODS.items() for f in m.own_flags)
+    return tuple(replace(f, choices=known[f.name]) if f.name in known else f for f in flags.FLAGS
+                 if f.scope != flags.TEST) + tuple({f.name: f for f in own}.values())
+
+
+def flag(name):
+    """The declaration of one flag (test-time ones included), as training_flags() gives it."""
+    return {f.name: f for f in flags.FLAGS + training_flags()}[name]
+
+
+def architecture_flags():
+    """The flags a checkpoint's network config records: test_mine.py's and extract.py's for the original
+    codes' checkpoints, which record none."""
+    return tuple(f for f in training_flags() if "architecture" in f.scope)
+
+
+def experiment_flags():
+    return flags.names(training_flags(), "experiment")
+
+
+def locked_flags():
+    return flags.names(training_flags(), "locked")
+
+
+def later_flags():
+    """{flag: the value of runs from before it}: the table's, and every method's own flag (None)."""
+    return {f.name: f.later for f in training_flags() if f.later is not flags.UNSET}
 
 
 def recorded_method(saved):
@@ -383,7 +438,7 @@ def recorded_method(saved):
 
 def flip_default(method):
     """test_mine.py's --flip_test for a checkpoint of this method: as its reference tests (CAJ's flips)."""
-    return METHODS.get(method, METHODS[COMMON_DEFAULTS["method"]]).test_defaults.get("flip_test", "off")
+    return METHODS.get(method, METHODS[COMMON_DEFAULTS["method"]]).reproduction.test_defaults.get("flip_test", "off")
 
 
 def fill_defaults(args, skip=()):
@@ -391,7 +446,8 @@ def fill_defaults(args, skip=()):
     (and args.method, where the method has its own), else to COMMON_DEFAULTS."""
     dataset = get_dataset(args.dataset)
     method = get_method(getattr(args, "method", None) or COMMON_DEFAULTS["method"])
-    for layer in (method.defaults.get(args.dataset, {}), dataset.defaults, COMMON_DEFAULTS):
+    own = {f.name: f.default for f in method.own_flags}
+    for layer in (method.reproduction.defaults.get(args.dataset, {}), own, dataset.defaults, COMMON_DEFAULTS):
         for key, value in layer.items():
             if key == "gem_p" and getattr(args, "pcb", None) == "off":
                 value = 3.0  # the published p (10 on RegDB) is the PCB strips'; the global heads' is 3
@@ -402,12 +458,12 @@ def fill_defaults(args, skip=()):
     return args
 
 
-def check_choices(args, flags):
-    """Closed-set flags (CHOICES) among flags whose value is set: one of their values."""
-    for flag in flags:
+def check_choices(args, closed):
+    """Closed-set flags ({flag: values}) among those whose value is set: one of their values."""
+    for flag, values in closed.items():
         value = getattr(args, flag, None)
-        if value is not None and flag in CHOICES and value not in CHOICES[flag]:
-            raise ValueError(f"--{flag} must be one of {', '.join(map(str, CHOICES[flag]))}, got {value!r}")
+        if value is not None and value not in values:
+            raise ValueError(f"--{flag} must be one of {', '.join(map(str, values))}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- training's settings
@@ -416,12 +472,10 @@ def resolve_training(args, explicit):
     """train_mine.py's settings resolved and checked, before any work: the defaults of the dataset
     and method filled in, every flag checked, the method's unread flags set to None (so that they
     are shown and hashed as unset). explicit: the flags given on the command line."""
-    args.dataset = args.dataset or "sysu"
+    args.dataset = args.dataset or COMMON_DEFAULTS["dataset"]
     fill_defaults(args)
-    args.amp = args.amp or "auto"
     if args.lr is None:  # whatever the number of processes: they share one global batch of P identities
         args.lr = 0.1 if args.optim == "sgd" else 3.5e-4
-    args.cpu_aug = bool(args.cpu_aug)
     args.data_path = os.path.abspath(args.data_path)  # a resume from another folder reads the same data
     check_training(args, explicit)
     method = METHODS[args.method]
@@ -431,9 +485,9 @@ def resolve_training(args, explicit):
 
 
 def combination_note(args, explicit):
-    """A log line where flags given explicitly leave the chosen method's reference run (Method.reference),
+    """A log line where flags given explicitly leave the chosen method's reference run (Reproduction.reference),
     else None: the combination is allowed, and its numbers are this project's, not the reference's."""
-    ours = [f"--{k} {getattr(args, k)}" for k, v in METHODS[args.method].reference.items()
+    ours = [f"--{k} {getattr(args, k)}" for k, v in METHODS[args.method].reproduction.reference.items()
             if k in explicit and getattr(args, k) != v]
     if not ours:
         return None
@@ -444,26 +498,9 @@ def combination_note(args, explicit):
 def check_training(args, explicit):
     """Every training flag checked, each error naming its flag."""
     method = get_method(args.method)
-    check_choices(args, CHOICES)
-    for flag in ("img_w", "img_h", "batch_size", "num_pos", "epochs", "test_batch", "eval_every", "print_freq",
-                 "local_feat_dim", "num_strips", "trial"):
-        at_least(args, flag, 1)
-    check_image_size(args)
-    for flag in ("pad", "warmup_epochs", "steps_per_epoch", "eval_start", "margin", "weight_decay",
-                 "backbone_lr_mult", "w_center", "seed", "margin_hc", "lambda_1", "lambda_2") + (("workers",) if args.workers is not None
-                                                                          else ()):
-        at_least(args, flag, 0, skip_none=flag in ("margin_hc", "lambda_1", "lambda_2"))
-    bad = [f for f, v in sorted(vars(args).items()) if isinstance(v, float) and not math.isfinite(v)]
-    if bad:  # inf and nan pass every comparison below that is written as 'not ok'; name them first
-        raise ValueError(f"--{bad[0]} must be a finite number, got {getattr(args, bad[0])}")
-    for flag in ("erasing_p", "channel_aug"):
-        if not 0 <= getattr(args, flag) <= 1:
-            raise ValueError(f"--{flag} is a probability in [0, 1], got {getattr(args, flag)}")
-    for flag in ("lr", "gem_p"):
-        if not getattr(args, flag) > 0:
-            raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    if args.seed > 2 ** 32 - 1:
-        raise ValueError(f"--seed must be at most {2 ** 32 - 1} (numpy's seed range), got {args.seed}")
+    every = training_flags()
+    check_choices(args, flags.choices(every))
+    flags.check_ranges(args, every)
     if args.batch_size == 1 and method.compares_identities:
         raise ValueError(f"--batch-size 1: the {args.method} triplet term compares identities and needs at least 2 "
                          f"per batch (with 1 it is always 0); use --batch-size 2 or more, or --method id-only")
@@ -473,24 +510,6 @@ def check_training(args, explicit):
     if getattr(args, "looped_head", False) and args.pcb != "on":
         raise ValueError("--looped_head: the per-strip loop exists for the PCB head only (--pcb on)")
     check_flags_apply(args, explicit, method)
-
-
-def at_least(args, flag, low, skip_none=False):
-    value = getattr(args, flag)
-    if (value is None and not skip_none) or (value is not None and value < low):
-        raise ValueError(f"--{flag} must be >= {low}, got {value}")
-
-
-# pixels a side: far above any re-ID setting (288x144); a larger --img_h/--img_w is a typo, and the first
-# forward pass would ask for terabytes
-MAX_IMG_SIDE = 4096
-
-
-def check_image_size(args):
-    for flag in ("img_w", "img_h"):
-        value = getattr(args, flag, None)
-        if value is not None and value > MAX_IMG_SIDE:
-            raise ValueError(f"--{flag} must be at most {MAX_IMG_SIDE} pixels, got {value}")
 
 
 def check_flags_apply(args, explicit, method):

@@ -25,6 +25,7 @@ import data_manager
 import demo_data
 import fileio
 import eval_metrics
+import flags
 import settings
 import utils
 import visualize
@@ -34,17 +35,17 @@ RE_RANK = ("no", "k_reciprocal", "random_walk")
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Evaluate a VT Re-ID checkpoint", add_help=add_help)
-    C = settings.CHOICES
+    flag = settings.flag
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="sysu", choices=tuple(settings.DATASETS))
-    g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
-    g.add_argument("--mode", default=None, choices=C["mode"], help="SYSU search mode (default all)")
+    flag("dataset").add_to(g, default="sysu", help="default sysu")
+    flag("data_path").add_to(g)
+    flag("mode").add_to(g, help="SYSU search mode (default all)")
     g.add_argument("--gall_mode", default=None, choices=("single", "multi"),
                    help="SYSU gallery: single (default) | multi (10 per camera)")
     g.add_argument("--trials", default=None, nargs="+",
                    help="SYSU/LLCM gallery trials (default 0-9); RegDB splits (default 1-10 with {trial} in "
                         "--resume, else the checkpoint's own); e.g. 0-9, 1,3,5 or 0 1 2")
-    g.add_argument("--trial", default=None, type=int, help="RegDB split, when --trials is not given")
+    flag("trial").add_to(g, help="RegDB split, when --trials is not given")
     g.add_argument("--cross_split", default=None, action="store_true",
                    help="RegDB/demo: allow testing a checkpoint on a split other than the one it records "
                         "(a cross-split study; its training identities are then among the test ones)")
@@ -57,35 +58,19 @@ def get_args_parser(add_help=True):
                    help="LLCM: ir2vis (infrared->visible, default), vis2ir (visible->infrared as the official "
                         "test script computes it: roles swapped, the published second column group), "
                         "vis2ir_literal, both (ir2vis + vis2ir) or all")
-    g.add_argument("--img_w", default=None, type=int, help="default: the checkpoint's, else the dataset's")
-    g.add_argument("--img_h", default=None, type=int)
-    g.add_argument("--workers", default=4, type=int, help="threads reading images")
+    for name in ("img_w", "img_h"):
+        flag(name).add_to(g, help="default: the checkpoint's, else the dataset's")
+    flag("workers").add_to(g, default=4, help="threads reading images")
     g = parser.add_argument_group("checkpoint")
-    g.add_argument("--resume", default="", help="checkpoint file; for RegDB may contain {trial}")
-    g.add_argument("--model_path", default="save_model/", help="folder tried when --resume is not found as given")
+    flag("resume").add_to(g, help="checkpoint file; for RegDB may contain {trial}")
+    flag("model_path").add_to(g, default="save_model/", help="folder tried when --resume is not found as given")
     g = parser.add_argument_group("architecture of the original code's checkpoints (ours carry theirs)")
-    g.add_argument("--method", default=None, choices=tuple(settings.METHODS),
-                   help="the method that trained the network (default hctri; a flag that one method reads "
-                        "alone, such as DGTL's --bpool, --cpool or --fuse, implies that method)")
-    g.add_argument("--arch", default=None, choices=C["arch"], help="default resnet50")
-    g.add_argument("--share_net", default=None, type=int, choices=C["share_net"], help="default 2")
-    g.add_argument("--pcb", default=None, choices=C["pcb"], help="default on; DGTL off")
-    g.add_argument("--local_feat_dim", default=None, type=int, help="default 256")
-    g.add_argument("--num_strips", default=None, type=int, help="default 6")
-    g.add_argument("--gm_pool", default=None, choices=C["gm_pool"], help="default on")
-    g.add_argument("--gem_p", default=None, type=float, help="default: PCB 10 (RegDB), 3 (SYSU); --pcb off 3")
-    g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine pooling (default RegDB max, SYSU avg)")
-    g.add_argument("--cpool", default=None, choices=C["cpool"], help="DGTL coarse pooling (default max)")
-    g.add_argument("--fuse", default=None, choices=C["fuse"], help="DGTL fusion (default sum)")
-    g.add_argument("--non_local", default=None, choices=C["non_local"], help="AGW's non-local blocks (AGW on)")
+    for arch_flag in settings.architecture_flags():
+        arch_flag.add_to(g)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--re_rank", default="no", choices=RE_RANK)
-    g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
-    g.add_argument("--half", action="store_true", help="extract features under bf16/fp16 autocast")
-    g.add_argument("--flip_test", default=None, choices=("on", "off"),
-                   help="average each feature with its mirror image's (default: as the checkpoint's method's "
-                        "reference tests: on for CAJ, else off)")
-    g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
+    for name in ("test_batch", "half", "flip_test", "gpu"):
+        flag(name).add_to(g)
     g.add_argument("--json", default=None, help="write every metric of every trial, mean and std here (a folder "
                                                 "search: every query's top-k)")
     g.add_argument("--log_path", default=None, help="results.csv (one row per run) is appended here (default log/)")
@@ -108,8 +93,7 @@ def picture_flags(parser):
                    help="search: modality of the query images (default thermal; the gallery is the other)")
 
 
-ARCH_FLAGS = ("method", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
-              "non_local", "bpool", "cpool", "fuse")
+ARCH_FLAGS = tuple(f.name for f in settings.architecture_flags())
 
 
 def resolve_checkpoint(path, model_path):
@@ -517,13 +501,13 @@ def resolve_model_flags(args, skip=(), log=print):
 
 def validate_args(args):
     settings.check_choices(args, settings.CHOICES)
-    for flag, low in (("test_batch", 1), ("top_k", 1), ("workers", 0), ("visualize", 0), ("img_w", 1),
-                      ("img_h", 1), ("local_feat_dim", 1), ("num_strips", 1)):
+    for flag, low in (("top_k", 1), ("visualize", 0)):  # this script's own
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
-    settings.check_image_size(args)
     if args.gem_p is not None and not (math.isfinite(args.gem_p) and args.gem_p > 0):
         raise ValueError(f"--gem_p must be a finite number > 0, got {args.gem_p}")
+    flags.check_ranges(args, [settings.flag(k) for k in ("test_batch", "workers", "img_w", "img_h",
+                                                                  "local_feat_dim", "num_strips")])
     if args.trials is not None:
         utils.parse_trials(args.trials)
         if args.trial is not None:

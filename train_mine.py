@@ -33,138 +33,14 @@ import data_loader
 import demo_data
 import eval_metrics
 import fileio
+import flags
 import settings
 import utils
-
-# Flags that define the experiment: they name the run, and a resumed run takes those not given
-# explicitly from its checkpoint. LOCKED ones cannot change on resume (the weights depend on them; a
-# split's test identities are partly the other splits' training ones).
-EXPERIMENT_FLAGS = ("dataset", "data_path", "trial", "mode", "img_w", "img_h", "pad", "erasing_p", "channel_aug",
-                    "cpu_aug", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "gm_pool", "gem_p",
-                    "pretrained", "bpool", "cpool", "fuse", "method", "margin", "w_center", "label_smooth",
-                    "hcloss", "margin_hc", "optim", "lr", "weight_decay", "backbone_lr_mult", "warmup_epochs",
-                    "lr_steps", "epochs", "batch_size", "num_pos", "steps_per_epoch", "seed", "eval_start",
-                    "eval_every", "amp", "non_local", "caj_aug", "lambda_1", "lambda_2")
-LOCKED = ("dataset", "trial", "arch", "share_net", "pcb", "local_feat_dim", "num_strips", "method", "bpool", "cpool",
-          "fuse", "non_local")
-
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description="Train a VT Re-ID model (HcTri / PCB / share_net, or DGTL)",
                                      add_help=add_help)
-    for add in (data_flags, model_flags, schedule_flags, speed_flags):
-        add(parser, settings.CHOICES)
-    return parser
-
-
-def data_flags(parser, C):
-    """The data and its augmentation."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default=None, choices=tuple(settings.DATASETS), help="default sysu")
-    g.add_argument("--data_path", default=None, help="dataset root (default for demo: data/demo)")
-    g.add_argument("--trial", default=None, type=int, help="RegDB split 1..10 (default 1)")
-    g.add_argument("--mode", default=None, choices=C["mode"], help="SYSU evaluation during training (default all)")
-    g.add_argument("--img_w", default=None, type=int, help="default 144 (demo 32)")
-    g.add_argument("--img_h", default=None, type=int, help="default 288 (demo 64); PCB: a multiple of 16 x strips")
-    g.add_argument("--workers", default=None, type=int,
-                   help="data loading processes (default 4 on a GPU, 0 on the CPU, where batches are cheap; "
-                        "with the training set resident on the device they only read RegDB and test images)")
-    g.add_argument("--resident_data", default="auto", choices=("auto", "on", "off"),
-                   help="keep the uint8 training set on the training device and gather each batch there "
-                        "(auto: on a CUDA device where it takes at most 25%% of its memory and leaves 8 GiB "
-                        "free, and not with --cpu_aug, whose per-image transform runs in the loader)")
-    g.add_argument("--pad", default=None, type=int,
-                   help="zero padding before the random crop, px (default 10; demo 2: the same fraction of a "
-                        "64x32 image, so that parts stay in their strips)")
-    g.add_argument("--erasing_p", default=None, type=float, help="random erasing probability (default 0: off)")
-    g.add_argument("--channel_aug", default=None, type=float,
-                   help="probability of this project's channel augmentation of the visible images, after Ye et al. "
-                        "ICCV 2021 (default 0: off; CAJ's own is --caj_aug)")
-    g.add_argument("--caj_aug", default=None, choices=C["caj_aug"],
-                   help="CAJ's joint batch (Ye et al., ICCV 2021): each visible image also as a channel-exchanged "
-                        "copy, channel random erasing on all three streams, random channel or grayscale on the "
-                        "thermal images (default off; CAJ on)")
-    g.add_argument("--cpu_aug", default=None, action="store_true",
-                   help="the authors' per-image PIL augmentation in the workers (slow; for comparisons)")
-
-
-def model_flags(parser, C):
-    """The network and its loss."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--arch", default=None, choices=C["arch"], help="default resnet50; demo resnet18")
-    g.add_argument("--share_net", default=None, type=int, choices=C["share_net"],
-                   help="0 all shared ... 5 nothing shared (default 2)")
-    g.add_argument("--pcb", default=None, choices=C["pcb"], help="on: part strips; off: global feature (default on; "
-                                                               "DGTL off)")
-    g.add_argument("--local_feat_dim", default=None, type=int, help="PCB strip feature size (default 256)")
-    g.add_argument("--num_strips", default=None, type=int, help="PCB strips (default 6; demo 4)")
-    g.add_argument("--gm_pool", default=None, choices=C["gm_pool"], help="GeM pooling (default on)")
-    g.add_argument("--gem_p", default=None, type=float,
-                   help="GeM power (default: PCB 10 RegDB, 3 SYSU; global heads and DGTL 3)")
-    g.add_argument("--pretrained", default=None, help="imagenet | none | PATH (default imagenet; demo none)")
-    g.add_argument("--non_local", default=None, choices=C["non_local"],
-                   help="AGW's five non-local blocks in layer2 and layer3 (default off; AGW on)")
-    g.add_argument("--bpool", default=None, choices=C["bpool"], help="DGTL fine-branch pooling")
-    g.add_argument("--cpool", default=None, choices=C["cpool"],
-                   help="DGTL coarse-branch pooling (the reference's unpublished wpa is not implemented)")
-    g.add_argument("--fuse", default=None, choices=C["fuse"], help="DGTL coarse fusion with the BN-ed fine feature")
-    g = parser.add_argument_group("loss")
-    g.add_argument("--method", default=None, choices=tuple(settings.METHODS), help="default hctri")
-    g.add_argument("--margin", default=None, type=float, help="triplet margin (default 0.3)")
-    g.add_argument("--w_center", default=None, type=float, help="weight of the strips' triplet losses")
-    g.add_argument("--label_smooth", default=None, choices=C["label_smooth"])
-    g.add_argument("--hcloss", default=None, choices=C["hcloss"], help="DGTL center-granularity loss")
-    g.add_argument("--margin_hc", default=None, type=float, help="DGTL: added to --margin for HcTri")
-    g.add_argument("--lambda_1", default=None, type=float, help="DEEN: weight of its CPM loss (default 0.8)")
-    g.add_argument("--lambda_2", default=None, type=float, help="DEEN: weight of its orthogonality loss (default 0.01)")
-
-
-def schedule_flags(parser, C):
-    """Optimisation, evaluation and checkpoints."""
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--optim", default=None, choices=C["optim"], help="default sgd; demo adam")
-    g.add_argument("--lr", default=None, type=float,
-                   help="head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3, "
-                        "whatever the number of processes: they share one batch)")
-    g.add_argument("--weight_decay", default=None, type=float, help="default 5e-4")
-    g.add_argument("--backbone_lr_mult", default=None, type=float,
-                   help="backbone learning rate / head learning rate (default 0.1; demo 1, it starts from scratch)")
-    g.add_argument("--warmup_epochs", default=None, type=int, help="linear warm-up epochs (default 10)")
-    g.add_argument("--lr_steps", default=None, help="epochs where the rate drops x0.1 (default 20,50)")
-    g.add_argument("--epochs", default=None, type=int, help="default 61 (epochs 0..60; DGTL RegDB 31; demo 12)")
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", default=None, type=int,
-                   help="P identities per optimiser step, over all processes (torchrun: P/N each)")
-    g.add_argument("--num_pos", default=None, type=int, help="K images per identity and modality")
-    g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (default 0: a full epoch)")
-    g = parser.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval_start", default=None, type=int, help="first epoch evaluated (default 10; DGTL 5; demo 11)")
-    g.add_argument("--eval_every", default=None, type=int, help="evaluate every N epochs from eval_start (default 2)")
-    g.add_argument("--test-batch", "--test_batch", dest="test_batch", default=128, type=int)
-    g.add_argument("--model_path", default=None,
-                   help="checkpoint folder (default save_model/; a resumed run: its checkpoint's folder)")
-    g.add_argument("--log_path", default="log/", help="log folder")
-    g.add_argument("--resume", default="", help="continue the run of this checkpoint (its _last.pth)")
-
-
-def speed_flags(parser, C):
-    """Speed and hardware."""
-    g = parser.add_argument_group("speed and hardware")
-    g.add_argument("--gpu", default=None, help="CUDA device index, or 'cpu' (default: the first GPU, else the CPU)")
-    g.add_argument("--amp", default=None, choices=C["amp"], help="auto: bf16 on GPUs that have it, else fp16; full "
-                                                                 "precision on the CPU")
-    g.add_argument("--compile", default="auto", nargs="?", const="default",
-                   choices=("auto", "off", "default", "reduce-overhead"),
-                   help="torch.compile the model (auto: mode reduce-overhead, i.e. CUDA graphs, on a single "
-                        "CUDA device; eager elsewhere)")
-    g.add_argument("--compile_backend", default=None, choices=tuple(BACKENDS),
-                   help="torch.compile's backend with --compile: inductor (default) | aot_eager (eager kernels, "
-                        "no C++ compiler: to tell an inductor failure from the model's)")
-    g.add_argument("--looped_head", action="store_true", help="the authors' per-strip loop (for comparisons)")
-    g.add_argument("--sync_bn", action="store_true",
-                   help="torchrun: batch norm over the whole global batch (SyncBatchNorm, CUDA; default: "
-                        "each process's own images)")
-    g.add_argument("--seed", default=None, type=int, help="default 0")
-    g.add_argument("--print_freq", default=10, type=int, help="steps between progress updates")
+    return flags.add_groups(parser, settings.training_flags())
 
 
 # ----------------------------------------------------------------------------- settings
@@ -172,8 +48,9 @@ def speed_flags(parser, C):
 def run_name(args):
     """A readable name plus a hash of every experiment flag: different experiments never share files."""
     # the split is in the readable name, not in the hash: one {trial} template names every split's run
-    values = {k: getattr(args, k, None) for k in EXPERIMENT_FLAGS if k != "trial" and
-              not (k in settings.LATER_FLAGS and getattr(args, k, None) in (None, settings.LATER_FLAGS[k]))}
+    later = settings.later_flags()
+    values = {k: getattr(args, k, None) for k in settings.experiment_flags() if k != "trial" and
+              not (k in later and getattr(args, k, None) in (None, later[k]))}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
@@ -185,20 +62,21 @@ def run_name(args):
 
 def resume_flags(args, explicit, ckpt):
     """Take the experiment flags left out from the checkpoint; return notes on those given explicitly."""
-    saved, notes = {**settings.LATER_FLAGS, **ckpt.get("args", {})}, []
+    saved, notes = {**settings.later_flags(), **ckpt.get("args", {})}, []
     saved["method"], legacy = settings.recorded_method(ckpt.get("args", {}))
     if legacy:
         if "method" in explicit and args.method != saved["method"]:
             raise ValueError(f"--method {args.method}: the checkpoint {args.resume} {legacy}; it resumes only as "
                              f"it ran (leave --method out)")
         notes.append(f"resume: {args.resume} {legacy}; it resumes as --method wrt, exactly as it ran")
-    for key in EXPERIMENT_FLAGS:
+    locked = settings.locked_flags()
+    for key in settings.experiment_flags():
         if key not in saved or saved[key] is None:
             continue
         if key not in explicit:
             setattr(args, key, saved[key])
         elif getattr(args, key) != saved[key]:
-            if key in LOCKED:
+            if key in locked:
                 raise ValueError(f"--{key} {getattr(args, key)}: the checkpoint {args.resume} was trained with "
                                  f"--{key} {saved[key]}, and a resumed run keeps its dataset, split and "
                                  f"architecture (leave --{key} out)")
@@ -208,7 +86,7 @@ def resume_flags(args, explicit, ckpt):
 
 def prepare_run(args):
     """Resolve and check every setting before any work: (checkpoint or None, run name, notes to log)."""
-    explicit = {k for k in EXPERIMENT_FLAGS if getattr(args, k, None) is not None}
+    explicit = {k for k in settings.experiment_flags() if getattr(args, k, None) is not None}
     ckpt, notes = None, []
     if args.resume:
         ckpt = utils.load_checkpoint(args.resume)
@@ -355,7 +233,7 @@ def resolve_compile(args, device):
 # --compile_backend -> torch.compile's backend: inductor (the default: generated kernels, CUDA graphs
 # with mode reduce-overhead) or aot_eager (the same graph capture and autograd split, run by eager
 # kernels: bit-identical to eager, no C++ compiler needed, what isolates an inductor failure)
-BACKENDS = {"inductor": "inductor", "aot_eager": "aot_eager"}
+BACKENDS = {name: name for name in flags.BY_NAME["compile_backend"].choices}
 WARMUP_STEPS = 3  # compiled steps during which any failure falls back to eager (compile, capture, re-record)
 
 
@@ -836,7 +714,7 @@ def train(args, ckpt, name, notes, device, log):
     utils.set_seed(args.seed)
     data = build_train_data(args)
     sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, args.num_pos, args.batch_size,
-                                          args.seed, args.rank, settings.METHODS[args.method].extra_batch,
+                                          args.seed, args.rank, settings.METHODS[args.method].reproduction.extra_batch,
                                           args.world_size)
     batches, data_line = build_batches(data, sampler, args, device)
     augment = data_loader.BatchAugment(args.erasing_p, args.channel_aug, args.pad, args.caj_aug == "on",
@@ -865,7 +743,7 @@ def train(args, ckpt, name, notes, device, log):
                      "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
                      "metrics": metrics, "train": stats, "best": best, "name": name}
             if metrics is not None and (metrics["rank1"] > best["rank1"] or (
-                    settings.METHODS[args.method].keep_ties and metrics["rank1"] == best["rank1"])):
+                    settings.METHODS[args.method].reproduction.keep_ties and metrics["rank1"] == best["rank1"])):
                 best = state["best"] = {**metrics, "epoch": epoch}
                 utils.atomic_save(state, paths["best"])
                 log(f"best Rank-1 so far: {metrics['rank1']:.2f}% -> {paths['best']}")

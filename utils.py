@@ -236,11 +236,11 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
     recorded = arch is not None
     if not recorded:
         like = settings.looks_like(sd)
+        marks = settings.METHODS[like].reproduction.marks if like else ()
         if args is not None and like and like != args.method and \
-                settings.METHODS[like].marks != settings.METHODS[args.method].marks:
+                marks != settings.METHODS[args.method].reproduction.marks:
             raise ValueError(f"{path}: this checkpoint of a reference code looks like one of --method {like} (its "
-                             f"keys {', '.join(settings.METHODS[like].marks)}...), not of --method {args.method}: "
-                             f"pass --method {like}")
+                             f"keys {', '.join(marks)}...), not of --method {args.method}: pass --method {like}")
         arch = original_arch(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
         sd, _ = model_mine.drop_unused_stages(sd, arch["share_net"])

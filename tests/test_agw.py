@@ -86,7 +86,8 @@ def test_the_published_setting_is_the_default(tmp_path, monkeypatch):
 
 def test_a_combination_no_reference_ran_is_said_to_be_ours(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert all(m.reference.get("caj_aug") == "off" for name, m in settings.METHODS.items() if name != "caj")
+    assert all(m.reproduction.reference.get("caj_aug") == "off" for name, m in settings.METHODS.items()
+               if name != "caj")
     for method, flag, value in (("agw", "--pcb", "on"), ("hctri", "--non_local", "on"), ("hctri", "--caj_aug", "on"),
                                 ("dgtl", "--caj_aug", "on")):
         args = train_mine.get_args_parser().parse_args(["--method", method, "--dataset", "sysu", "--data_path",
@@ -179,6 +180,6 @@ def test_an_epoch_has_the_references_number_of_steps():
         labels = np.arange(n) % 206
         for method in ("agw", "caj"):
             sampler = data_loader.IdentitySampler(labels, labels, 4, 8,
-                                                  extra_batch=settings.METHODS[method].extra_batch)
+                                                  extra_batch=settings.METHODS[method].reproduction.extra_batch)
             assert len(sampler) == want and len(list(sampler)) == want
     assert len(data_loader.IdentitySampler(np.arange(2060) % 206, np.arange(2060) % 206, 4, 8)) == 64

@@ -44,7 +44,6 @@ def run_name(tmp_path, *flags):
 
 
 DGTL = ("--method", "dgtl")
-DEEN = ("--method", "deen")
 SYSU = ("--dataset", "sysu")
 # for every experiment flag: (the flags of a base run it applies to, the flag with another value)
 CHANGES = {
@@ -68,14 +67,16 @@ CHANGES = {
     "eval_start": ((), ("--eval_start", "3")), "eval_every": ((), ("--eval_every", "3")),
     "amp": ((), ("--amp", "bf16")), "non_local": ((), ("--non_local", "on")),
     "caj_aug": ((), ("--caj_aug", "on")),
-    "lambda_1": (DEEN, ("--lambda_1", "0.5")), "lambda_2": (DEEN, ("--lambda_2", "0.5")),
+    # each method's own flags (Method.own_flags), under that method
+    **{f.name: (("--method", name), (f"--{f.name}", "0.5")) for name, m in settings.METHODS.items()
+       for f in m.own_flags},
 }
 
 
 # 1. checkpoints are never silently overwritten
 
 def test_every_experiment_flag_is_covered():
-    assert set(CHANGES) == set(train_mine.EXPERIMENT_FLAGS)
+    assert set(CHANGES) == set(settings.experiment_flags())
 
 
 @pytest.mark.parametrize("flag", sorted(CHANGES))

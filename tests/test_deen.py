@@ -327,7 +327,7 @@ def test_the_table_entry_is_the_reference_setting(tmp_path, monkeypatch):
         backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,80", eval_start=1, eval_every=1, margin=0.3,
         lambda_1=0.8, lambda_2=0.01, pad=10, erasing_p=0.5)
     assert args.pcb is None and not notes and name.startswith("llcm_deen_share1_p6k4")
-    assert settings.METHODS["deen"].extra_batch and settings.flip_default("deen") == "on"
+    assert settings.METHODS["deen"].reproduction.extra_batch and settings.flip_default("deen") == "on"
     model = train_mine.build_model(5, args, "none")
     opt = train_mine.build_optimizer(model, args)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -142,7 +142,7 @@ def one_process_reference(method, data_path):
     model = train_mine.build_model(data.num_classes, args, args.pretrained)
     optimizer = train_mine.build_optimizer(model, args)
     train_mine.adjust_learning_rate(optimizer, 0, args.lr, **train_mine.schedule(args))
-    extra = settings.METHODS[method].extra_batch
+    extra = settings.METHODS[method].reproduction.extra_batch
     halves = []
     for rank in (0, 1):
         sampler = data_loader.IdentitySampler(data.labels_v, data.labels_t, 2, 4, args.seed, rank, extra, 2)

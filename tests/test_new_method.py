@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import demo_data
+import flags
 import loss as losses
 import settings
 import test_mine
@@ -44,20 +45,22 @@ class ToyNet(nn.Module):
 class ToyLoss(nn.Module):
     """ID + batch-hard triplet + a small penalty on the spread of the pooled features: a fifth named value."""
 
-    def __init__(self, margin):
+    def __init__(self, margin, w_spread):
         super().__init__()
         self.id_loss, self.tri = nn.CrossEntropyLoss(), losses.TripletLoss(margin=margin)
+        self.w_spread = w_spread
 
     def forward(self, out, labels, modal=None):
         loss_id = self.id_loss(out["logits"].float(), labels)
         loss_tri, correct = self.tri(out["feat"], labels)
         spread = out["feat"].float().var(0).mean()
-        return loss_id + loss_tri + 0.1 * spread, {"id": loss_id, "tri": loss_tri, "acc": correct / labels.numel(),
-                                                   "spread": spread}
+        return loss_id + loss_tri + self.w_spread * spread, {
+            "id": loss_id, "tri": loss_tri, "acc": correct / labels.numel(), "spread": spread}
 
 
-TOY = settings.Method(model=ToyNet, config=lambda s: dict(width=8), loss=lambda s: ToyLoss(s.margin),
-                      flags=("margin",), heads=("toy",))
+TOY = settings.Method(model=ToyNet, config=lambda s: dict(width=8),
+                      loss=lambda s: ToyLoss(s.margin, s.w_spread), flags=("margin",), heads=("toy",),
+                      own_flags=(flags.Flag("w_spread", float, 0.1, "toy: weight of the spread penalty", low=0),))
 
 
 @pytest.fixture
@@ -131,3 +134,27 @@ def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny
 def test_a_flag_the_new_method_does_not_read_is_an_error(toy, tiny_demo, tmp_path):
     with pytest.raises(ValueError, match=r"--num_strips: not used by --method toy; leave it out"):
         train(tiny_demo, str(tmp_path), "--num_strips", "2")
+
+
+def resolved(*extra, method="toy"):
+    args = train_mine.get_args_parser().parse_args(["--dataset", "demo", "--method", method, *extra])
+    args.world_size = 1
+    return settings.resolve_training(args, {k for k in settings.experiment_flags() if getattr(args, k) is not None})
+
+
+def test_the_new_methods_own_flag_is_declared_in_its_entry_alone(toy, tmp_path):
+    assert "--w_spread" in train_mine.get_args_parser().format_help()
+    assert resolved().w_spread == 0.1  # its declared default
+    assert train_mine.run_name(resolved("--w_spread", "0.2")) != train_mine.run_name(resolved())
+    with pytest.raises(ValueError, match=r"--w_spread must be >= 0, got -1"):
+        resolved("--w_spread", "-1")
+    # a resumed run takes it from its checkpoint
+    args = train_mine.get_args_parser().parse_args(["--resume", "x_last.pth"])
+    train_mine.resume_flags(args, set(), {"args": dict(vars(resolved("--w_spread", "0.2")))})
+    assert args.w_spread == 0.2 and args.method == "toy"
+    # another method does not read it, and runs of other methods keep their names
+    with pytest.raises(ValueError, match=r"--w_spread: not used by --method hctri --pcb on --gm_pool on; leave it"):
+        resolved("--w_spread", "0.2", method="hctri")
+    with_toy = train_mine.run_name(resolved(method="hctri"))
+    settings.METHODS.pop("toy")
+    assert train_mine.run_name(resolved(method="hctri")) == with_toy
