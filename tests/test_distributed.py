@@ -4,11 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import data_loader
-import demo_data
 import loss as losses
 import model_mine
 import train_mine
@@ -16,6 +16,7 @@ import settings
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # torchrun starts two processes
 FLAGS = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
          "--batch-size", "2", "--num_pos", "2", "--steps_per_epoch", "1", "--workers", "0", "--gpu", "cpu",
          "--eval_start", "100", "--seed", "5", "--lr", "0.1", "--epochs", "1", "--optim", "sgd",
@@ -51,9 +52,8 @@ def reference_step(data_path):
     return model
 
 
-def test_two_process_gloo_step_equals_averaged_gradients(tmp_path):
-    data_path = str(demo_data.make_regdb_demo(str(tmp_path / "demo"), num_ids=8, imgs_per_id=4, img_w=16,
-                                              img_h=32, num_trials=1))
+def test_two_process_gloo_step_equals_averaged_gradients(tiny_regdb, tmp_path):
+    data_path = tiny_regdb
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
