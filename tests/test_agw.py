@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 import data_loader
-import demo_data
 import loss
 import model_mine
 import settings
@@ -110,6 +109,7 @@ def reference_checkpoint(tmp_path):
     return model.eval(), str(path)
 
 
+@pytest.mark.slow
 def test_a_reference_checkpoint_evaluates_as_it_is_and_another_method_is_named(tmp_path):
     model, path = reference_checkpoint(tmp_path)
     args = test_mine.get_args_parser().parse_args(["--method", "agw", "--dataset", "sysu", "--data_path", "ROOT"])
@@ -129,12 +129,6 @@ def test_a_reference_checkpoint_evaluates_as_it_is_and_another_method_is_named(t
     assert os.path.exists(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("agw") / "demo"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=1))
-
-
 def train(data, out, *extra):
     train_mine.main(train_mine.get_args_parser().parse_args([
         "--dataset", "demo", "--method", "agw", "--data_path", data, "--img_h", "32", "--img_w", "16",
@@ -145,16 +139,17 @@ def train(data, out, *extra):
     return os.path.join(folder, next(p for p in sorted(os.listdir(folder)) if p.endswith("_last.pth")))
 
 
-def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated(tiny_demo, tmp_path):
-    whole = torch.load(train(tiny_demo, str(tmp_path / "whole")), weights_only=False)
+@pytest.mark.slow
+def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated(tiny_regdb, tmp_path):
+    whole = torch.load(train(tiny_regdb, str(tmp_path / "whole")), weights_only=False)
     assert whole["arch"]["non_local"] == "on" and whole["arch"]["share_net"] == 1 and whole["epoch"] == 1
-    first = train(tiny_demo, str(tmp_path / "split"), "--epochs", "1")
+    first = train(tiny_regdb, str(tmp_path / "split"), "--epochs", "1")
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2", "--gpu", "cpu",
                                                              "--log_path", ""]))
     resumed = torch.load(first, weights_only=False)
     assert resumed["epoch"] == 1 and all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
     results = test_mine.main(test_mine.get_args_parser().parse_args([
-        "--dataset", "demo", "--data_path", tiny_demo, "--resume", first, "--trials", "1", "--gpu", "cpu",
+        "--dataset", "demo", "--data_path", tiny_regdb, "--resume", first, "--trials", "1", "--gpu", "cpu",
         "--workers", "0", "--log_path", ""]))
     entry = results["visible->thermal"]
     assert entry["features"] == ["bn", "pool"] and entry["model"]["non_local"] == "on"

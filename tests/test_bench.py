@@ -52,6 +52,7 @@ def assert_near(a, b, name, tol=1e-3):
     assert (a - b).norm() <= tol * b.norm() + 1e-9, (name, ((a - b).norm() / b.norm()).item())
 
 
+@pytest.mark.slow
 def test_reference_loss_and_gradients_equal_the_fast_path():
     args = config()
     fast = bench.fast_model(args, torch.device("cpu")).train()
@@ -139,6 +140,7 @@ def test_reference_loader_yields_the_authors_batch_layout():
     assert flips == {True, False} and pads == {True, False}  # augmented image by image
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end_and_prints_both_paths(capsys):
     args = bench.get_args_parser().parse_args(
         ["--device", "cpu", "--quick", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim",
@@ -170,6 +172,7 @@ def check_config(*extra):
          "--compile_backend", "aot_eager", *extra])
 
 
+@pytest.mark.slow
 def test_the_self_check_runs_the_compiled_path_beside_eager_and_says_ok(capsys):
     assert bench.main(check_config()) == 0
     out = capsys.readouterr().out
@@ -183,6 +186,7 @@ def test_the_self_check_runs_the_compiled_path_beside_eager_and_says_ok(capsys):
     assert out.rstrip().endswith("all checks passed")
 
 
+@pytest.mark.slow
 def test_the_self_check_fails_where_the_compiled_path_falls_back(capsys, monkeypatch):
     import train_mine
 

@@ -13,7 +13,7 @@ import model_mine
 import settings
 import test_mine
 import train_mine
-from test_agw import tiny_demo, train  # noqa: F401 -- the same short demo runs (tiny_demo: a fixture)
+from test_agw import train  # the same short demo runs
 
 
 def adp_by_loops(feats, labels, alpha, gamma, square):
@@ -78,6 +78,7 @@ def classify(x, out):
     return {k: kinds.count(k) for k in ("R", "G", "B", "gray", "same")}
 
 
+@pytest.mark.slow
 def test_channel_exchange_and_adaptive_gray_have_the_reference_probabilities():
     torch.manual_seed(0)
     n = 8000
@@ -96,6 +97,7 @@ def test_channel_exchange_and_adaptive_gray_have_the_reference_probabilities():
     assert abs(sum(torch.equal(a, b) for a, b in zip(data_loader.channel_adap_gray(t, 0.5), t)) / n - 7 / 8) < 0.015
 
 
+@pytest.mark.slow
 def test_channel_random_erasing_is_the_references():
     torch.manual_seed(1)
     n, h, w = 4000, 288, 144
@@ -155,15 +157,16 @@ def test_the_published_setting_is_the_default(tmp_path, monkeypatch):
         train_mine.prepare_run(bad)
 
 
-def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated_with_flips(tiny_demo, tmp_path):  # noqa: F811
-    whole = torch.load(train(tiny_demo, str(tmp_path / "whole"), "--method", "caj"), weights_only=False)
-    first = train(tiny_demo, str(tmp_path / "split"), "--method", "caj", "--epochs", "1")
+@pytest.mark.slow
+def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated_with_flips(tiny_regdb, tmp_path):  # noqa: F811
+    whole = torch.load(train(tiny_regdb, str(tmp_path / "whole"), "--method", "caj"), weights_only=False)
+    first = train(tiny_regdb, str(tmp_path / "split"), "--method", "caj", "--epochs", "1")
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2", "--gpu", "cpu",
                                                              "--log_path", ""]))
     resumed = torch.load(first, weights_only=False)
     assert resumed["args"]["caj_aug"] == "on" and resumed["epoch"] == 1
     assert all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
-    flags = ["--dataset", "demo", "--data_path", tiny_demo, "--resume", first, "--trials", "1", "--gpu", "cpu",
+    flags = ["--dataset", "demo", "--data_path", tiny_regdb, "--resume", first, "--trials", "1", "--gpu", "cpu",
              "--workers", "0", "--log_path", ""]
     flipped = test_mine.main(test_mine.get_args_parser().parse_args(flags))["visible->thermal"]
     plain = test_mine.main(test_mine.get_args_parser().parse_args(flags + ["--flip_test", "off"]))["visible->thermal"]

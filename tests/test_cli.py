@@ -9,19 +9,12 @@ import sys
 import pytest
 import torch
 
-import demo_data
 import settings
 import test_mine
 import train_mine
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_regdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "regdb"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=2))
 
 
 TINY = ["--dataset", "demo", "--img_h", "32", "--img_w", "16", "--num_strips", "2", "--local_feat_dim", "16",
@@ -87,6 +80,7 @@ def test_every_experiment_flag_changes_the_run_name(flag, tmp_path):
     assert run_name(tmp_path, *base) == name  # and the same settings give the same name
 
 
+@pytest.mark.slow
 def test_a_fresh_run_over_an_existing_run_is_refused_and_nothing_is_touched(tiny_regdb, tmp_path):
     train_mine.main(train_args(tiny_regdb, str(tmp_path)))
     models = tmp_path / "models"
@@ -100,6 +94,7 @@ def test_a_fresh_run_over_an_existing_run_is_refused_and_nothing_is_touched(tiny
     assert len(os.listdir(models)) == 4
 
 
+@pytest.mark.slow
 def test_one_trial_template_reaches_every_split_of_a_regdb_experiment(tiny_regdb, tmp_path):
     # the split is in the readable name, not in the hash: the README's template works as written
     names = [train_mine.main(train_args(tiny_regdb, str(tmp_path), "--trial", str(t))) and
@@ -114,6 +109,7 @@ def test_one_trial_template_reaches_every_split_of_a_regdb_experiment(tiny_regdb
 
 # 2. a resumed run continues its run; architecture flags cannot change under it
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, tmp_path):
     train_mine.main(train_args(tiny_regdb, str(tmp_path)))
     last = [f for f in os.listdir(tmp_path / "models") if f.endswith("_last.pth")][0]
@@ -125,6 +121,7 @@ def test_resume_refuses_a_different_architecture_and_a_finished_run(tiny_regdb, 
         train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--gpu", "cpu", "--log_path", ""]))
 
 
+@pytest.mark.slow
 def test_resuming_from_an_earlier_best_never_writes_over_the_later_last(tiny_regdb, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mine, "evaluate", lambda *a: {"": ([0.5] * 20, 0.5, 0.5)})
     train_mine.main(train_args(tiny_regdb, str(tmp_path), "--epochs", "2", "--eval_start", "0", "--eval_every", "1",
@@ -211,6 +208,7 @@ def test_an_unwritable_model_path_fails_before_any_work(tmp_path):
     assert not (tmp_path / "never-written").exists()
 
 
+@pytest.mark.slow
 def test_errors_print_one_line_without_traceback(tmp_path):
     for argv in (["--dataset", "demo", "--epochs", "0"], ["--dataset", "demo", "--lr_steps", "x"]):
         res = subprocess.run([sys.executable, os.path.join(ROOT, "train_mine.py"), *argv, "--log_path", ""],
@@ -266,6 +264,7 @@ def test_trials_accept_spaces_commas_and_ranges():
 
 # 9. small ones
 
+@pytest.mark.slow
 def test_the_printed_command_is_shell_quoted(tiny_regdb, tmp_path, capsys):
     spaced = tmp_path / "with space"
     args = train_args(tiny_regdb, str(spaced))

@@ -220,6 +220,7 @@ def test_interrupted_commit_is_completed_by_the_next_load_and_run(sysu_root, tmp
     assert stored(root) == want and leftovers(root) == []
 
 
+@pytest.mark.slow
 def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(sysu_root, tmp_path):
     root = private_copy(sysu_root, tmp_path / "SYSU")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -235,6 +236,7 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(sysu_root, tmp_
     assert data_loader.sysu_train_data(root, 16, 32).num_classes > 1
 
 
+@pytest.mark.slow
 def test_sigterm_removes_the_temporaries_of_the_run(sysu_root, tmp_path):
     root = private_copy(sysu_root, tmp_path / "SYSU")
     pre_process(root)
@@ -314,6 +316,7 @@ def test_stray_files_change_no_list_and_no_stored_set(sysu_root, tmp_path):
 
 # ----------------------------------------------------------------------------- one-line errors
 
+@pytest.mark.slow
 def test_pre_process_sysu_errors_are_one_line(sysu_root, tmp_path, monkeypatch):
     res = subprocess.run([sys.executable, os.path.join(REPO, "pre_process_sysu.py"), "--data_path",
                           str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=str(tmp_path))

@@ -211,6 +211,7 @@ def test_stale_temp_folders_of_dead_processes_only_are_removed(tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["file", "folder", "num_ids", "workers", "size"])
 def test_demo_cli_errors_are_one_line(tmp_path, case):
     target = tmp_path / "target"
@@ -352,6 +353,7 @@ def test_an_emptied_gallery_camera_warns_once_per_run(sysu, tmp_path):
                         f"the gallery set has {n} images"]
 
 
+@pytest.mark.slow
 def test_the_warning_prints_as_one_line(sysu, tmp_path):
     root = emptied(sysu, tmp_path / "SYSU", "cam6")
     code = "import data_manager, sys; data_manager.process_query_sysu(sys.argv[1])"

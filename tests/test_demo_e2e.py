@@ -6,7 +6,10 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # the scripts run as subprocesses
 METRICS = re.compile(r"Rank-1: ([\d.]+)% \| Rank-5: [\d.]+% \| Rank-10: [\d.]+% \| Rank-20: [\d.]+% \| "
                      r"mAP: ([\d.]+)% \| mINP: ([\d.]+)%")
 

@@ -6,17 +6,10 @@ import os
 import pytest
 import torch
 
-import demo_data
 import model_mine
 import test_mine
 import train_mine
 import utils
-
-
-@pytest.fixture(scope="module")
-def tiny_regdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "regdb"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=2))
 
 
 def prepared(monkeypatch, tmp_path, *flags):
@@ -64,6 +57,7 @@ def run(data_path, out, *extra):
     return args, best
 
 
+@pytest.mark.slow
 def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
     full, _ = run(tiny_regdb, str(tmp_path / "full"), "--epochs", "3")
     name = train_mine.run_name(full)
@@ -90,12 +84,14 @@ def kept(evaluations, tiny_regdb, tmp_path, monkeypatch):
     return run(tiny_regdb, str(tmp_path), "--epochs", "3", "--eval_start", "0")[1]
 
 
+@pytest.mark.slow
 def test_the_kept_checkpoint_is_selected_on_the_coarse_feature(tiny_regdb, tmp_path, monkeypatch):
     best = kept([((0.2, 0.1), (0.9, 0.9)), ((0.5, 0.2), (0.1, 0.1)), ((0.3, 0.3), (0.95, 0.9))],
                 tiny_regdb, tmp_path, monkeypatch)
     assert best["epoch"] == 1 and best["rank1"] == pytest.approx(50.0)
 
 
+@pytest.mark.slow
 def test_a_tie_keeps_the_later_epoch_as_the_reference_does(tiny_regdb, tmp_path, monkeypatch):
     # hijune6/DGTL-for-VT-ReID, train.py: the reference saves whenever the coarse Rank-1 is >= the best so far
     best = kept([((0.5, 0.1), (0.9, 0.9)), ((0.5, 0.2), (0.1, 0.1)), ((0.4, 0.3), (0.95, 0.9))],

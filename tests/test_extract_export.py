@@ -222,6 +222,7 @@ def exported(checkpoints, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("fmt", export.FORMATS)
 @pytest.mark.parametrize("head", HEADS)

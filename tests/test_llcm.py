@@ -357,6 +357,7 @@ def test_no_test_images_is_a_clear_error(llcm_root, tmp_path):
         data_manager.process_query_llcm(root, "thermal")
 
 
+@pytest.mark.slow
 def test_pre_process_errors_are_one_line(llcm_root, tmp_path):
     res = subprocess.run([sys.executable, os.path.join(REPO, "pre_process_llcm.py"), "--data_path",
                           str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=str(tmp_path))

@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import demo_data
 import flags
 import loss as losses
 import settings
@@ -68,12 +67,6 @@ def toy(monkeypatch):
     monkeypatch.setitem(settings.METHODS, "toy", TOY)
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy") / "demo"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=1))
-
-
 class Scalars:
     """A TensorBoard writer that records what it is given."""
 
@@ -102,11 +95,12 @@ def last_checkpoint(out):
     return os.path.join(folder, next(p for p in sorted(os.listdir(folder)) if p.endswith("_last.pth")))
 
 
-def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny_demo, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny_regdb, tmp_path, monkeypatch):
     writers = []
     monkeypatch.setattr(train_mine, "tensorboard_writer", lambda folder: writers.append(Scalars(folder)) or
                         writers[-1])
-    whole = train(tiny_demo, str(tmp_path / "whole"))
+    whole = train(tiny_regdb, str(tmp_path / "whole"))
     assert whole["arch"]["head"] == "toy" and whole["epoch"] == 1 and whole["name"].startswith("demo_trial1_toy_")
     log = open(next((tmp_path / "whole" / "log").glob("*.log"))).read()
     assert "epoch 1: loss " in log and " spread " in log.split("epoch 1: ")[1].splitlines()[0]
@@ -114,7 +108,7 @@ def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny
     assert set(whole["train"]) >= {"loss", "id", "tri", "acc", "spread"}
 
     # one epoch, then a resumed second: the same weights bit for bit
-    train(tiny_demo, str(tmp_path / "split"), "--epochs", "1")
+    train(tiny_regdb, str(tmp_path / "split"), "--epochs", "1")
     first = last_checkpoint(str(tmp_path / "split"))
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2",
                                                              "--gpu", "cpu", "--log_path", ""]))
@@ -124,16 +118,16 @@ def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny
 
     out = tmp_path / "toy.json"
     test_mine.main(test_mine.get_args_parser().parse_args([
-        "--dataset", "demo", "--data_path", tiny_demo, "--resume", first, "--trials", "1", "--gpu", "cpu",
+        "--dataset", "demo", "--data_path", tiny_regdb, "--resume", first, "--trials", "1", "--gpu", "cpu",
         "--workers", "0", "--json", str(out), "--log_path", str(tmp_path / "test-log")]))
     result = json.loads(out.read_text())
     assert result["features"] == ["bn", "pool"]
     assert set(result["mean"]) >= {"rank1", "mAP", "mINP"} and set(result["pool"]["mean"]) >= {"rank1", "mAP"}
 
 
-def test_a_flag_the_new_method_does_not_read_is_an_error(toy, tiny_demo, tmp_path):
+def test_a_flag_the_new_method_does_not_read_is_an_error(toy, tiny_regdb, tmp_path):
     with pytest.raises(ValueError, match=r"--num_strips: not used by --method toy; leave it out"):
-        train(tiny_demo, str(tmp_path), "--num_strips", "2")
+        train(tiny_regdb, str(tmp_path), "--num_strips", "2")
 
 
 def resolved(*extra, method="toy"):

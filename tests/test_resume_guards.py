@@ -21,12 +21,6 @@ from test_cli import TINY
 from test_run_safety import digest
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("guards") / "demo"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=2))
-
-
 def train(data, out, *extra):
     """A TINY demo run into out/models (its _last.pth returned), logged in out/log; without the strips'
     flags for AGW's global head."""
@@ -57,8 +51,8 @@ def as_before_agw_was_agw(ckpt):
 # ----------------------------------------------------------------------------- the split (defect 3)
 
 @pytest.mark.slow
-def test_a_resume_on_another_split_is_refused_in_one_line_and_nothing_changes(tiny_demo, tmp_path):
-    last = train(tiny_demo, str(tmp_path))
+def test_a_resume_on_another_split_is_refused_in_one_line_and_nothing_changes(tiny_regdb, tmp_path):
+    last = train(tiny_regdb, str(tmp_path))
     assert "_trial1_" in os.path.basename(last)
     before = digest(tmp_path)
     with pytest.raises(ValueError) as e:  # the issue's command: --resume <trial1 run>_last.pth --epochs 2 --trial 2
@@ -91,8 +85,8 @@ def test_share_net_0_puts_agws_blocks_in_the_shared_layers_where_agw_puts_them()
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [("--method", "agw", "--share_net", "0"),
                                    ("--method", "hctri", "--non_local", "on", "--share_net", "0")])
-def test_share_net_0_with_non_local_blocks_trains(flags, tiny_demo, tmp_path):
-    ckpt = torch.load(train(tiny_demo, str(tmp_path), *flags), weights_only=False)
+def test_share_net_0_with_non_local_blocks_trains(flags, tiny_regdb, tmp_path):
+    ckpt = torch.load(train(tiny_regdb, str(tmp_path), *flags), weights_only=False)
     assert ckpt["arch"]["share_net"] == 0 and ckpt["arch"]["non_local"] == "on" and ckpt["epoch"] == 0
     keys = ckpt["model"].keys()
     assert "base_resnet.base.conv1.weight" in keys and not any(k.startswith("visible_module.") for k in keys)
@@ -133,11 +127,11 @@ def test_an_old_agw_checkpoint_resumes_as_the_wrt_run_it_was_and_says_so(tmp_pat
 
 
 @pytest.mark.slow
-def test_an_old_agw_checkpoint_resumes_bit_for_bit(tiny_demo, tmp_path):
+def test_an_old_agw_checkpoint_resumes_bit_for_bit(tiny_regdb, tmp_path):
     # full epochs: WRT runs N // (P*K) = 8 steps an epoch here, AGW's sampler 9
-    whole = torch.load(train(tiny_demo, str(tmp_path / "whole"), "--method", "wrt", "--steps_per_epoch", "0",
+    whole = torch.load(train(tiny_regdb, str(tmp_path / "whole"), "--method", "wrt", "--steps_per_epoch", "0",
                              "--epochs", "2"), weights_only=False)
-    first = train(tiny_demo, str(tmp_path / "split"), "--method", "wrt", "--steps_per_epoch", "0")
+    first = train(tiny_regdb, str(tmp_path / "split"), "--method", "wrt", "--steps_per_epoch", "0")
     old = as_before_agw_was_agw(torch.load(first, weights_only=False))
     folder = tmp_path / "old"
     folder.mkdir()

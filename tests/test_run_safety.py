@@ -4,6 +4,7 @@ checkpoint never tested on its own training identities, and bad numbers refused 
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import eval_metrics
 import fileio
 import test_mine
 import train_mine
-from test_cli import TINY, tiny_regdb, train_args  # noqa: F401 (tiny_regdb is a fixture)
+from test_cli import TINY, train_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEAD_PID = 2 ** 22 + 12345  # above the default pid_max: no such process
@@ -39,10 +40,12 @@ def eval_args(data, ckpt, *extra):
 
 @pytest.fixture(scope="module")
 def trained(tiny_regdb, tmp_path_factory):  # noqa: F811
-    """(data, checkpoint) of a one-epoch run on split 1, evaluated once."""
+    """(data, checkpoint) of a one-epoch run on split 1, evaluated once; the data is a copy of its own
+    (tests here write into it)."""
     out = str(tmp_path_factory.mktemp("trained"))
-    train_mine.main(train_args(tiny_regdb, out, "--eval_start", "0"))
-    return tiny_regdb, next(os.path.join(out, "models", f) for f in os.listdir(os.path.join(out, "models"))
+    data = shutil.copytree(tiny_regdb, os.path.join(out, "data"))
+    train_mine.main(train_args(data, out, "--eval_start", "0"))
+    return data, next(os.path.join(out, "models", f) for f in os.listdir(os.path.join(out, "models"))
                             if f.endswith("_best.pth"))
 
 
@@ -60,6 +63,7 @@ def no_images_read(monkeypatch):
 
 # ----------------------------------------------------------------------------- one run, one writer
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_regdb, tmp_path):  # noqa: F811
     args = train_args(tiny_regdb, str(tmp_path))
     name = run_name(train_args(tiny_regdb, str(tmp_path)))
@@ -101,6 +105,7 @@ def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_the
     assert not os.path.exists(lock.path)
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb, tmp_path):  # noqa: F811
     models = tmp_path / "models"
     models.mkdir()
@@ -119,6 +124,7 @@ def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb,
 
 # ----------------------------------------------------------------------------- outputs
 
+@pytest.mark.slow
 def test_json_over_the_checkpoint_being_evaluated_is_refused_and_the_checkpoint_kept(trained, monkeypatch):
     data, ckpt = trained
     before = open(ckpt, "rb").read()
@@ -133,6 +139,7 @@ def test_json_over_the_checkpoint_being_evaluated_is_refused_and_the_checkpoint_
     assert open(listed, "rb").read() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["json-dir", "json-under-file", "log-under-file", "vis-is-file", "csv-is-dir"])
 def test_unwritable_outputs_are_refused_before_any_image_is_read(case, trained, tmp_path, monkeypatch):
     data, ckpt = trained
@@ -161,6 +168,7 @@ def full_disk(code, limit=4096):
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_json_csv_and_checkpoint_and_names_the_file(tmp_path):
     old = {"metrics": list(range(200))}
     target = tmp_path / "m.json"
@@ -178,6 +186,7 @@ def test_a_full_disk_keeps_the_previous_json_csv_and_checkpoint_and_names_the_fi
     assert ckpt.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.json", "x_last.pth"]
 
 
+@pytest.mark.slow
 def test_results_csv_is_appended_whole_or_not_at_all(trained, tmp_path):
     data, ckpt = trained
     log = tmp_path / "log"
@@ -196,6 +205,7 @@ def test_results_csv_is_appended_whole_or_not_at_all(trained, tmp_path):
 
 # ----------------------------------------------------------------------------- splits
 
+@pytest.mark.slow
 def test_a_checkpoint_is_not_tested_on_another_split_unless_asked(trained, tmp_path, monkeypatch):
     data, ckpt = trained
     with pytest.raises(ValueError, match="was trained on split 1 .* testing it on split 2 puts its training "
@@ -226,10 +236,12 @@ def test_bad_numbers_are_refused_before_any_work(flags, message, tmp_path):
     assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow
 def test_id_only_trains_with_one_identity_per_batch(tiny_regdb, tmp_path):  # noqa: F811
     assert train_mine.main(train_args(tiny_regdb, str(tmp_path), "--method", "id-only", "--batch-size", "1"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--img_w", "0"], "--img_w must be >= 1, got 0"),
     (["--img_h", "-5"], "--img_h must be >= 1, got -5"),
@@ -243,9 +255,11 @@ def test_test_mine_refuses_values_it_would_ignore_or_misuse(flags, message, trai
 
 
 @pytest.mark.parametrize("case", ["regdb-trial-11", "pretrained", "llcm-npy", "npy-size", "empty-train-list"])
-def test_late_data_failures_come_before_any_folder(case, tmp_path):
+def test_late_data_failures_come_before_any_folder(case, tiny_regdb, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
+    if case == "pretrained":  # a demo set there already: not the first use's full-size generation
+        shutil.copytree(tiny_regdb, data, dirs_exist_ok=True)
     flags, error, message = {
         "regdb-trial-11": (["--dataset", "regdb", "--trial", "11"], ValueError, "--trial 11: RegDB splits are 1..10"),
         "pretrained": (["--pretrained", str(tmp_path / "nope.pth")], FileNotFoundError,
@@ -272,6 +286,7 @@ def test_late_data_failures_come_before_any_folder(case, tmp_path):
 
 # ----------------------------------------------------------------------------- Ctrl-C
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path, monkeypatch):  # noqa: F811
     real = train_mine.train_step
 
@@ -288,6 +303,7 @@ def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path,
     assert not list((tmp_path / "models").glob("*.lock"))  # released
 
 
+@pytest.mark.slow
 def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
     log = tmp_path / "log"
     log.mkdir()
@@ -307,6 +323,7 @@ def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
     assert len(lines) == 1 + 120 and lines[0].startswith("time,dataset")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_dataset_is_not_held_to_a_split(trained, monkeypatch):
     data, ckpt = trained
     sysu_like = dict(torch.load(ckpt, weights_only=False))
@@ -316,6 +333,7 @@ def test_a_checkpoint_of_another_dataset_is_not_held_to_a_split(trained, monkeyp
         test_mine.check_split(ckpt, torch.load(ckpt, weights_only=False), 2, None)
 
 
+@pytest.mark.slow
 def test_results_written_before_inside_the_data_folder_do_not_block_a_rerun(trained, tmp_path):
     data, ckpt = trained
     inside = os.path.join(data, "my_results.json")
@@ -347,6 +365,7 @@ def test_the_run_lock_works_where_the_file_system_has_no_flock(tmp_path, monkeyp
     lock.release()
 
 
+@pytest.mark.slow
 def test_resuming_needs_no_initial_weights_file(tiny_regdb, tmp_path):  # noqa: F811
     weights = tmp_path / "r18.pth"
     torch.save(__import__("torchvision").models.resnet18().state_dict(), weights)
@@ -358,6 +377,7 @@ def test_resuming_needs_no_initial_weights_file(tiny_regdb, tmp_path):  # noqa: 
     assert torch.load(last, weights_only=False)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_pictures_of_a_checkpoint_of_the_same_name_elsewhere_are_not_replaced(trained, tmp_path):
     import shutil
     data, ckpt = trained

@@ -8,14 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import data_loader
-import demo_data
 import train_mine
-
-
-@pytest.fixture(scope="module")
-def tiny_regdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "regdb"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=1))
 
 
 def run(data_path, out, *extra):
@@ -46,6 +39,7 @@ def test_resident_batches_equal_the_loaders():
                 assert x.dtype == y.dtype and torch.equal(x, y)
 
 
+@pytest.mark.slow
 def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_path):
     loaded, log_l = run(tiny_regdb, str(tmp_path / "loader"), "--resident_data", "off")
     resident, log_r = run(tiny_regdb, str(tmp_path / "resident"), "--resident_data", "on")
@@ -55,6 +49,7 @@ def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_pat
     assert loaded["epoch"] == resident["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_the_other_data_path_continues_identically(tiny_regdb, tmp_path):
     full, _ = run(tiny_regdb, str(tmp_path / "full"), "--resident_data", "off", "--epochs", "3")
     cut, _ = run(tiny_regdb, str(tmp_path / "cut"), "--resident_data", "off")  # epochs 0..1 through the loader
@@ -88,6 +83,7 @@ def argparse_namespace(args, **values):
     return args
 
 
+@pytest.mark.slow
 def test_graphs_are_off_on_the_cpu_and_the_log_says_which_path_runs(tiny_regdb, tmp_path):
     _, log = run(tiny_regdb, str(tmp_path))
     step = [line for line in log.splitlines() if line.startswith("step: ")]
@@ -144,6 +140,7 @@ def compiled_run(data_path, out, monkeypatch, backend=eager_backend, *extra):
     return run(data_path, out, "--compile", "default", "--compile_backend", "aot_eager", *extra)
 
 
+@pytest.mark.slow
 def test_the_compiled_step_trains_bit_identically_to_eager_through_an_evaluation(tiny_regdb, tmp_path,
                                                                                 monkeypatch):
     evaluated = ("--eval_start", "0", "--eval_every", "1")
@@ -158,6 +155,7 @@ def test_the_compiled_step_trains_bit_identically_to_eager_through_an_evaluation
     assert eager["metrics"] == compiled["metrics"]
 
 
+@pytest.mark.slow
 def test_a_resume_crosses_between_the_compiled_and_the_eager_step(tiny_regdb, tmp_path, monkeypatch):
     full, _ = run(tiny_regdb, str(tmp_path / "full"), "--compile", "off", "--epochs", "4")
     cut, _ = compiled_run(tiny_regdb, str(tmp_path / "cut"), monkeypatch)  # epochs 0..1 compiled
@@ -172,6 +170,7 @@ def test_a_resume_crosses_between_the_compiled_and_the_eager_step(tiny_regdb, tm
         assert torch.equal(v, end["model"][k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [fails_in_the_forward, fails_in_the_backward, fails_at_the_second_step])
 def test_a_failure_in_warm_up_falls_back_to_eager_on_the_eager_trajectory(tiny_regdb, tmp_path, monkeypatch,
                                                                            backend):
@@ -184,6 +183,7 @@ def test_a_failure_in_warm_up_falls_back_to_eager_on_the_eager_trajectory(tiny_r
         assert torch.equal(v, fell_back["model"][k]), k
 
 
+@pytest.mark.slow
 def test_an_out_of_memory_error_is_reported_and_never_retried(tiny_regdb, tmp_path, monkeypatch):
     def out_of_memory(gm, example_inputs):
         def run(*args):
@@ -195,6 +195,7 @@ def test_an_out_of_memory_error_is_reported_and_never_retried(tiny_regdb, tmp_pa
     assert "torch.compile failed" not in log and log.rstrip().splitlines()[-1].startswith("error: out of memory")
 
 
+@pytest.mark.slow
 def test_an_error_the_eager_step_also_raises_is_raised_as_itself(monkeypatch):
     notes = []
     monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", eager_backend)
@@ -211,6 +212,7 @@ def test_an_error_the_eager_step_also_raises_is_raised_as_itself(monkeypatch):
     assert wrapped.eval() is wrapped and not wrapped.eager.training and wrapped.train() is wrapped
 
 
+@pytest.mark.slow
 def test_a_recompile_after_warm_up_is_logged_with_its_reason(monkeypatch):
     notes = []
     monkeypatch.setitem(train_mine.BACKENDS, "aot_eager", eager_backend)

@@ -19,28 +19,6 @@ import test_mine
 import utils
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """One of our checkpoints of an untrained small model (what matters here is the plumbing)."""
-    torch.manual_seed(0)
-    model = model_mine.embed_net(5, share_net=2, pcb="on", local_feat_dim=16, num_strips=2, gem_p=3.0)
-    path = str(tmp_path_factory.mktemp("ckpt") / "model_trial1.pth")
-    utils.atomic_save({"model": model.state_dict(), "arch": model.config, "args": {"img_w": 16, "img_h": 32}}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sysu_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sysu") / "SYSU"
-    return str(demo_data.make_sysu_demo(str(root), num_ids=14, n_val=2, n_test=5, img_w=24, img_h=48))
-
-
-@pytest.fixture(scope="module")
-def regdb_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("regdb") / "RegDB"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=10, imgs_per_id=3, img_w=16, img_h=32, num_trials=2))
-
-
 def run(*argv):
     return test_mine.main(test_mine.get_args_parser().parse_args(["--gpu", "cpu", "--workers", "1", *argv]))
 
@@ -144,15 +122,6 @@ def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, 
     assert capsys.readouterr().out == ""
 
 
-@pytest.fixture(scope="module")
-def llcm_root(tmp_path_factory):
-    import pre_process_llcm
-    root = str(demo_data.make_llcm_demo(str(tmp_path_factory.mktemp("llcm") / "LLCM"), img_w=16, img_h=32))
-    pre_process_llcm.main(pre_process_llcm.get_args_parser().parse_args(
-        ["--data_path", root, "--img_w", "16", "--img_h", "32", "--workers", "1"]))
-    return root
-
-
 def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, checkpoint):
     model, _ = utils.model_from_checkpoint(checkpoint)
     ev = eval_metrics.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
@@ -182,6 +151,7 @@ def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, ch
     assert got["mINP"] == pytest.approx(want[2])
 
 
+@pytest.mark.slow
 def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
     import train_mine
     args = train_mine.get_args_parser().parse_args([

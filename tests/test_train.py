@@ -6,19 +6,12 @@ import pytest
 import torch
 
 import data_loader
-import demo_data
 import loss as losses
 import model_mine
 import test_mine
 import train_mine
 import settings
 import utils
-
-
-@pytest.fixture(scope="module")
-def tiny_regdb(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "regdb"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=1))
 
 
 def tiny_args(data_path, out, *extra):
@@ -103,6 +96,7 @@ def test_published_defaults():
     assert settings.fill_defaults(args).gem_p == 3.0
 
 
+@pytest.mark.slow
 def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
     full = tiny_args(tiny_regdb, str(tmp_path / "full"), "--epochs", "3")
     train_mine.main(full)
@@ -148,12 +142,14 @@ def test_too_many_identities_per_batch_is_a_clear_error(tiny_regdb, tmp_path):
         train_mine.main(args)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step(tiny_regdb, tmp_path):
     args = tiny_args(tiny_regdb, str(tmp_path), "--epochs", "1", "--lr", "1e30", "--print_freq", "1")
     with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 0, step \d"):
         train_mine.main(args)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags' own note
 def test_bf16_autocast_tracks_fp32():
     """The mixed-precision forward (bf16 autocast; on the CPU here) against fp32 on the same weights

@@ -17,7 +17,7 @@ import data_loader
 import eval_metrics
 import test_mine
 import visualize as vis
-from test_test_mine import checkpoint, llcm_root, regdb_root, run, sysu_root  # noqa: F401 (fixtures)
+from test_test_mine import run
 from test_visualize import border_pixel, make_images
 
 
