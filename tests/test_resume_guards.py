@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import demo_data
 import export
 import extract
 import model_mine

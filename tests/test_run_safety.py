@@ -17,7 +17,7 @@ import eval_metrics
 import fileio
 import test_mine
 import train_mine
-from test_cli import TINY, train_args
+from test_cli import train_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEAD_PID = 2 ** 22 + 12345  # above the default pid_max: no such process
