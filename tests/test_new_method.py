@@ -1,5 +1,7 @@
-"""A new method through the public seams alone (README, "Adding a method"): a network, a loss with a
-term of its own and one entry of settings.METHODS; train_mine.py and test_mine.py are not touched."""
+"""A new method through the public seams alone (README, "Adding a method"): a network of the two-stream
+backbone with a block of its own between layer2 and layer3 (TwoStreamResNet.insert) and the global head as
+a part, a loss with a term and a flag of its own (--w_spread, in its entry's own_flags), and one entry of
+settings.METHODS; no product file is touched."""
 import json
 import os
 
@@ -10,35 +12,47 @@ import torch.nn.functional as F
 
 import flags
 import loss as losses
+import model_mine
 import settings
 import test_mine
 import train_mine
 
 
-class ToyNet(nn.Module):
-    """Two one-convolution streams, average pooling and a BN neck: features 'bn' (reported) and 'pool'."""
-    feature_names = ("bn", "pool")
+class ToyBlock(nn.Module):
+    """x + conv1x1(x), the convolution zero-initialised: the network starts as the bare backbone, and the
+    block learns a correction of its place's features (the way AGW's non-local blocks start)."""
 
-    def __init__(self, class_num, width=8, pretrained="none", head="toy"):
+    def __init__(self, channels):
         super().__init__()
-        self.config = dict(class_num=class_num, head="toy", width=width)  # what rebuilds it from a checkpoint
-        self.visible = nn.Conv2d(3, width, 3, stride=2)
-        self.thermal = nn.Conv2d(3, width, 3, stride=2)
-        self.bn = nn.BatchNorm1d(width)
-        self.classifier = nn.Linear(width, class_num, bias=False)
+        self.conv = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class ToyNet(model_mine.TwoStreamResNet):
+    """The two-stream backbone with a ToyBlock between layer2 and layer3, and the global head as a part
+    (avg pooling, BN neck, ID classifier): features 'bn' (reported) and 'pool'."""
+
+    def __init__(self, class_num, arch="resnet50", share_net=2, pretrained="none", head="toy"):
+        super().__init__(arch, share_net, pretrained)
+        # everything ToyNet(**config) needs to rebuild it from a checkpoint
+        self.config = dict(class_num=class_num, head="toy", arch=arch, share_net=share_net)
+        self.toy_block = ToyBlock(model_mine._out_channels(self.base_resnet.base.layer2))
+        self.insert("layer2", self.toy_block)  # its weights are saved as toy_block.*
+        self.neck = model_mine.GlobalHead(self.out_channels, class_num, gm_pool="off", gem_p=3.0)
+        self.feature_names = self.neck.feature_names
 
     def forward(self, x1, x2, modal=0):
-        x = {0: lambda: torch.cat((self.visible(x1), self.thermal(x2))), 1: lambda: self.visible(x1),
-             2: lambda: self.thermal(x2)}[modal]()
-        pool = F.relu(x).mean((2, 3))
-        bn = self.bn(pool)
-        return {"feat": pool, "logits": self.classifier(bn)} if self.training else {"bn": bn, "pool": pool}
+        return self.neck(self.backbone(x1, x2, modal))
 
     def features(self, x, modal):
         return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
 
     def head_parameters(self):
-        return list(self.bn.parameters()) + list(self.classifier.parameters())
+        return list(self.neck.parameters())  # the block trains with the backbone, at --backbone_lr_mult
 
 
 class ToyLoss(nn.Module):
@@ -57,9 +71,16 @@ class ToyLoss(nn.Module):
             "id": loss_id, "tri": loss_tri, "acc": correct / labels.numel(), "spread": spread}
 
 
-TOY = settings.Method(model=ToyNet, config=lambda s: dict(width=8),
+def check_toy(s):
+    if s.share_net > 2:
+        raise ValueError(f"--share_net {s.share_net}: the toy's block follows layer2, which must be shared "
+                         f"(--share_net 2 or less)")
+
+
+TOY = settings.Method(model=ToyNet, config=lambda s: dict(arch=s.arch, share_net=s.share_net, head="toy"),
                       loss=lambda s: ToyLoss(s.margin, s.w_spread), flags=("margin",), heads=("toy",),
-                      own_flags=(flags.Flag("w_spread", float, 0.1, "toy: weight of the spread penalty", low=0),))
+                      own_flags=(flags.Flag("w_spread", float, 0.1, "toy: weight of the spread penalty", low=0),),
+                      check=check_toy)
 
 
 @pytest.fixture
@@ -95,26 +116,58 @@ def last_checkpoint(out):
     return os.path.join(folder, next(p for p in sorted(os.listdir(folder)) if p.endswith("_last.pth")))
 
 
+def tensors(tree, path=""):
+    """{path: tensor} of every tensor in a checkpoint's nested dicts and lists."""
+    if torch.is_tensor(tree):
+        return {path: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {k: v for key, sub in items for k, v in tensors(sub, f"{path}/{key}").items()}
+
+
+def test_the_toy_block_runs_between_layer2_and_layer3(toy):
+    net = ToyNet(5, arch="resnet18", share_net=1).eval()
+    order = []
+    for name in ("layer2", "layer3"):
+        getattr(net.base_resnet.base, name).register_forward_hook(lambda *a, name=name: order.append(name))
+    net.toy_block.register_forward_hook(lambda m, i, o: order.append(("toy_block", i[0].shape[1])))
+    x = torch.randn(2, 3, 32, 16)
+    before = net(x, x, 1)["bn"]
+    assert order == ["layer2", ("toy_block", 128), "layer3"]  # layer2's output channels in ResNet-18
+    with torch.no_grad():
+        net.toy_block.conv.bias.fill_(1)
+    assert not torch.allclose(net(x, x, 1)["bn"], before, atol=1e-3)  # it is on the path
+
+
 @pytest.mark.slow
 def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny_regdb, tmp_path, monkeypatch):
     writers = []
     monkeypatch.setattr(train_mine, "tensorboard_writer", lambda folder: writers.append(Scalars(folder)) or
                         writers[-1])
-    whole = train(tiny_regdb, str(tmp_path / "whole"))
-    assert whole["arch"]["head"] == "toy" and whole["epoch"] == 1 and whole["name"].startswith("demo_trial1_toy_")
+    whole = train(tiny_regdb, str(tmp_path / "whole"), "--w_spread", "0.2")
+    assert whole["arch"] == dict(class_num=4, head="toy", arch="resnet18", share_net=2)
+    assert whole["epoch"] == 1 and whole["name"].startswith("demo_trial1_toy_") and whole["args"]["w_spread"] == 0.2
+    # the block's weights are saved, and trained away from their zero start
+    assert {"toy_block.conv.weight", "toy_block.conv.bias"} <= set(whole["model"])
+    assert whole["model"]["toy_block.conv.weight"].abs().sum() > 0
     log = open(next((tmp_path / "whole" / "log").glob("*.log"))).read()
     assert "epoch 1: loss " in log and " spread " in log.split("epoch 1: ")[1].splitlines()[0]
     assert {"train/loss", "train/id", "train/tri", "train/acc", "train/spread"} <= writers[0].tags
     assert set(whole["train"]) >= {"loss", "id", "tri", "acc", "spread"}
 
-    # one epoch, then a resumed second: the same weights bit for bit
-    train(tiny_regdb, str(tmp_path / "split"), "--epochs", "1")
+    # one epoch, then a resumed second that takes --w_spread from the checkpoint: every tensor bit for bit
+    train(tiny_regdb, str(tmp_path / "split"), "--epochs", "1", "--w_spread", "0.2")
     first = last_checkpoint(str(tmp_path / "split"))
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2",
                                                              "--gpu", "cpu", "--log_path", ""]))
     resumed = torch.load(first, weights_only=False)
-    assert resumed["epoch"] == 1
-    assert all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
+    assert resumed["epoch"] == 1 and resumed["args"]["w_spread"] == 0.2
+    parts = ("model", "optimizer", "scaler")
+    want, got = tensors({k: whole[k] for k in parts}), tensors({k: resumed[k] for k in parts})
+    assert want.keys() == got.keys() and len(want) > 60
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    timing = ("seconds", "img_s")
+    assert {k: v for k, v in resumed["train"].items() if k not in timing} == \
+        {k: v for k, v in whole["train"].items() if k not in timing}
 
     out = tmp_path / "toy.json"
     test_mine.main(test_mine.get_args_parser().parse_args([
@@ -142,6 +195,8 @@ def test_the_new_methods_own_flag_is_declared_in_its_entry_alone(toy, tmp_path):
     assert train_mine.run_name(resolved("--w_spread", "0.2")) != train_mine.run_name(resolved())
     with pytest.raises(ValueError, match=r"--w_spread must be >= 0, got -1"):
         resolved("--w_spread", "-1")
+    with pytest.raises(ValueError, match=r"--share_net 3: the toy's block follows layer2"):
+        resolved("--share_net", "3")  # its own check, before any work
     # a resumed run takes it from its checkpoint
     args = train_mine.get_args_parser().parse_args(["--resume", "x_last.pth"])
     train_mine.resume_flags(args, set(), {"args": dict(vars(resolved("--w_spread", "0.2")))})
