@@ -656,8 +656,8 @@ def main(args):
     quick = args.quick
     args.steps = args.steps if args.steps is not None else (3 if quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 10)
-    args.batch_size = args.batch_size or (2 if quick else 6)
-    args.num_pos = args.num_pos or (2 if quick else 8)
+    args.batch_size = args.batch_size if args.batch_size is not None else (2 if quick else 6)  # 0 is refused
+    args.num_pos = args.num_pos if args.num_pos is not None else (2 if quick else 8)
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit(f"error: --steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     args.workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
@@ -665,8 +665,9 @@ def main(args):
         train_args(args, 0)  # the settings checked as train_mine.py checks them
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    if args.ref_workers < 0:
-        raise SystemExit(f"error: --ref_workers must be >= 0, got {args.ref_workers}")
+    for flag in ("ref_workers", "workers"):
+        if getattr(args, flag) < 0:
+            raise SystemExit(f"error: --{flag} must be >= 0, got {getattr(args, flag)}")
     if args.classes < args.batch_size:  # a batch holds P identities, labelled 0..P-1
         raise SystemExit(f"error: --classes must be at least --batch-size ({args.batch_size} identities a batch), "
                          f"got {args.classes}")

@@ -105,6 +105,12 @@ def prepare_run(args):
     for folder, flag in ((args.model_path, "--model_path"), (args.log_path, "--log_path")):
         if folder:
             fileio.check_output_dir(folder, flag)
+    if args.log_path:  # the run's log (appended to) and TensorBoard folder, else they fail after the data is read
+        log_file = os.path.join(args.log_path, name + ".log")
+        if os.path.lexists(log_file) and not os.path.isfile(log_file):
+            raise ValueError(f"--log_path: {log_file}, the run's log, exists and is not a file; choose another "
+                             f"--log_path")
+        fileio.check_output_dir(os.path.join(args.log_path, "tb", name), "--log_path")
     check_run_files(args, name, ckpt)
     if ckpt is not None and ckpt["epoch"] + 1 >= args.epochs:
         raise ValueError(f"--resume {args.resume}: its run has finished epoch {ckpt['epoch']} of --epochs "

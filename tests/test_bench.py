@@ -205,6 +205,9 @@ def test_the_self_check_fails_where_the_compiled_path_falls_back(capsys, monkeyp
     (["--classes", "0"], r"--classes must be at least --batch-size \(2 identities a batch\), got 0"),
     (["--classes", "1"], r"--classes must be at least --batch-size"),
     (["--ref_workers", "-1"], r"--ref_workers must be >= 0, got -1"),
+    (["--workers", "-2"], r"--workers must be >= 0, got -2"),
+    (["--batch_size", "0"], r"--batch_size must be >= 1, got 0"),  # not the default in its place
+    (["--num_pos", "0"], r"--num_pos must be >= 1, got 0"),
 ])
 def test_bad_flags_are_one_line_errors_before_any_work(argv, match, capsys, monkeypatch):
     def work(*a):

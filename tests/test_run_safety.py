@@ -236,6 +236,22 @@ def test_bad_numbers_are_refused_before_any_work(flags, message, tmp_path):
     assert not data.exists() and not (tmp_path / "log").exists() and not (tmp_path / "models").exists()
 
 
+@pytest.mark.parametrize("blocker", ["log", "tb"])
+def test_a_log_or_tensorboard_path_taken_by_something_else_is_refused_before_any_work(blocker, tmp_path):
+    """The run's log file and TensorBoard folder are checked with the other outputs, not when first
+    written (after the data and the network are built)."""
+    data, log = tmp_path / "never-written", tmp_path / "log"
+    name = run_name(train_args(str(data), str(tmp_path / "probe")))
+    log.mkdir()
+    if blocker == "log":
+        (log / f"{name}.log").mkdir()
+    else:
+        (log / "tb").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"--log_path.*(not a file|is a file)"):
+        train_mine.main(train_args(str(data), str(tmp_path)))
+    assert not data.exists() and not (tmp_path / "models").exists()
+
+
 @pytest.mark.slow
 def test_id_only_trains_with_one_identity_per_batch(tiny_regdb, tmp_path):  # noqa: F811
     assert train_mine.main(train_args(tiny_regdb, str(tmp_path), "--method", "id-only", "--batch-size", "1"))
