@@ -649,10 +649,8 @@ def release(device):
     train_mine.reset_compiler()
 
 
-def main(args):
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
+def resolve(args, device):
+    """bench's own defaults (--quick: a CPU smoke run) filled in and every flag checked, before any work."""
     quick = args.quick
     args.steps = args.steps if args.steps is not None else (3 if quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 10)
@@ -677,6 +675,13 @@ def main(args):
         if n < 2 or args.batch_size % n:
             raise SystemExit(f"error: --processes {n}: a share of the P={args.batch_size} identities of a step "
                              f"needs N >= 2 that divides P (torchrun refuses any other)")
+
+
+def main(args):
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    resolve(args, device)
     if args.check:
         if args.method != ["hctri"]:
             raise SystemExit("error: --method: --check checks the default training path with the paper's method; "
