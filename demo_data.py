@@ -354,13 +354,14 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
     img = _background(H, W, modality, rng, cam_style)
     figure = _Figure(attrs, img, X, Y, pal, rng)
     # back to front: what is behind the body, legs, torso, arms, head, what is carried in front
-    for part in (figure.behind, figure.legs, figure.torso, figure.arms, figure.head, figure.carried):
-        part()
+    for part in (_behind, _legs, _torso, _arms, _head, _carried):
+        part(figure)
     return _photometric(img, modality, rng)
 
 
 class _Figure:
-    """One person drawn on the supersampled canvas ``img`` (pixels of X, Y), its pose drawn from rng."""
+    """One person on the supersampled canvas ``img`` (pixels of X, Y): its proportions and pose, drawn from rng;
+    the functions below paint its parts."""
 
     def __init__(self, a, img, X, Y, pal, rng):
         self.a, self.img, self.X, self.Y, self.pal = a, img, X, Y, pal
@@ -391,108 +392,114 @@ class _Figure:
         self.img[mask] = pair[0]
         self.img[mask & pattern] = pair[1]
 
-    def behind(self):
-        """Backpack, long hair."""
-        a, X, Y, P, cx, sw = self.a, self.X, self.Y, self.P, self.cx, self.sw
-        if a["object"] == "backpack":
-            self.paint(_rect(X, Y, cx - sw * 1.22, self.shoulder_y - 0.01 * P, cx + sw * 1.22,
-                             self.hip_y - 0.04 * P), self.pal.obj)
-        if a["head_style"] == "long_hair":
-            rx, ry, cy = self.head_rx, self.head_ry, self.head_cy
-            self.paint(_rect(X, Y, cx - rx * 1.15, cy, cx + rx * 1.15, self.shoulder_y + 0.09 * P) |
-                       _ellipse(X, Y, cx, cy, rx * 1.15, ry * 1.08), self.pal.hair)
 
-    def legs(self):
-        a, X, Y, P, cx, hw, hip_y, feet = self.a, self.X, self.Y, self.P, self.cx, self.hw, self.hip_y, self.feet
-        lower, lower_pat, leg_r = a["lower"], a["lower_pattern"], self.leg_r
-        legs_cloth = np.zeros_like(X, dtype=bool)
-        legs_pattern = np.zeros_like(X, dtype=bool)
-        clothed_to = {"trousers": 0.93, "shorts": 0.42, "skirt": 0.0, "long_skirt": 0.0}[lower]
-        for s, st in ((-1, self.stride), (1, -self.stride)):
-            x0, y0 = cx + s * hw * 0.5, hip_y
-            x1, y1 = cx + s * hw * 0.5 + st * 0.5, feet - 0.03 * P
-            leg, t, perp = _capsule(X, Y, x0, y0, x1, y1, leg_r)
-            self.paint(leg, self.pal.skin)
-            cloth = leg & (t <= clothed_to)
-            legs_cloth |= cloth
-            if lower_pat == "sidestripe":
-                # outer third of each leg; perp > 0 is the +x side for a downward leg
-                legs_pattern |= cloth & (-s * perp > leg_r * 0.2)
-            elif lower_pat == "bands":
-                legs_pattern |= cloth & _bands(t, 3.0)
-            # shoe
-            self.paint(_ellipse(X, Y, x1 + s * 0.012 * P, feet - 0.018 * P, leg_r * 1.25, 0.022 * P), self.pal.shoe)
-        pelvis = _rect(X, Y, cx - hw, hip_y - 0.01 * P, cx + hw, hip_y + 0.06 * P)
-        if lower in ("skirt", "long_skirt"):
-            length = (0.5 if lower == "skirt" else 0.8) * (feet - hip_y)
-            v = np.clip((Y[:, :1] - hip_y) / length, 0, 1)     # (H, 1)
-            half = hw * (1.0 + 0.55 * v)
-            skirt = (Y >= hip_y - 0.01 * P) & (Y < hip_y + length) & (np.abs(X - cx) <= half)
-            pat = False
-            if lower_pat == "sidestripe":
-                pat = np.abs(X - cx) > half * 0.6
-            elif lower_pat == "bands":
-                pat = _bands(v, 2.0)
-            self.paint_pattern(skirt, pat, self.pal.lower)
-        else:
-            legs_cloth |= pelvis
-            self.paint_pattern(legs_cloth, legs_pattern, self.pal.lower)
+def _behind(f):
+    """Backpack, long hair."""
+    a, X, Y, P, cx, sw = f.a, f.X, f.Y, f.P, f.cx, f.sw
+    if a["object"] == "backpack":
+        f.paint(_rect(X, Y, cx - sw * 1.22, f.shoulder_y - 0.01 * P, cx + sw * 1.22,
+                         f.hip_y - 0.04 * P), f.pal.obj)
+    if a["head_style"] == "long_hair":
+        rx, ry, cy = f.head_rx, f.head_ry, f.head_cy
+        f.paint(_rect(X, Y, cx - rx * 1.15, cy, cx + rx * 1.15, f.shoulder_y + 0.09 * P) |
+                   _ellipse(X, Y, cx, cy, rx * 1.15, ry * 1.08), f.pal.hair)
 
-    def torso(self):
-        """The torso with the upper garment's texture."""
-        X, Y, cx, sw, hw, arm_r, shoulder_y = self.X, self.Y, self.cx, self.sw, self.hw, self.arm_r, self.shoulder_y
-        v = (Y[:, :1] - shoulder_y) / (self.hip_y - shoulder_y)  # (H, 1)
-        half = sw + (hw - sw) * np.clip(v, 0, 1)
-        torso = (v >= 0) & (v <= 1.0) & (np.abs(X - cx) <= half)
-        torso |= _capsule(X, Y, cx - sw + arm_r, shoulder_y + arm_r, cx + sw - arm_r, shoulder_y + arm_r, arm_r)[0]
-        u = (X[:1, :] - cx) / (2 * sw) + 0.5                  # (1, W), 0..1 across shoulders
-        self.paint_pattern(torso, _upper_pattern(self.a["upper"], u, v), self.pal.upper)
 
-    def arms(self):
-        X, Y, P, cx, sw, arm_r = self.X, self.Y, self.P, self.cx, self.sw, self.arm_r
-        sleeve_to = 0.9 if self.a["sleeves"] == "long" else 0.3
+def _legs(f):
+    a, X, Y, P, cx, hw, hip_y, feet = f.a, f.X, f.Y, f.P, f.cx, f.hw, f.hip_y, f.feet
+    lower, lower_pat, leg_r = a["lower"], a["lower_pattern"], f.leg_r
+    legs_cloth = np.zeros_like(X, dtype=bool)
+    legs_pattern = np.zeros_like(X, dtype=bool)
+    clothed_to = {"trousers": 0.93, "shorts": 0.42, "skirt": 0.0, "long_skirt": 0.0}[lower]
+    for s, st in ((-1, f.stride), (1, -f.stride)):
+        x0, y0 = cx + s * hw * 0.5, hip_y
+        x1, y1 = cx + s * hw * 0.5 + st * 0.5, feet - 0.03 * P
+        leg, t, perp = _capsule(X, Y, x0, y0, x1, y1, leg_r)
+        f.paint(leg, f.pal.skin)
+        cloth = leg & (t <= clothed_to)
+        legs_cloth |= cloth
+        if lower_pat == "sidestripe":
+            # outer third of each leg; perp > 0 is the +x side for a downward leg
+            legs_pattern |= cloth & (-s * perp > leg_r * 0.2)
+        elif lower_pat == "bands":
+            legs_pattern |= cloth & _bands(t, 3.0)
+        # shoe
+        f.paint(_ellipse(X, Y, x1 + s * 0.012 * P, feet - 0.018 * P, leg_r * 1.25, 0.022 * P), f.pal.shoe)
+    pelvis = _rect(X, Y, cx - hw, hip_y - 0.01 * P, cx + hw, hip_y + 0.06 * P)
+    if lower in ("skirt", "long_skirt"):
+        length = (0.5 if lower == "skirt" else 0.8) * (feet - hip_y)
+        v = np.clip((Y[:, :1] - hip_y) / length, 0, 1)     # (H, 1)
+        half = hw * (1.0 + 0.55 * v)
+        skirt = (Y >= hip_y - 0.01 * P) & (Y < hip_y + length) & (np.abs(X - cx) <= half)
+        pat = False
+        if lower_pat == "sidestripe":
+            pat = np.abs(X - cx) > half * 0.6
+        elif lower_pat == "bands":
+            pat = _bands(v, 2.0)
+        f.paint_pattern(skirt, pat, f.pal.lower)
+    else:
+        legs_cloth |= pelvis
+        f.paint_pattern(legs_cloth, legs_pattern, f.pal.lower)
+
+
+def _torso(f):
+    """The torso with the upper garment's texture."""
+    X, Y, cx, sw, hw, arm_r, shoulder_y = f.X, f.Y, f.cx, f.sw, f.hw, f.arm_r, f.shoulder_y
+    v = (Y[:, :1] - shoulder_y) / (f.hip_y - shoulder_y)  # (H, 1)
+    half = sw + (hw - sw) * np.clip(v, 0, 1)
+    torso = (v >= 0) & (v <= 1.0) & (np.abs(X - cx) <= half)
+    torso |= _capsule(X, Y, cx - sw + arm_r, shoulder_y + arm_r, cx + sw - arm_r, shoulder_y + arm_r, arm_r)[0]
+    u = (X[:1, :] - cx) / (2 * sw) + 0.5                  # (1, W), 0..1 across shoulders
+    f.paint_pattern(torso, _upper_pattern(f.a["upper"], u, v), f.pal.upper)
+
+
+def _arms(f):
+    X, Y, P, cx, sw, arm_r = f.X, f.Y, f.P, f.cx, f.sw, f.arm_r
+    sleeve_to = 0.9 if f.a["sleeves"] == "long" else 0.3
+    for s in (-1, 1):
+        x0, y0 = cx + s * (sw - arm_r * 0.6), f.shoulder_y + arm_r
+        x1, y1 = cx + s * (sw + arm_r * 0.6) + s * 0.01 * P, f.hand_y
+        x1 += f.swing * s * 0.3
+        arm, t, _ = _capsule(X, Y, x0, y0, x1, y1, arm_r)
+        f.paint(arm, f.pal.skin)
+        f.paint(arm & (t <= sleeve_to), f.pal.upper[0])
+
+
+def _head(f):
+    X, Y, P, cx, rx, ry, cy = f.X, f.Y, f.P, f.cx, f.head_rx, f.head_ry, f.head_cy
+    f.paint(_rect(X, Y, cx - rx * 0.4, cy, cx + rx * 0.4, f.shoulder_y + 0.01 * P), f.pal.skin)  # neck
+    face = _ellipse(X, Y, cx, cy, rx, ry)
+    f.paint(face, f.pal.skin)
+    if f.a["head_style"] in ("short_hair", "long_hair"):
+        f.paint(face & (Y < cy - ry * 0.35), f.pal.hair)
+    else:  # hat: crown and brim
+        f.paint(_rect(X, Y, cx - rx * 1.05, f.top - 0.35 * f.head_h, cx + rx * 1.05, cy - ry * 0.25),
+                   f.pal.hat)
+        f.paint(_rect(X, Y, cx - rx * 1.7, cy - ry * 0.45, cx + rx * 1.7, cy - ry * 0.2), f.pal.hat)
+
+
+def _carried(f):
+    """Carried objects in front of the body."""
+    X, Y, P, cx, sw, hw, side, obj = f.X, f.Y, f.P, f.cx, f.sw, f.hw, f.side, f.a["object"]
+    arm_r, hand_y, feet, shoulder_y, hip_y = f.arm_r, f.hand_y, f.feet, f.shoulder_y, f.hip_y
+    if obj == "backpack":  # straps over the shoulders
         for s in (-1, 1):
-            x0, y0 = cx + s * (sw - arm_r * 0.6), self.shoulder_y + arm_r
-            x1, y1 = cx + s * (sw + arm_r * 0.6) + s * 0.01 * P, self.hand_y
-            x1 += self.swing * s * 0.3
-            arm, t, _ = _capsule(X, Y, x0, y0, x1, y1, arm_r)
-            self.paint(arm, self.pal.skin)
-            self.paint(arm & (t <= sleeve_to), self.pal.upper[0])
-
-    def head(self):
-        X, Y, P, cx, rx, ry, cy = self.X, self.Y, self.P, self.cx, self.head_rx, self.head_ry, self.head_cy
-        self.paint(_rect(X, Y, cx - rx * 0.4, cy, cx + rx * 0.4, self.shoulder_y + 0.01 * P), self.pal.skin)  # neck
-        face = _ellipse(X, Y, cx, cy, rx, ry)
-        self.paint(face, self.pal.skin)
-        if self.a["head_style"] in ("short_hair", "long_hair"):
-            self.paint(face & (Y < cy - ry * 0.35), self.pal.hair)
-        else:  # hat: crown and brim
-            self.paint(_rect(X, Y, cx - rx * 1.05, self.top - 0.35 * self.head_h, cx + rx * 1.05, cy - ry * 0.25),
-                       self.pal.hat)
-            self.paint(_rect(X, Y, cx - rx * 1.7, cy - ry * 0.45, cx + rx * 1.7, cy - ry * 0.2), self.pal.hat)
-
-    def carried(self):
-        """Carried objects in front of the body."""
-        X, Y, P, cx, sw, hw, side, obj = self.X, self.Y, self.P, self.cx, self.sw, self.hw, self.side, self.a["object"]
-        arm_r, hand_y, feet, shoulder_y, hip_y = self.arm_r, self.hand_y, self.feet, self.shoulder_y, self.hip_y
-        if obj == "backpack":  # straps over the shoulders
-            for s in (-1, 1):
-                self.paint(_rect(X, Y, cx + s * sw * 0.45, shoulder_y - 0.005 * P,
-                                 cx + s * sw * 0.62, hip_y - 0.06 * P), self.pal.obj)
-        elif obj == "shoulder_bag":
-            bx = cx + side * (hw + arm_r * 1.6)
-            by0 = hip_y - 0.06 * P
-            self.paint(_capsule(X, Y, cx - side * sw * 0.7, shoulder_y, bx, by0, 0.009 * P)[0], self.pal.obj)
-            self.paint(_rect(X, Y, bx - side * 0.02 * P, by0, bx + side * 0.14 * P, by0 + 0.14 * P), self.pal.obj)
-        elif obj == "handbag":
-            hx = cx + side * (sw + arm_r * 1.6)
-            self.paint(_rect(X, Y, hx - 0.045 * P, hand_y - 0.005 * P, hx + 0.045 * P, hand_y + 0.075 * P),
-                       self.pal.obj)
-        elif obj == "suitcase":
-            sx = cx + side * (sw + arm_r * 2.0)
-            handle = _capsule(X, Y, sx, hand_y, sx + side * 0.03 * P, feet - 0.27 * P, 0.008 * P)[0]
-            self.paint(handle, self.pal.shoe)
-            self.paint(_rect(X, Y, sx, feet - 0.27 * P, sx + side * 0.16 * P, feet - 0.01 * P), self.pal.obj)
+            f.paint(_rect(X, Y, cx + s * sw * 0.45, shoulder_y - 0.005 * P,
+                             cx + s * sw * 0.62, hip_y - 0.06 * P), f.pal.obj)
+    elif obj == "shoulder_bag":
+        bx = cx + side * (hw + arm_r * 1.6)
+        by0 = hip_y - 0.06 * P
+        f.paint(_capsule(X, Y, cx - side * sw * 0.7, shoulder_y, bx, by0, 0.009 * P)[0], f.pal.obj)
+        f.paint(_rect(X, Y, bx - side * 0.02 * P, by0, bx + side * 0.14 * P, by0 + 0.14 * P), f.pal.obj)
+    elif obj == "handbag":
+        hx = cx + side * (sw + arm_r * 1.6)
+        f.paint(_rect(X, Y, hx - 0.045 * P, hand_y - 0.005 * P, hx + 0.045 * P, hand_y + 0.075 * P),
+                   f.pal.obj)
+    elif obj == "suitcase":
+        sx = cx + side * (sw + arm_r * 2.0)
+        handle = _capsule(X, Y, sx, hand_y, sx + side * 0.03 * P, feet - 0.27 * P, 0.008 * P)[0]
+        f.paint(handle, f.pal.shoe)
+        f.paint(_rect(X, Y, sx, feet - 0.27 * P, sx + side * 0.16 * P, feet - 0.01 * P), f.pal.obj)
 
 
 def _upper_pattern(up, u, v):
