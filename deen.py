@@ -154,7 +154,7 @@ class DEEN(model_mine.TwoStreamResNet):
         self.bottleneck = model_mine.bn_neck(dim)
         self.classifier = model_mine.id_classifier(dim, class_num)
         # the reference's RegDB network holds a layer4 it never runs (untrained ImageNet weights): its
-        # checkpoints' keys there are left out on load (utils.model_from_checkpoint)
+        # checkpoints' keys there are left out on load (checkpoints.model_from_checkpoint)
         self.unused_reference_keys = ("base_resnet.base.layer4.",) if last_stage == 3 else ()
 
     def head_parameters(self):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import checkpoints
 import data_loader
 import extract
 import fileio
@@ -186,7 +187,7 @@ def main(argv=None, log=print):
     args = get_args_parser().parse_args(argv)
     check_out(args.out)
     versions = require(args.format)
-    model, info = extract.load_model(args.resume, **extract.model_flags(args))
+    model, info = checkpoints.load_model(args.resume, **extract.model_flags(args))
     extract.check_dataset(args.dataset, info)
     img_h, img_w = info["img_h"], info["img_w"]
     flip = settings.flip_default(info["method"]) == "on"  # FeatureExtractor's default, exported with the model

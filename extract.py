@@ -22,17 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+import checkpoints
 import data_loader
 import data_manager
 import eval_metrics
 import fileio
 import settings
-import test_mine
 import utils
 
 MODALITIES = {"visible": 1, "thermal": 2}  # the model's modal argument: which stream runs
-# flags that say how to build an original-code checkpoint, pick its dataset's defaults, or resize
-MODEL_FLAGS = ("dataset", "img_w", "img_h") + tuple(f.name for f in settings.architecture_flags())
 
 
 def modal_index(modality, flag="modality"):
@@ -40,35 +38,6 @@ def modal_index(modality, flag="modality"):
     if modality not in MODALITIES:
         raise ValueError(f"{flag} must be visible or thermal, got {modality!r}")
     return MODALITIES[modality]
-
-
-def model_args(flags):
-    """test_mine's namespace for these flags, prepared as test_mine.main prepares it, as far as the
-    model and the image size need it."""
-    unknown = sorted(set(flags) - set(MODEL_FLAGS))
-    if unknown:
-        raise ValueError(f"unknown flag(s) {', '.join(unknown)}: expected some of {', '.join(MODEL_FLAGS)}")
-    args = test_mine.get_args_parser().parse_args([])
-    for key, value in flags.items():
-        if value is not None:
-            setattr(args, key, value)
-    test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial", "data_path"), log=lambda *a: None)
-    return args
-
-
-def load_model(checkpoint, **flags):
-    """(model in eval mode on the CPU, info): the loader test_mine.py uses; info holds the image size
-    (the checkpoint's, else the dataset's), the method and the checkpoint's path."""
-    args = model_args(flags)
-    path = os.fspath(checkpoint)
-    model, ckpt = utils.model_from_checkpoint(path, args, args.explicit)
-    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
-    saved = saved if isinstance(saved, dict) else {}
-    img_w, img_h = test_mine.image_size(args, ckpt)
-    method = saved.get("method") or (args.method if model.config["head"] in settings.METHODS[args.method].heads
-                                     else settings.method_of(model.config)[0])
-    return model.eval(), {"checkpoint": path, "img_w": img_w, "img_h": img_h, "method": method,
-                          "dataset": saved.get("dataset")}
 
 
 def check_dataset(dataset, info):
@@ -130,8 +99,8 @@ class FeatureExtractor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device, self.half, self.batch_size, self.workers = as_device(device), half, batch_size, workers
-        model, self.info = load_model(checkpoint, **arch_flags)
-        self.model = test_mine.on_device(model, self.device).eval()
+        model, self.info = checkpoints.load_model(checkpoint, **arch_flags)
+        self.model = checkpoints.on_device(model, self.device).eval()
         self.img_w, self.img_h = self.info["img_w"], self.info["img_h"]
         self.feature_names = tuple(self.model.feature_names)
         self.feature = self.feature_names[0]
@@ -171,8 +140,8 @@ def add_model_flags(parser):
 
 
 def model_flags(args):
-    """The keyword arguments of load_model / FeatureExtractor given on the command line."""
-    return {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    """The keyword arguments of checkpoints.load_model / FeatureExtractor given on the command line."""
+    return {k: getattr(args, k) for k in checkpoints.MODEL_FLAGS if getattr(args, k) is not None}
 
 
 def get_args_parser():

@@ -11,7 +11,6 @@ are built from --method and its published defaults, or the architecture flags (-
 import argparse
 import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -21,10 +20,12 @@ import weakref
 import numpy as np
 import torch
 
+import checkpoints
 import data_manager
 import demo_data
 import fileio
 import eval_metrics
+import extract
 import flags
 import settings
 import utils
@@ -93,58 +94,20 @@ def picture_flags(parser):
                    help="search: modality of the query images (default thermal; the gallery is the other)")
 
 
-ARCH_FLAGS = tuple(f.name for f in settings.architecture_flags())
-
-
-def resolve_checkpoint(path, model_path):
-    if not path:
-        raise ValueError("--resume: give the checkpoint file to evaluate")
-    if not os.path.exists(path.format(trial=1) if "{trial}" in path else path):
-        alt = os.path.join(model_path, path)
-        if os.path.exists(alt.format(trial=1) if "{trial}" in alt else alt):
-            return alt
-    return path
-
-
-def image_size(args, ckpt):
-    """--img_w/--img_h, else the size the checkpoint was trained at, else the dataset's."""
-    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
-    defaults = settings.DATASETS[args.dataset].defaults
-    return (args.img_w or saved.get("img_w") or defaults["img_w"],
-            args.img_h or saved.get("img_h") or defaults["img_h"])
-
-
-def flip_test(args, ckpt):
-    """--flip_test as given, else as the reference of the checkpoint's method tests (CAJ's flips)."""
-    if args.flip_test is None:
-        saved = ckpt.get("args") if isinstance(ckpt, dict) else None
-        method = (saved or {}).get("method")
-        args.flip_test = settings.flip_default(method if method in settings.METHODS else args.method)
-    return args.flip_test == "on"
-
-
-def on_device(model, device):
-    return model.to(device).to(memory_format=torch.channels_last)
-
-
-def load_model(path, args, device, ckpt=None):
-    model, ckpt = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
-    return on_device(model, device), ckpt
-
-
 def evaluate_trials(args, device, log, on_distance=None):
     """Records of every search of every gallery trial (SYSU-MM01, LLCM), and the model."""
     default = settings.DATASETS[args.dataset].default_trials
     trials = utils.parse_trials(args.trials if args.trials is not None else default)
-    model, ckpt = load_model(resolve_checkpoint(args.resume, args.model_path), args, device)
-    img_w, img_h = image_size(args, ckpt)
+    path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
+    model, ckpt = checkpoints.load_on_device(path, args, device)
+    img_w, img_h = checkpoints.image_size(args, ckpt)
     dataset = settings.DATASETS[args.dataset]
     log(f"{dataset.describe(args)}, trials {trials}, {img_h}x{img_w}")
     evaluator = dataset.evaluator(args, trials, img_w, img_h)
     for setting, _, (qm, qi), (gm, gi), _ in evaluator.searches()[::len(trials)]:
         log(f"{setting}: {len(qi)} {qm} queries against {len(gi)} {gm} gallery images per trial")
     return evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance,
-                         flip_test(args, ckpt)), model
+                         checkpoints.flip_test(args, ckpt)), model
 
 
 def regdb_trials(args, path, log):
@@ -157,7 +120,7 @@ def regdb_trials(args, path, log):
     elif per_trial:
         trials = [args.trial] if args.trial else splits(args)
     else:
-        ckpt = read[path] = utils.load_checkpoint(path)
+        ckpt = read[path] = checkpoints.load_checkpoint(path)
         recorded = args.trial or (ckpt.get("args", {}) if isinstance(ckpt, dict) else {}).get("trial")
         if recorded is None:  # the original code's files do not say which split they were trained on
             log(f"note: {path} does not record its RegDB split: testing split 1; pass --trials N if it was "
@@ -175,7 +138,7 @@ def regdb_trials(args, path, log):
             data_manager.process_test_regdb(args.data_path, t, m)
     for t, f in files.items():
         if f not in read:
-            read[f] = utils.load_checkpoint(f)
+            read[f] = checkpoints.load_checkpoint(f)
         if isinstance(read[f], dict):  # ten splits' optimiser states would only fill the memory
             for key in ("optimizer", "scaler"):
                 read[f].pop(key, None)
@@ -199,13 +162,14 @@ def evaluate_regdb(args, device, log, on_distance=None):
     # every split's model built (on the CPU) before the first is evaluated, so that a file whose
     # weights do not fit fails first too; each goes to the device only for its own split
     models = {}
-    for t, (path, ckpt) in regdb_trials(args, resolve_checkpoint(args.resume, args.model_path), log).items():
-        model, _ = utils.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
-        models[t] = model, image_size(args, ckpt), flip_test(args, ckpt)
+    path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
+    for t, (path, ckpt) in regdb_trials(args, path, log).items():
+        model, _ = checkpoints.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
+        models[t] = model, checkpoints.image_size(args, ckpt), checkpoints.flip_test(args, ckpt)
     records, dataset = [], settings.DATASETS[args.dataset]
     for t in list(models):
         model, (img_w, img_h), flip = models.pop(t)
-        model = on_device(model, device)
+        model = checkpoints.on_device(model, device)
         evaluator = dataset.evaluator(args, [t], img_w, img_h)
         records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance, flip)
     return records, model
@@ -240,8 +204,10 @@ def collect(records, model, log, labels=None):
 UNTAGGED = {"pcb": "parts", "global": "bn"}
 
 
+# the settings of the network that results.csv records (from its config; empty where it has none)
+CONFIG_COLUMNS = ("share_net", "pcb")
 # flip_test and half came later: at the end, so that the older columns keep their places
-RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb", "re_rank"] + \
+RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", *CONFIG_COLUMNS, "re_rank"] + \
     [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS] + ["flip_test", "half"]
 
 
@@ -280,7 +246,7 @@ def append_results_csv(log_path, args, results):
             tag = "" if UNTAGGED.get(model["head"]) == feature else f" [{model['head']} {feature}]"
             row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "resume": args.resume,
                    "setting": setting + tag, "trials": " ".join(str(x["trial"]) for x in entry["trials"]),
-                   "share_net": model.get("share_net", ""), "pcb": model.get("pcb", ""), "re_rank": args.re_rank,
+                   **{k: model.get(k, "") for k in CONFIG_COLUMNS}, "re_rank": args.re_rank,
                    "flip_test": args.flip_test, "half": "on" if args.half else "off"}
             row.update({f"{k}_mean": f"{entry['mean'][k]:.2f}" for k in eval_metrics.METRICS})
             row.update({f"{k}_std": f"{entry['std'][k]:.2f}" for k in eval_metrics.METRICS})
@@ -406,11 +372,10 @@ def search_folders(args, device, log):
                          "the other")
     q_paths = data_manager.images_under(args.query_dir, "--query_dir")
     g_paths = data_manager.images_under(args.gallery_dir, "--gallery_dir")
-    import extract  # here, not at the top: extract imports this module
     flags = {k: getattr(args, k) for k in ("dataset", "img_w", "img_h", *getattr(args, "explicit", ()))}
     flip = None if args.flip_test is None else args.flip_test == "on"
-    extractor = extract.FeatureExtractor(resolve_checkpoint(args.resume, args.model_path), device, args.half,
-                                         args.test_batch, args.workers, flip, **flags)
+    path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
+    extractor = extract.FeatureExtractor(path, device, args.half, args.test_batch, args.workers, flip, **flags)
     g_modal = "visible" if args.query_modal == "thermal" else "thermal"
     qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
     gf = torch.from_numpy(extractor(g_paths, g_modal)).to(device)
@@ -482,32 +447,12 @@ def resolve_search_flags(args, searching):
     args.top_k = 10 if args.top_k is None else args.top_k
 
 
-def resolve_model_flags(args, skip=(), log=print):
-    """The architecture flags (test_mine.py's, extract.py's) resolved once: those given explicitly are
-    recorded (they must agree with a checkpoint of ours, which carries its own), a flag that one method
-    alone reads implies that method, the dataset's defaults fill the rest, and every value is checked."""
-    args.explicit = sorted(k for k in ARCH_FLAGS if getattr(args, k) is not None)
-    if args.method is None:
-        for name, method in settings.METHODS.items():
-            own = [f"--{f}" for f in args.explicit if f in method.flags and
-                   all(f not in m.flags for m in settings.METHODS.values() if m is not method)]
-            if own:  # e.g. the reference DGTL code's test commands, which have no --method
-                args.method = name
-                log(f"note: {', '.join(own)} given without --method: evaluating as --method {name}")
-                break
-    settings.fill_defaults(args, skip=skip)
-    validate_args(args)
-
-
 def validate_args(args):
-    settings.check_choices(args, settings.CHOICES)
+    """This script's flags beyond the model's (checkpoints.check_model_flags checks those)."""
     for flag, low in (("top_k", 1), ("visualize", 0)):  # this script's own
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ValueError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
-    if args.gem_p is not None and not (math.isfinite(args.gem_p) and args.gem_p > 0):
-        raise ValueError(f"--gem_p must be a finite number > 0, got {args.gem_p}")
-    flags.check_ranges(args, [settings.flag(k) for k in ("test_batch", "workers", "img_w", "img_h",
-                                                                  "local_feat_dim", "num_strips")])
+    flags.check_ranges(args, [settings.flag(k) for k in ("test_batch", "workers")])
     if args.trials is not None:
         utils.parse_trials(args.trials)
         if args.trial is not None:
@@ -535,7 +480,7 @@ def splits(args):
 
 def input_files(args):
     """The checkpoint file(s) this evaluation reads (every split's, for a {trial} template)."""
-    path = resolve_checkpoint(args.resume, args.model_path) if args.resume else ""
+    path = checkpoints.resolve_checkpoint(args.resume, args.model_path) if args.resume else ""
     if "{trial}" not in path:
         return [path]
     trials = utils.parse_trials(args.trials) if args.trials is not None else [args.trial] if args.trial else \
@@ -569,8 +514,8 @@ def check_json_apart(args, searching):
     if args.log_path and not searching and target == os.path.realpath(os.path.join(args.log_path, "results.csv")):
         raise ValueError(f"--json {args.json}: this run's results table (--log_path); give another file name")
     if args.visualize or searching:
-        name = SEARCH_FOLDER if searching else RankedListWriter.folder_name(resolve_checkpoint(args.resume,
-                                                                                                args.model_path))
+        name = SEARCH_FOLDER if searching else RankedListWriter.folder_name(
+            checkpoints.resolve_checkpoint(args.resume, args.model_path))
         folder = os.path.realpath(os.path.join(args.vis_dir, name))
         if os.path.commonpath([folder, target]) == folder:
             raise ValueError(f"--json {args.json}: inside this run's picture folder {folder}; give another file name")
@@ -581,7 +526,8 @@ def main(args):
     searching = bool(args.query_dir or args.gallery_dir)
     resolve_search_flags(args, searching)  # before the dataset's defaults fill what is left out
     # the image size comes from the checkpoint first; a folder search needs no dataset
-    resolve_model_flags(args, ("img_w", "img_h", "trial") + (("data_path",) if searching else ()), log)
+    checkpoints.resolve_model_flags(args, ("img_w", "img_h", "trial") + (("data_path",) if searching else ()), log)
+    validate_args(args)
     device = utils.select_device(args.gpu)
     if args.half and device.type == "cpu" and utils.cpu_has_amx():
         log(f"warning: --half on a CPU with AMX: {utils.AMX_BF16}; leave --half out for float32 features")
@@ -593,7 +539,7 @@ def main(args):
     demo_data.ensure_demo(args, log)
     start = time.time()
     writer = RankedListWriter(args.vis_dir, args.visualize, args.vis_order, args.top_k,
-                              resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None
+                              checkpoints.resolve_checkpoint(args.resume, args.model_path)) if args.visualize else None
     dataset = settings.DATASETS[args.dataset]
     evaluate = evaluate_regdb if dataset.splits else evaluate_trials  # RegDB: a model per split
     records, model = evaluate(args, device, log, writer)

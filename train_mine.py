@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpoints
 import data_loader
 import demo_data
 import eval_metrics
@@ -89,7 +90,7 @@ def prepare_run(args):
     explicit = {k for k in settings.experiment_flags() if getattr(args, k, None) is not None}
     ckpt, notes = None, []
     if args.resume:
-        ckpt = utils.load_checkpoint(args.resume)
+        ckpt = checkpoints.load_checkpoint(args.resume)
         if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "arch" not in ckpt:
             raise ValueError(f"--resume {args.resume}: not a training checkpoint of this project (checkpoints "
                              f"of the original code can be evaluated with test_mine.py, not resumed)")
@@ -132,7 +133,7 @@ def check_run_files(args, name, ckpt):
                          f"another --model_path (nothing was overwritten)")
     last = checkpoint_paths(args.model_path, name)["last"]
     if own and os.path.exists(last) and not os.path.samefile(last, args.resume):  # e.g. --resume X_best.pth
-        later = utils.load_checkpoint(last).get("epoch", -1)
+        later = checkpoints.load_checkpoint(last).get("epoch", -1)
         if later > ckpt["epoch"]:
             raise ValueError(f"--resume {args.resume}: continuing from its epoch {ckpt['epoch']} would write over "
                              f"{last}, which holds epoch {later} of the same run; resume from that file, or "
@@ -783,7 +784,7 @@ def build_network(num_classes, args, ckpt, name, device, dtype, log):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_epoch, best = 0, {"rank1": -1.0, "epoch": -1}
     if ckpt:
-        utils.load_weights(model, ckpt["model"], args.resume)
+        checkpoints.load_weights(model, ckpt["model"], args.resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best", best)

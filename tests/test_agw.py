@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+import checkpoints
 import data_loader
 import loss
 import model_mine
 import settings
 import test_mine
 import train_mine
-import utils
 
 
 def test_the_non_local_block_is_the_reference_computation():
@@ -113,8 +113,8 @@ def reference_checkpoint(tmp_path):
 def test_a_reference_checkpoint_evaluates_as_it_is_and_another_method_is_named(tmp_path):
     model, path = reference_checkpoint(tmp_path)
     args = test_mine.get_args_parser().parse_args(["--method", "agw", "--dataset", "sysu", "--data_path", "ROOT"])
-    test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
-    loaded, _ = utils.model_from_checkpoint(path, args, args.explicit)
+    checkpoints.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
+    loaded, _ = checkpoints.model_from_checkpoint(path, args, args.explicit)
     x = torch.randn(2, 3, 64, 32)
     want, got = model.features(x, 2), loaded.eval().features(x, 2)
     assert list(got) == ["bn", "pool"] and all(torch.equal(want[k], got[k]) for k in want)
@@ -122,10 +122,10 @@ def test_a_reference_checkpoint_evaluates_as_it_is_and_another_method_is_named(t
     assert model_mine.to_dgtl_state_dict(loaded).keys() == torch.load(path, weights_only=False)["net"].keys()
     for method in ("hctri", "wrt"):
         args = test_mine.get_args_parser().parse_args(["--method", method, "--dataset", "sysu", "--data_path", "R"])
-        test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
+        checkpoints.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
         with pytest.raises(ValueError, match=rf"looks like one of --method agw .*not of --method {method}: pass "
                                              r"--method agw"):
-            utils.model_from_checkpoint(path, args, args.explicit)
+            checkpoints.model_from_checkpoint(path, args, args.explicit)
     assert os.path.exists(path)
 
 

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import checkpoints
 import data_loader
 import eval_metrics
 import loss
@@ -174,4 +175,4 @@ def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated_with_flips(tin
     assert plain["mean"]["rank1"] == pytest.approx(resumed["metrics"]["rank1"])
     assert os.path.exists(first) and set(flipped["mean"]) == set(plain["mean"])
     unset = test_mine.get_args_parser().parse_args(["--method", "hctri"])
-    assert test_mine.flip_test(unset, resumed) and unset.flip_test == "on"  # the checkpoint's method decides
+    assert checkpoints.flip_test(unset, resumed) and unset.flip_test == "on"  # the checkpoint's method decides

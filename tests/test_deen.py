@@ -9,12 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import checkpoints
 import deen
 import model_mine
 import settings
 import test_mine
 import train_mine
-import utils
 
 
 # ----------------------------------------------------------------------------- literal readings
@@ -267,7 +267,7 @@ def save_reference(tmp_path, regdb):
 
 def eval_args(method, dataset="sysu"):
     args = test_mine.get_args_parser().parse_args(["--method", method, "--dataset", dataset, "--data_path", "ROOT"])
-    test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
+    checkpoints.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
     return args
 
 
@@ -277,7 +277,7 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
     net, path = save_reference(tmp_path, regdb)
     assert len(net.state_dict()) == (1022 if regdb else 1048)
     args = eval_args("deen", "regdb" if regdb else "sysu")
-    ours, _ = utils.model_from_checkpoint(path, args, args.explicit)
+    ours, _ = checkpoints.model_from_checkpoint(path, args, args.explicit)
     assert ours.config["last_stage"] == (3 if regdb else 4)
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
@@ -291,12 +291,12 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
             assert torch.allclose(f[:, :pool.shape[1]].float(), pool[:2], atol=1e-5)
     # this checkpoint under another method, and another method's under --method deen: named
     with pytest.raises(ValueError, match="looks like one of --method deen"):
-        utils.model_from_checkpoint(path, eval_args("agw"), ())
+        checkpoints.model_from_checkpoint(path, eval_args("agw"), ())
     if not regdb:
         agw = model_mine.embed_net(6, arch="resnet50", share_net=1, pcb="off", non_local="on")
         torch.save({"net": model_mine.to_dgtl_state_dict(agw), "epoch": 3}, tmp_path / "agw.t")
         with pytest.raises(ValueError, match="looks like one of --method agw .* not of --method deen"):
-            utils.model_from_checkpoint(str(tmp_path / "agw.t"), eval_args("deen"), ())
+            checkpoints.model_from_checkpoint(str(tmp_path / "agw.t"), eval_args("deen"), ())
 
 
 def test_the_training_forward_and_loss_equal_the_reference(tmp_path):

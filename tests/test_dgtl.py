@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints
 import loss
 import model_mine
 import train_mine
-import utils
 
 
 # ---------------------------------------------------------------- literal readings of the reference's loss.py
@@ -309,7 +309,7 @@ def test_config_rebuilds_the_model(net):
     assert (cfg["head"], cfg["pcb"], cfg["bpool"], cfg["cpool"], cfg["fuse"], cfg["gem_p"], cfg["arch"]) == \
         ("dgtl", "off", "avg", "max", "sum", 3.0, "resnet50")
     again = model_mine.embed_net(**cfg)
-    utils.load_weights(again, net.state_dict(), "x")  # the same keys and shapes
+    checkpoints.load_weights(again, net.state_dict(), "x")  # the same keys and shapes
     # options left out (None) take their defaults
     assert model_mine.embed_net(5, head="dgtl", pcb=None, gm_pool=None, bpool=None, cpool=None, fuse=None).config == \
         dict(cfg, cpool="no")
@@ -354,10 +354,10 @@ def reference_file(model, tmp_path, edit=None):
 
 def load_reference(path, share_net=2, **kw):
     """What test/train do with an {'net': ...} file: read it, drop the unused stages, strict load."""
-    sd, _ = utils.checkpoint_weights(utils.load_checkpoint(path), path)
+    sd, _ = checkpoints.checkpoint_weights(checkpoints.load_checkpoint(path), path)
     sd, ignored = model_mine.drop_unused_stages(sd, share_net)
     model = dgtl(share_net=share_net, seed=123, **kw)
-    utils.load_weights(model, sd, path)
+    checkpoints.load_weights(model, sd, path)
     return model, ignored
 
 

@@ -18,6 +18,7 @@ import extract
 import model_mine
 import test_mine
 import utils
+from checkpoints import model_from_checkpoint, on_device
 
 CPU = torch.device("cpu")
 IMG_W, IMG_H = 32, 64
@@ -74,8 +75,8 @@ def images(tmp_path_factory):
 
 
 def reference_model(path):
-    model, _ = utils.model_from_checkpoint(path)
-    return test_mine.on_device(model, CPU).eval()
+    model, _ = model_from_checkpoint(path)
+    return on_device(model, CPU).eval()
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -128,7 +129,7 @@ def test_an_image_without_pixels_is_refused_not_read_as_black(checkpoints):
 
 def test_original_code_checkpoints_take_the_flags_and_test_mines_search_uses_the_extractor(checkpoints, images,
                                                                                           tmp_path):
-    model, _ = utils.model_from_checkpoint(checkpoints["pcb"])
+    model, _ = model_from_checkpoint(checkpoints["pcb"])
     original = str(tmp_path / "original.t")
     torch.save({"net": model_mine.to_original_state_dict(model), "epoch": 1}, original)
     flags = dict(arch="resnet18", share_net=2, num_strips=2, local_feat_dim=16, gem_p=model.gem_p)
@@ -342,7 +343,7 @@ def test_export_bad_inputs_are_one_line_errors(checkpoints, tmp_path, monkeypatc
     no_arch = tmp_path / "no_arch.pth"
     torch.save({"model": torch.load(checkpoints["pcb"])["model"], "arch": {"class_num": 4, "strips": 2}}, no_arch)
     original = tmp_path / "original.t"
-    torch.save({"net": model_mine.to_original_state_dict(utils.model_from_checkpoint(checkpoints["pcb"])[0])},
+    torch.save({"net": model_mine.to_original_state_dict(model_from_checkpoint(checkpoints["pcb"])[0])},
                original)
     cases = [((str(tmp_path / "missing.pth"), tmp_path / "o1"), FileNotFoundError, "no such checkpoint file"),
              ((str(malformed), tmp_path / "o5"), ValueError, r"malformed\.pth: a malformed checkpoint: 'model' is not"),

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
+import checkpoints
 import model_mine
-import utils
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
     assert "local_conv_list.5.0.weight" in keys and "fc_list.0.bias" in keys and "local_conv_list.0.1.running_var" in keys
     args = type("A", (), dict(method="hctri", arch="resnet50",
                               share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
-    loaded, _ = utils.model_from_checkpoint(str(path), args)
+    loaded, _ = checkpoints.model_from_checkpoint(str(path), args)
     loaded.eval()
     x = images(3, seed=5)
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_dataparallel_prefix_is_removed(net, tmp_path):
     torch.save({"net": {"module." + k: v for k, v in model_mine.to_original_state_dict(net).items()}}, path)
     args = type("A", (), dict(method="hctri", arch="resnet50",
                               share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
-    utils.model_from_checkpoint(str(path), args)
+    checkpoints.model_from_checkpoint(str(path), args)
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(net, tmp_path):
@@ -164,12 +164,12 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(net, tmp_path):
     args = type("A", (), dict(method="hctri", arch="resnet50",
                               share_net=3, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0, gm_pool="on"))
     with pytest.raises(ValueError, match=r"does not fit the model \(share_net=3.*missing keys.*unexpected keys"):
-        utils.model_from_checkpoint(str(path), args)
+        checkpoints.model_from_checkpoint(str(path), args)
 
 
 def test_missing_checkpoint_never_evaluates_random_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
-        utils.model_from_checkpoint(str(tmp_path / "nope.t"), None)
+        checkpoints.model_from_checkpoint(str(tmp_path / "nope.t"), None)
 
 
 def test_imagenet_offline_says_where_to_put_the_weights(monkeypatch):
@@ -244,7 +244,7 @@ def test_resnet18_checkpoint_round_trip(tmp_path, kw):
     m = model_mine.embed_net(7, arch="resnet18", share_net=3, **kw).eval()
     path = tmp_path / "r18.pth"
     torch.save({"model": m.state_dict(), "arch": m.config}, path)
-    loaded, _ = utils.model_from_checkpoint(str(path))
+    loaded, _ = checkpoints.model_from_checkpoint(str(path))
     assert loaded.config == m.config and loaded.config["arch"] == "resnet18"
     loaded.eval()
     x = images(2, 32, 16, seed=4)

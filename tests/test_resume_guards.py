@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import export
 import extract
 import model_mine
 import test_mine
 import train_mine
-import utils
 from test_cli import TINY
 from test_run_safety import digest
 
@@ -90,7 +90,7 @@ def test_share_net_0_with_non_local_blocks_trains(flags, tiny_regdb, tmp_path):
     keys = ckpt["model"].keys()
     assert "base_resnet.base.conv1.weight" in keys and not any(k.startswith("visible_module.") for k in keys)
     # ResNet-18's two-block stages: one block after each (AGW's rule for a stage with fewer blocks)
-    model, _ = utils.model_from_checkpoint("f", ckpt=ckpt)
+    model, _ = checkpoints.model_from_checkpoint("f", ckpt=ckpt)
     assert model.non_local_at == {"layer2": (0, 1), "layer3": (0, 1)}
     assert sorted({k.split(".")[0] + "." + k.split(".")[1] for k in keys if k.startswith("NL_")}) == \
         ["NL_2.0", "NL_2.1", "NL_3.0", "NL_3.1"]
@@ -160,8 +160,8 @@ def our_checkpoint(tmp_path, method, **arch):
 
 def loaded(path, *flags):
     args = test_mine.get_args_parser().parse_args(["--dataset", "demo", "--resume", path, *flags])
-    test_mine.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
-    utils.model_from_checkpoint(path, args, args.explicit)
+    checkpoints.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
+    checkpoints.model_from_checkpoint(path, args, args.explicit)
     return args
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import data_loader
 import data_manager
 import demo_data
@@ -123,7 +124,7 @@ def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, 
 
 
 def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, checkpoint):
-    model, _ = utils.model_from_checkpoint(checkpoint)
+    model, _ = checkpoints.model_from_checkpoint(checkpoint)
     ev = eval_metrics.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
     searches = {(s, t): (q, g) for s, t, q, g, _ in ev.searches()}
     nir_q = data_manager.process_query_llcm(llcm_root, "thermal")[0]
@@ -344,7 +345,7 @@ def test_dgtl_json_holds_the_coarse_feature_at_the_top_and_the_fine_one_under_a_
         str(tmp_path / "r.json"), "--log_path", str(tmp_path))
     saved = json.load(open(tmp_path / "r.json"))
     assert saved["setting"] == "visible->thermal" and set(saved["fine"]) == {"trials", "mean", "std"}
-    model, _ = utils.model_from_checkpoint(ours)
+    model, _ = checkpoints.model_from_checkpoint(ours)
     want = {}
     for m, modal in (("visible", 1), ("thermal", 2)):
         paths, labels = data_manager.process_test_regdb(regdb_root, 1, m)
@@ -383,7 +384,7 @@ def test_dgtl_on_sysu_indoor_over_several_trials(sysu_root, dgtl_files, tmp_path
                  "indoor search (coarse feature, reported), mean over 2 trial(s)",
                  "indoor search (fine feature), std  over 2 trial(s)"):
         assert line in printed
-    model, _ = utils.model_from_checkpoint(ours)
+    model, _ = checkpoints.model_from_checkpoint(ours)
     q_paths, q_pids, q_cams = data_manager.process_query_sysu(sysu_root, "indoor")
     q = features(model, data_loader.load_images(q_paths, 16, 32, 1), 2)
     for i, trial in enumerate((0, 3)):
@@ -420,7 +421,7 @@ def test_method_must_be_one_test_mine_knows(regdb_root, checkpoint):
     with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, wrt, agw, caj, id-only, dgtl, got 'pcb'$"):
         settings.get_method("pcb")
     args = test_mine.get_args_parser().parse_args(["--method", "agw"])
-    utils.model_from_checkpoint(checkpoint, args, ["method"])  # a loss of the hctri family: the same network
+    checkpoints.model_from_checkpoint(checkpoint, args, ["method"])  # a loss of the hctri family: the same network
 
 
 @pytest.mark.parametrize("which,flags,match", [
@@ -456,7 +457,7 @@ def test_gem_p_is_read_where_a_dgtl_branch_pools_with_gem(tmp_path):
     model = model_mine.embed_net(5, arch="resnet18", head="dgtl", bpool="max", cpool="gem", gem_p=4.0)
     ours = save_ours(model, tmp_path / "gem.pth")
     args = test_mine.get_args_parser().parse_args(["--gem_p", "4", "--cpool", "gem"])
-    assert utils.model_from_checkpoint(ours, args, ["cpool", "gem_p"])[0].config["gem_p"] == 4.0
+    assert checkpoints.model_from_checkpoint(ours, args, ["cpool", "gem_p"])[0].config["gem_p"] == 4.0
     assert settings.unused_arch_flags(model.config, ["gem_p", "bpool", "fuse"]) == []
     global_head = model_mine.embed_net(5, arch="resnet18", pcb="off", gm_pool="off").config
     assert sorted(settings.unused_arch_flags(global_head, ["gem_p", "num_strips", "bpool", "share_net"])) == \
