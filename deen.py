@@ -31,6 +31,13 @@ import model_mine
 POOL_WEIGHT = 0.1  # distmat8: a x (pooled similarities) + (1 - a) x (BN ones), a = 0.1 (DEEN/test.py)
 
 
+def _rows(t, rows):
+    """t [B, C, H, W] read row-major as [B, rows, C*H*W/rows]: the reference's view(B, rows, -1) with -1 for
+    the batch instead, every other size given, so that an empty batch (an exported model's N = 0) reshapes
+    too, in PyTorch and in ONNX (whose Reshape cannot infer a -1 beside a 0), as model_mine.NonLocal."""
+    return t.reshape(-1, rows, t.shape[1] * t.shape[2] * t.shape[3] // rows)
+
+
 def _zero_bn(channels):
     """The output BatchNorm2d of a non-local block, weight and bias 0: the block starts as the identity."""
     bn = nn.BatchNorm2d(channels)
@@ -53,8 +60,8 @@ class CNL(nn.Module):
 
     def forward(self, x_h, x_l):
         b = x_h.shape[0]
-        g = self.g(x_l).reshape(b, self.low, -1)
-        energy = self.theta(x_h).reshape(b, self.low, -1) @ self.phi(x_l).reshape(b, self.low, -1).transpose(1, 2)
+        g = _rows(self.g(x_l), self.low)
+        energy = _rows(self.theta(x_h), self.low) @ _rows(self.phi(x_l), self.low).transpose(1, 2)
         y = (energy / energy.shape[-1]) @ g
         return self.W(y.reshape(b, self.low, *x_l.shape[2:])) + x_h
 
@@ -76,9 +83,9 @@ class PNL(nn.Module):
 
     def forward(self, x_h, x_l):
         b = x_h.shape[0]
-        g = self.g(x_l).reshape(b, self.low, -1).transpose(1, 2)            # [B, N_l/2, low]
-        theta = self.theta(x_h).reshape(b, self.low, -1).transpose(1, 2)    # [B, N_h/2, low]
-        energy = theta @ self.phi(x_l).reshape(b, self.low, -1)             # [B, N_h/2, N_l/2]
+        g = _rows(self.g(x_l), self.low).transpose(1, 2)                   # [B, N_l/2, low]
+        theta = _rows(self.theta(x_h), self.low).transpose(1, 2)           # [B, N_h/2, low]
+        energy = theta @ _rows(self.phi(x_l), self.low)                    # [B, N_h/2, N_l/2]
         y = ((energy / energy.shape[-1]) @ g).transpose(1, 2)               # [B, low, N_h/2]
         return self.W(y.reshape(b, self.low // 2, *x_h.shape[2:])) + x_h
 
@@ -176,11 +183,12 @@ class DEEN(model_mine.TwoStreamResNet):
             return {"feat": x_pool, "logits": self.classifier(feat), "ort": ort}
 
     feature_names = ("distmat7", "distmat8")
+    l2_normalized = False  # six unit vectors side by side (flip-summed: longer still); export.py's model.json says so
 
     def parts(self, x, modal):
         """The six unit vectors f1..f6 (pool, BN) x (original, exp1, exp2), float32, as DEEN/test.py."""
         out = self(x, x, modal)
-        b = len(x)
+        b = x.shape[0]  # not len(x): a traced export keeps the batch size dynamic
         # Normalize(2) of the reference: no epsilon
         pool, bn = (v / v.pow(2).sum(1, keepdim=True).pow(0.5) for v in (out["pool"], out["bn"]))
         return [t[i * b:(i + 1) * b] for i in range(3) for t in (pool, bn)]

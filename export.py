@@ -4,10 +4,10 @@
     python export.py --resume save_model/sysu_best.pth --out exported/ --format torchscript
 
 DIR/visible.onnx and DIR/thermal.onnx (.pt for TorchScript) each take a normalised float32 batch
-[N, 3, H, W] (N dynamic) and give the reported L2-normalised feature [N, D]; DIR/model.json says
-how to prepare the images (size, resize, mean, std) and what came out. Every file is checked
-against PyTorch (batches of 0, 1 and 7) before the folder is moved into place: a failed export
-leaves --out as it was.
+[N, 3, H, W] (N dynamic) and give the reported feature [N, D] (L2-normalised; DEEN's: float64, not
+normalised); DIR/model.json says how to prepare the images (size, resize, mean, std) and what comes
+out. Every file is checked against PyTorch (batches of 0, 1 and 7) before the folder is moved into
+place: a failed export leaves --out as it was.
 """
 import argparse
 import hashlib
@@ -30,21 +30,23 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 MANIFEST = "model.json"
 INPUT, OUTPUT = "images", "feature"
 OPSET = 17  # ONNX Runtime >= 1.14 runs it
-TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted (features are L2-normalised)
+TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted (unit vectors, or DEEN's six side by side)
 CHECK_BATCHES = (0, 1, 7)  # N is dynamic: an empty batch gives [0, D]
 
 
 class Stream(nn.Module):
     """One modality's stream of the model giving its reported feature only: what is exported. With
-    flip, the feature is averaged with the mirror image's and L2-normalised again, as
-    eval_metrics.extract_features computes it (CAJ's test, ICCV21_CAJ/testa.py): the exported file
-    gives FeatureExtractor's default feature in one run."""
+    flip, the feature is averaged with the mirror image's and L2-normalised again, or a method's own
+    flip_features (DEEN's sum, DEEN/test.py), as eval_metrics.extract_features computes it (CAJ's test,
+    ICCV21_CAJ/testa.py): the exported file gives FeatureExtractor's default feature in one run."""
 
     def __init__(self, model, modal, feature, flip=False):
         super().__init__()
         self.model, self.modal, self.feature, self.flip = model, modal, feature, flip
 
     def forward(self, x):
+        if self.flip and hasattr(self.model, "flip_features"):
+            return self.model.flip_features(x, self.modal)[self.feature]
         f = self.model.features(x, self.modal)[self.feature]
         if not self.flip:
             return f
@@ -167,14 +169,16 @@ def sha256(path):
     return h.hexdigest()
 
 
-def metadata(model, info, fmt, files, diffs, versions, feature_dim, flip):
-    """model.json's fields (write_manifest adds 'files'). flip_test: whether the files average each
-    feature with the mirror image's themselves (nothing for the user to do either way)."""
+def metadata(model, info, fmt, files, diffs, versions, probe, flip):
+    """model.json's fields (write_manifest adds 'files'); probe: one output of the files. flip_test: whether
+    the files combine each feature with the mirror image's themselves (nothing for the user to do)."""
     meta = {"format": fmt, "modalities": files, "input": INPUT, "output": OUTPUT, "flip_test": "on" if flip else "off",
             "img_h": info["img_h"], "img_w": info["img_w"], "resize": "lanczos", "channels": "RGB",
             "normalize": "(x / 255 - mean) / std per channel", "mean": list(data_loader.MEAN),
             "std": list(data_loader.STD),
-            "feature": model.feature_names[0], "feature_dim": feature_dim, "l2_normalized": True,
+            "feature": model.feature_names[0], "feature_dim": probe.shape[1],
+            "dtype": str(probe.dtype).removeprefix("torch."),
+            "l2_normalized": getattr(model, "l2_normalized", True),  # DEEN's are not
             "method": info["method"], "architecture": model.config,
             "checkpoint": {"name": os.path.basename(info["checkpoint"]), "sha256": sha256(info["checkpoint"])},
             "torch": torch.__version__, "max_abs_diff": diffs, **versions}
@@ -191,12 +195,12 @@ def main(argv=None, log=print):
     extract.check_dataset(args.dataset, info)
     img_h, img_w = info["img_h"], info["img_w"]
     flip = settings.flip_default(info["method"]) == "on"  # FeatureExtractor's default, exported with the model
-    with torch.no_grad():  # the feature size (and a head that fails at this image size, before any file)
-        feature_dim = model.features(torch.zeros(1, 3, img_h, img_w), 1)[model.feature_names[0]].shape[1]
+    with torch.no_grad():  # size and dtype of the output (and a head that fails at this image size, before any file)
+        probe = Stream(model, 1, model.feature_names[0], flip).eval()(torch.zeros(1, 3, img_h, img_w))
     tmp = fileio.new_build_folder(args.out)
     try:
         files, diffs = export_streams(model, args.format, tmp, img_h, img_w, flip, log)
-        meta = metadata(model, info, args.format, files, diffs, versions, feature_dim, flip)
+        meta = metadata(model, info, args.format, files, diffs, versions, probe, flip)
         fileio.write_manifest(tmp, MANIFEST, **meta)
         try:  # checked again: something may have been put there meanwhile
             fileio.replace_owned(tmp, args.out, MANIFEST, "export folder", "export.py")
@@ -206,7 +210,7 @@ def main(argv=None, log=print):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"exported {', '.join(files.values())} and {MANIFEST} to {args.out}: input [N, 3, {img_h}, {img_w}], "
-        f"output the {feature_dim}-d {meta['feature']} feature")
+        f"output the {meta['feature_dim']}-d {meta['dtype']} {meta['feature']} feature")
     return meta
 
 

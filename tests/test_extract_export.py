@@ -12,6 +12,7 @@ from PIL import Image
 
 import data_loader
 import data_manager
+import deen
 import eval_metrics
 import export
 import extract
@@ -281,17 +282,68 @@ def test_model_json_alone_reproduces_the_extractors_default(checkpoints, images,
         needs_onnx()
     folder, meta = exported(head, fmt)
     assert meta["flip_test"] == ("on" if head == "caj" else "off")
-    paths = [p for p in data_manager.images_under(images, "x") if Image.open(p).mode in ("RGB", "L")]
-    mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
-    batch = []
-    for p in paths:  # what a user without this project does
-        img = Image.open(p).convert("RGB").resize((meta["img_w"], meta["img_h"]), Image.LANCZOS)
-        batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
+    paths, batch = users_batch(images, meta)
     extractor = extract.FeatureExtractor(checkpoints[head], device="cpu")
     assert extractor.flip == (head == "caj")
     for modality in extract.MODALITIES:
-        got = run_exported(folder, meta, modality)(np.stack(batch))
+        got = run_exported(folder, meta, modality)(batch)
         np.testing.assert_allclose(got, extractor(paths, modality), rtol=0, atol=1e-5)
+
+
+def users_batch(images, meta):
+    """(paths, [N, 3, H, W] float32) of the 8-bit images in images, prepared by README's model.json recipe,
+    as a user without this project does."""
+    paths = [p for p in data_manager.images_under(images, "x") if Image.open(p).mode in ("RGB", "L")]
+    mean, std = np.float32(meta["mean"]), np.float32(meta["std"])
+    batch = []
+    for p in paths:
+        img = Image.open(p).convert("RGB").resize((meta["img_w"], meta["img_h"]), Image.LANCZOS)
+        batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
+    return paths, np.stack(batch)
+
+
+@pytest.fixture(scope="module")
+def deen_checkpoint(tmp_path_factory):
+    """A tiny DEEN checkpoint of this project's (ResNet-18 at 32x16, as tests/test_deen.py builds one), its
+    batch norms random: the MFA blocks' zero-initialised output norms would make them identities."""
+    torch.manual_seed(0)
+    model = randomize_norms(deen.DEEN(4, arch="resnet18"), 7)
+    path = str(tmp_path_factory.mktemp("deen") / "deen.pth")
+    utils.atomic_save({"model": model.state_dict(), "arch": model.config,
+                       "args": {"img_w": 16, "img_h": 32, "method": "deen"}}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_deen_export_gives_the_extractors_float64_flip_summed_feature(deen_checkpoint, images, tmp_path, fmt):
+    """DEEN's default feature (distmat7: six unit vectors, each summed with its mirror image's, side by side,
+    float64, not renormalised; DEEN/test.py) from the exported files by model.json's recipe alone; the
+    graph computes in float32 as PyTorch does and casts at the end: 1e-5 of the largest value."""
+    if fmt == "onnx":
+        needs_onnx()
+    folder = str(tmp_path / "out")
+    export.main(["--resume", deen_checkpoint, "--out", folder, "--format", fmt], log=lambda *a: None)
+    meta = json.load(open(os.path.join(folder, export.MANIFEST)))
+    assert (meta["method"], meta["feature"], meta["feature_dim"]) == ("deen", "distmat7", 6 * 512)
+    assert (meta["flip_test"], meta["dtype"], meta["l2_normalized"]) == ("on", "float64", False)
+    assert (meta["img_h"], meta["img_w"]) == (32, 16)
+    paths, batch = users_batch(images, meta)
+    extractor = extract.FeatureExtractor(deen_checkpoint, device="cpu")
+    assert extractor.flip and extractor.feature == "distmat7"
+    feats = {}
+    for modality in extract.MODALITIES:
+        run = run_exported(folder, meta, modality)
+        got, want = run(batch), extractor(paths, modality)
+        assert got.dtype == want.dtype == np.float64 and got.shape == want.shape == (len(paths), 6 * 512)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+        norms = np.linalg.norm(got[:, :512], axis=1)  # f1 + its mirror's: sqrt(2 + 2 cos), not 1
+        assert (norms > 1.01).all() and (norms < 2).all()
+        empty = run(np.zeros((0, 3, 32, 16), np.float32))
+        assert empty.shape == (0, 6 * 512) and empty.dtype == np.float64
+        feats[modality] = got
+    assert not np.allclose(feats["visible"], feats["thermal"], atol=1e-3)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
