@@ -418,7 +418,7 @@ def test_reference_dgtl_commands_without_method_evaluate_dgtl(regdb_root, dgtl_f
 def test_method_must_be_one_test_mine_knows(regdb_root, checkpoint):
     with pytest.raises(SystemExit):  # the parser's choices: the methods of settings.METHODS
         run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--method", "pcb")
-    with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, wrt, agw, caj, id-only, dgtl, got 'pcb'$"):
+    with pytest.raises(ValueError, match=r"^--method must be one of hctri, batch-hard, wrt, agw, caj, id-only, deen, dgtl, got 'pcb'$"):
         settings.get_method("pcb")
     args = test_mine.get_args_parser().parse_args(["--method", "agw"])
     checkpoints.model_from_checkpoint(checkpoint, args, ["method"])  # a loss of the hctri family: the same network
