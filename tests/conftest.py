@@ -1,6 +1,8 @@
 """Fixtures shared by several test files, built once per session.
 
 They are read-only: a test that writes into a data folder works on its own copy (`shutil.copytree`)."""
+import os
+
 import pytest
 import torch
 
@@ -48,3 +50,17 @@ def llcm_root(tmp_path_factory):
     pre_process_llcm.main(pre_process_llcm.get_args_parser().parse_args(
         ["--data_path", root, "--img_w", "16", "--img_h", "32", "--workers", "1"]))
     return root
+
+
+@pytest.fixture
+def fail_replace(monkeypatch):
+    """fail_replace(path): os.replace onto path fails as a full disk does (ENOSPC); others go through."""
+    def install(path):
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if os.fspath(dst) == os.fspath(path):
+                raise OSError(28, "No space left on device")
+            return real_replace(src, dst)
+        monkeypatch.setattr(os, "replace", replace)
+    return install

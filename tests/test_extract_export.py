@@ -481,7 +481,7 @@ def test_extract_replaces_its_own_earlier_pair(checkpoints, images, tmp_path):
 
 @pytest.mark.parametrize("failure", ["csv-folder-unwritable", "second-rename-fails"])
 def test_extract_features_and_paths_change_together_or_not_at_all(failure, checkpoints, images, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, fail_replace):
     out, paths = tmp_path / "o" / "feats.npy", tmp_path / "p" / "feats.csv"
     extract_cli(checkpoints["pcb"], images, out, "--csv", str(paths))  # the earlier pair (5 images)
     before = {**digest(out.parent), **digest(paths.parent)}
@@ -496,13 +496,7 @@ def test_extract_features_and_paths_change_together_or_not_at_all(failure, check
             return real_open(file, *a, **k)
         monkeypatch.setattr("builtins.open", fail_open)
     else:
-        real_replace = os.replace
-
-        def fail_replace(src, dst):
-            if os.fspath(dst) == str(paths):
-                raise OSError(28, "No space left on device")
-            return real_replace(src, dst)
-        monkeypatch.setattr(os, "replace", fail_replace)
+        fail_replace(paths)
     with pytest.raises(OSError, match=f"cannot write {paths}: "):
         extract_cli(checkpoints["pcb"], sub, out, "--csv", str(paths))
     monkeypatch.undo()

@@ -487,16 +487,10 @@ def test_results_csv_records_flip_test_and_half_and_keeps_an_older_tables_rows(t
     assert [(r["flip_test"], r["half"]) for r in rows[1:]] == [("on", "off"), ("off", "on")]
 
 
-def test_files_written_together_are_all_new_or_all_as_they_were(tmp_path, monkeypatch):
+def test_files_written_together_are_all_new_or_all_as_they_were(tmp_path, monkeypatch, fail_replace):
     first, second = tmp_path / "a" / "x.npy", tmp_path / "b" / "x.csv"
     first.parent.mkdir()
-    real_replace = os.replace
-
-    def fail_second(src, dst):
-        if os.fspath(dst) == str(second):
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-    monkeypatch.setattr(os, "replace", fail_second)
+    fail_replace(second)
     write = [(first, lambda f: f.write(b"new"), True), (second, lambda f: f.write("new"), False)]
     with pytest.raises(OSError, match=f"^cannot write {second}: No space left on device$"):
         fileio.write_together(write)
