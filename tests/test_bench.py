@@ -158,7 +158,8 @@ def test_bench_runs_end_to_end_and_prints_both_paths(capsys):
     for source in ("synthetic", "pipeline"):
         m = re.search(rf"^  {source} *: ([\d.]+)x$", out, re.M)
         assert m, out
-        assert float(m.group(1)) == pytest.approx(rate["fast", source] / rate["reference", source], rel=0.02, abs=0.01)
+        # against the unrounded rates: the printed img/s are whole numbers, too coarse at a loaded CPU's rates
+        assert float(m.group(1)) == pytest.approx(rows["fast", source][0] / rows["reference", source][0], abs=0.006)
     for half in ("fp32", "bf16/fp16"):
         for size in (4, 8):
             assert f"feature extraction {half}, batch {size}:" in out
