@@ -34,6 +34,7 @@ def test_the_non_local_block_is_the_reference_computation():
     assert torch.allclose(block(x), x + block.W(y.reshape(3, 1, 5, 4)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_five_blocks_after_the_last_two_of_layer2_and_the_last_three_of_layer3():
     net = model_mine.embed_net(5, arch="resnet50", share_net=1, pcb="off", non_local="on")
     assert net.non_local_at == {"layer2": (2, 3), "layer3": (3, 4, 5)}

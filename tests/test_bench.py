@@ -32,6 +32,7 @@ def authors_batch(seed=0):
     return v, t, labels
 
 
+@pytest.mark.slow
 def test_reference_net_has_the_authors_key_layout():
     net = bench.ReferenceNet(CLASSES, local_feat_dim=DIM, num_strips=STRIPS)
     keys = set(net.state_dict())

@@ -178,6 +178,7 @@ def test_failure_while_writing_the_second_modality_keeps_the_previous_set(sysu_r
     assert leftovers(root) == []
 
 
+@pytest.mark.slow
 def test_interrupted_commit_is_completed_by_the_next_load_and_run(sysu_root, tmp_path, monkeypatch):
     new = private_copy(sysu_root, tmp_path / "new")
     pre_process(new, 8, 16)
@@ -453,6 +454,7 @@ def crop_params(out, h=32, w=16, pad=10):
 
 
 @pytest.mark.parametrize("pad", [10, 3])
+@pytest.mark.slow
 def test_batched_augmentation_matches_the_per_image_distribution(pad):
     n = 3000
     torch.manual_seed(0)

@@ -299,6 +299,7 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
             checkpoints.model_from_checkpoint(str(tmp_path / "agw.t"), eval_args("deen"), ())
 
 
+@pytest.mark.slow
 def test_the_training_forward_and_loss_equal_the_reference(tmp_path):
     torch.manual_seed(0)
     net = ReferenceNet(5, regdb=False).trained().train()
@@ -342,6 +343,7 @@ def test_the_table_entry_is_the_reference_setting(tmp_path, monkeypatch):
             train_mine.prepare_run(bad)
 
 
+@pytest.mark.slow
 def test_flip_features_sum_unit_vectors_without_renormalising():
     import eval_metrics
     torch.manual_seed(0)
@@ -416,6 +418,7 @@ def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
         test_mine.resolve_search_flags(args, False)
 
 
+@pytest.mark.slow
 def test_the_feature_extractor_gives_one_vector_per_image_whose_inner_products_are_distmat7(tmp_path):
     import extract
     torch.manual_seed(0)

@@ -184,6 +184,7 @@ def test_idempotent_force_and_atomic(tmp_path, monkeypatch):
 # SYSU-MM01 layout
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sysu_layout(tmp_path):
     root = demo_data.make_sysu_demo(str(tmp_path / "sysu"), num_ids=12, n_val=2, n_test=4,
                                     seed=0, **SMALL)
@@ -300,6 +301,7 @@ def _edge_descriptor(imgs):
     return np.stack(out)
 
 
+@pytest.mark.slow
 def test_cross_modal_task_is_learnable():
     """Edge maps of grey visible vs thermal images already match identities."""
     vis, lv = _render_set(30, 6, seed=7, modality="visible")

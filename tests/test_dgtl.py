@@ -205,6 +205,7 @@ def batch_norm(t, bn, training):
 
 @pytest.mark.parametrize("bpool,cpool,fuse", [("avg", "max", "sum"), ("max", "max", "sum"), ("gem", "avg", "cat"),
                                               ("avg", "gem", "sum")])
+@pytest.mark.slow
 def test_train_and_eval_outputs_follow_the_spec(bpool, cpool, fuse):
     m = dgtl(bpool=bpool, cpool=cpool, fuse=fuse)
     x1, x2 = images(3, seed=1), images(3, seed=2)
@@ -277,6 +278,7 @@ def test_head_parameters_are_the_reference_groups(net):
 
 
 @pytest.mark.parametrize("share_net", range(6))
+@pytest.mark.slow
 def test_every_share_point_trains_one_step(share_net):
     m = dgtl(share_net=share_net, bpool="avg", cpool="max")
     crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5, hcloss="HcTri", label_smooth="off")
@@ -376,6 +378,7 @@ def test_reference_layout_holds_three_whole_resnets_and_the_reference_head_names
 
 
 @pytest.mark.parametrize("share_net,arch", [(2, "resnet50"), (0, "resnet18"), (3, "resnet18"), (5, "resnet18")])
+@pytest.mark.slow
 def test_reference_checkpoint_loads_and_gives_identical_features(tmp_path, share_net, arch):
     m = dgtl(share_net=share_net, arch=arch, bpool="max", cpool="max")
     m.train()
@@ -422,6 +425,7 @@ def test_only_the_whole_resnet_layout_is_trimmed():
     assert ignored == [] and list(kept) == list(sd)
 
 
+@pytest.mark.slow
 def test_reference_checkpoint_of_another_share_point_is_an_error(tmp_path):
     # every stage is in such a file at any share point; what the reference trained tells them apart
     m = dgtl(arch="resnet18", bpool="max", cpool="max")

@@ -126,6 +126,7 @@ def evaluate(data_path, ckpt, out, *flags):
         "--workers", "1", "--json", str(out), "--log_path", "", *flags]))
 
 
+@pytest.mark.slow
 def test_mine_reports_the_coarse_feature_and_stores_the_fine_one(tiny_regdb, tmp_path, capsys):
     torch.manual_seed(0)
     model = model_mine.embed_net(4, head="dgtl", bpool="avg", cpool="max")
@@ -154,6 +155,7 @@ def test_mine_reports_the_coarse_feature_and_stores_the_fine_one(tiny_regdb, tmp
                  "--img_h", "32", "--img_w", "16")
 
 
+@pytest.mark.slow
 def test_flags_that_contradict_our_checkpoint_are_errors(tiny_regdb, tmp_path):
     model = model_mine.embed_net(4, head="dgtl", bpool="max", cpool="max")
     path = str(tmp_path / "ours.pth")

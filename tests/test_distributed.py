@@ -254,6 +254,7 @@ def test_a_machine_without_the_dataset_is_one_line_naming_its_rank(tmp_path, dem
     assert not os.path.exists(tmp_path / "models")  # nothing made
 
 
+@pytest.mark.slow
 def test_bench_prints_the_per_process_share_as_a_prediction(capsys):
     import bench
     args = bench.get_args_parser().parse_args(

@@ -81,6 +81,7 @@ def reference_model(path):
 
 
 @pytest.mark.parametrize("head", HEADS)
+@pytest.mark.slow
 def test_extractor_gives_test_mines_features(checkpoints, images, head):
     extractor = extract.FeatureExtractor(checkpoints[head], device="cpu", batch_size=3)
     model = reference_model(checkpoints[head])
@@ -128,6 +129,7 @@ def test_an_image_without_pixels_is_refused_not_read_as_black(checkpoints):
         one_line(e)
 
 
+@pytest.mark.slow
 def test_original_code_checkpoints_take_the_flags_and_test_mines_search_uses_the_extractor(checkpoints, images,
                                                                                           tmp_path):
     model, _ = model_from_checkpoint(checkpoints["pcb"])
@@ -275,6 +277,7 @@ def run_exported(folder, meta, modality):
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("fmt", export.FORMATS)
 @pytest.mark.parametrize("head", ["pcb", "caj"])
+@pytest.mark.slow
 def test_model_json_alone_reproduces_the_extractors_default(checkpoints, images, exported, head, fmt):
     """The README's model.json recipe gives FeatureExtractor's default features: CAJ's flip-averaged
     ones included (the exported file averages with the mirror image itself)."""
@@ -349,6 +352,7 @@ def test_deen_export_gives_the_extractors_float64_flip_summed_feature(deen_check
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("fmt", export.FORMATS)
 @pytest.mark.parametrize("head", ["pcb", "caj"])
+@pytest.mark.slow
 def test_exported_pcb_and_non_local_models_take_an_empty_batch(exported, head, fmt):
     """N is dynamic down to 0: the PCB head's and the non-local blocks' reshapes infer no size from it."""
     if fmt == "onnx":

@@ -130,6 +130,7 @@ def test_strips_must_divide_the_height(net):
             net(images(1, 80, 48), None, modal=1)
 
 
+@pytest.mark.slow
 def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
     net.eval()
     path = tmp_path / "orig.t"
@@ -224,6 +225,7 @@ def test_resnet18_last_stride_one_and_zero_init_residual():
      dict(feat=(4, 512), logits=(4, 7), coarse=(4, 1024), coarse_logits=(4, 7)), dict(coarse=(4, 1024), fine=(4, 512))),
     (dict(head="dgtl", cpool="no"), dict(feat=(4, 512), logits=(4, 7)), dict(fine=(4, 512))),
 ])
+@pytest.mark.slow
 def test_resnet18_outputs_for_each_head(kw, train_shapes, eval_shapes):
     m = model_mine.embed_net(7, arch="resnet18", **kw)
     m.train()
@@ -259,6 +261,7 @@ def test_resnet18_checkpoint_round_trip(tmp_path, kw):
     dict(class_num=4, gm_pool="on", share_net=2, pcb="on", local_feat_dim=256, num_strips=6, gem_p=10.0),
     dict(class_num=4, gm_pool="off", share_net=3, pcb="off", local_feat_dim=256, num_strips=6, gem_p=3.0),
 ])
+@pytest.mark.slow
 def test_configs_saved_before_arch_and_head_still_build(old):
     m = model_mine.embed_net(**old)
     assert m.config["arch"] == "resnet50" and m.config["head"] == ("pcb" if old["pcb"] == "on" else "global")
@@ -266,6 +269,7 @@ def test_configs_saved_before_arch_and_head_still_build(old):
     assert model_mine.embed_net(**m.config).config == m.config
 
 
+@pytest.mark.slow
 def test_pretrained_resnet18_file_loads_and_must_match_the_arch(tmp_path):
     torch.manual_seed(0)
     sd = torchvision.models.resnet18(weights=None).state_dict()
@@ -290,6 +294,7 @@ def test_imagenet_resnet18_offline_says_where_to_put_the_weights(monkeypatch):
         model_mine.embed_net(3, arch="resnet18", pretrained="imagenet")
 
 
+@pytest.mark.slow
 def test_imagenet_weights_are_torchvisions_for_each_arch(monkeypatch):
     urls = []
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **k: urls.append(url) or

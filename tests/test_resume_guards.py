@@ -171,6 +171,7 @@ AGW_NET = dict(share_net=1, pcb="off", non_local="on")
 @pytest.mark.parametrize("method, given, said", [("agw", "hctri", "agw"), ("agw", "caj", "agw"),
                                                  ("caj", "agw", "caj"), ("agw", "dgtl", "agw"),
                                                  ("agw-before", "hctri", "agw, that is wrt")])
+@pytest.mark.slow
 def test_test_mine_refuses_a_method_other_than_the_files(method, given, said, tmp_path):
     arch = dict(share_net=2, pcb="on", num_strips=2, local_feat_dim=16) if method == "agw-before" else AGW_NET
     path = our_checkpoint(tmp_path, method, **arch)
@@ -179,6 +180,7 @@ def test_test_mine_refuses_a_method_other_than_the_files(method, given, said, tm
     assert f"--method {given} (the file: {said})" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_test_mine_takes_the_files_method_given_or_not(tmp_path):
     agw = our_checkpoint(tmp_path, "agw", **AGW_NET)
     assert loaded(agw, "--method", "agw").method == "agw"

@@ -24,6 +24,7 @@ def run(*argv):
     return test_mine.main(test_mine.get_args_parser().parse_args(["--gpu", "cpu", "--workers", "1", *argv]))
 
 
+@pytest.mark.slow
 def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
     out = tmp_path / "r.json"
     results = run("--dataset", "sysu", "--data_path", sysu_root, "--resume", checkpoint, "--trials", "0-2",
@@ -43,6 +44,7 @@ def test_sysu_trials_json_csv_and_pictures(sysu_root, checkpoint, tmp_path):
     assert Image.open(tmp_path / "vis" / "model_trial1" / "cmc.png").size == (640, 480)
 
 
+@pytest.mark.slow
 def test_regdb_per_trial_checkpoints_and_both_directions(regdb_root, checkpoint, tmp_path):
     template = checkpoint.replace("trial1", "trial{trial}")
     shutil.copy(checkpoint, template.format(trial=2))
@@ -58,6 +60,7 @@ def test_regdb_one_checkpoint_for_several_trials_is_refused(regdb_root, checkpoi
             "--log_path", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_regdb_checkpoint_without_its_split_is_tested_on_split_1_with_a_note(regdb_root, checkpoint, tmp_path,
                                                                              capsys):
     results = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint,
@@ -75,6 +78,7 @@ def test_missing_checkpoint_is_an_error_not_random_weights(regdb_root, tmp_path)
             "--log_path", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_re_ranking_options_run(regdb_root, checkpoint, tmp_path):
     for method in ("k_reciprocal", "random_walk"):
         res = run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--trials", "1",
@@ -123,6 +127,7 @@ def test_demo_folder_of_another_generator_version_is_kept_with_a_note(tmp_path, 
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
 def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, checkpoint):
     model, _ = checkpoints.model_from_checkpoint(checkpoint)
     ev = eval_metrics.LLCMEval(llcm_root, (0, 1), ("ir2vis", "vis2ir", "vis2ir_literal"), 16, 32, 1)
@@ -176,6 +181,7 @@ def test_llcm_two_epochs_train_checkpoint_and_evaluate(llcm_root, tmp_path):
     assert [t["trial"] for t in saved["infrared->visible"]["trials"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_llcm_every_direction_through_the_cli_names_its_direction(llcm_root, checkpoint, tmp_path, capsys):
     labels = list(eval_metrics.LLCM_LABELS.values())
     results = run("--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint, "--trials", "0", "1",
@@ -338,6 +344,7 @@ def features(model, images, modal):
     return {k: torch.nn.functional.normalize(out[k], dim=1) for k in ("coarse", "fine")}
 
 
+@pytest.mark.slow
 def test_dgtl_json_holds_the_coarse_feature_at_the_top_and_the_fine_one_under_a_key(regdb_root, dgtl_files,
                                                                                    tmp_path):
     ours, _ = dgtl_files
@@ -478,6 +485,7 @@ def tree_digest(folder):
             for d, _, names in os.walk(folder) for f in names}
 
 
+@pytest.mark.slow
 def test_folder_search_keeps_a_users_files_and_replaces_its_own_pictures_whole(checkpoint, tmp_path):
     q, g, u = image_folder(tmp_path / "q", 3), image_folder(tmp_path / "g", 4, seed=1), tmp_path / "u"
     (u / "search").mkdir(parents=True)

@@ -122,6 +122,7 @@ def test_the_mask_is_the_rule_the_metric_applies(protocol):
 
 
 @pytest.mark.parametrize("protocol", ["sysu", "llcm"])
+@pytest.mark.slow
 def test_pictures_leave_out_the_removed_entries_and_pick_the_hardest_on_the_kept_list(protocol, tmp_path):
     d, qp, gp, qc, gc_, removed = synthetic(protocol)
     assert (removed & (qp[:, None] == gp[None, :])).any()  # the old pictures showed same-id removed entries
@@ -188,6 +189,7 @@ def check_run(calls, protocol, top_k):
     return calls
 
 
+@pytest.mark.slow
 def test_sysu_cam3_queries_never_show_cam2(sysu_root, checkpoint, tmp_path, monkeypatch):  # noqa: F811
     calls = check_run(run_spied(monkeypatch, "--dataset", "sysu", "--data_path", sysu_root, "--resume", checkpoint,
                                 "--trials", "0", "--log_path", str(tmp_path), "--visualize", "25", "--top_k", "16"),
@@ -199,6 +201,7 @@ def test_sysu_cam3_queries_never_show_cam2(sysu_root, checkpoint, tmp_path, monk
     assert sorted(os.listdir(folder)) == ["all_search_trial0", "cmc.png", "vis.json"]
 
 
+@pytest.mark.slow
 def test_llcm_same_identity_same_camera_never_shown_in_any_direction(llcm_root, checkpoint, tmp_path,  # noqa: F811
                                                                      monkeypatch):
     calls = check_run(run_spied(monkeypatch, "--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint,
@@ -222,6 +225,7 @@ def regdb_vis(monkeypatch, root, ckpt, vis_dir, *extra):
                      "--log_path", "", "--vis_dir", str(vis_dir), *extra)
 
 
+@pytest.mark.slow
 def test_regdb_pictures_rank_the_whole_gallery_one_folder_per_checkpoint_and_reruns_replace_their_own(
         regdb_root, checkpoint, tmp_path, monkeypatch):  # noqa: F811
     vis_dir = tmp_path / "vis"
