@@ -407,6 +407,19 @@ def half_dtype(device):
 
 
 @torch.no_grad()
+def model_features(model, x, modal, flip=False):
+    """{name: feature} of a normalised batch x; flip: each the L2-normalised mean of the image's and its
+    mirror image's (CAJ's test, ICCV21_CAJ/testa.py), or a method's own flip_features (DEEN's sum, not
+    renormalised). What the evaluation reports, and what export.py's files compute."""
+    if flip and hasattr(model, "flip_features"):
+        return model.flip_features(x, modal)
+    out = model.features(x, modal)
+    if not flip:
+        return out
+    mirrored = model.features(x.flip(3), modal)
+    return {n: torch.nn.functional.normalize((out[n] + mirrored[n]) / 2, dim=1) for n in out}
+
+
 def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False, flip=False):
     """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
     visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
@@ -418,13 +431,7 @@ def extract_features(model, images, modal, device, batch_size=128, half=False, a
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
-            if flip and hasattr(model, "flip_features"):  # a method's own flip (DEEN's: a sum, not renormalised)
-                out = model.flip_features(x, modal)
-            else:
-                out = model.features(x, modal)
-            if flip and not hasattr(model, "flip_features"):
-                mirrored = model.features(x.flip(3), modal)
-                out = {n: torch.nn.functional.normalize((out[n] + mirrored[n]) / 2, dim=1) for n in out}
+            out = model_features(model, x, modal, flip)
         for n in feats:
             feats[n].append(out[n])
     feats = {n: torch.cat(v) for n, v in feats.items()}

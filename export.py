@@ -22,6 +22,7 @@ import torch.nn as nn
 
 import checkpoints
 import data_loader
+import eval_metrics
 import extract
 import fileio
 import settings
@@ -45,13 +46,7 @@ class Stream(nn.Module):
         self.model, self.modal, self.feature, self.flip = model, modal, feature, flip
 
     def forward(self, x):
-        if self.flip and hasattr(self.model, "flip_features"):
-            return self.model.flip_features(x, self.modal)[self.feature]
-        f = self.model.features(x, self.modal)[self.feature]
-        if not self.flip:
-            return f
-        mirrored = self.model.features(x.flip(3), self.modal)[self.feature]
-        return nn.functional.normalize((f + mirrored) / 2, dim=1)
+        return eval_metrics.model_features(self.model, x, self.modal, self.flip)[self.feature]
 
 
 def get_args_parser():
