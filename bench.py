@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import data_loader
 import eval_metrics
+import flags
 import model_mine
 import settings
 import train_mine
@@ -68,8 +69,8 @@ def get_args_parser():
     # the paper's SYSU-MM01 network
     for name, value in dict(img_h=288, img_w=144, gem_p=3.0).items():
         flag(name).add_to(parser, default=value, help=f"default {value} (SYSU-MM01's)")
-    for name in ("arch", "share_net", "num_strips", "local_feat_dim"):
-        flag(name).add_to(parser, default=flag(name).default)
+    for declared in (flags.FLAG.arch, flags.FLAG.share_net, flags.FLAG.num_strips, flags.FLAG.local_feat_dim):
+        declared.add_to(parser, default=declared.default)
     parser.add_argument("--classes", default=395, type=int, help="identities (SYSU-MM01: 395)")
     parser.add_argument("--ref_workers", default=4, type=int, help="the reference's loader workers (theirs: 4)")
     for name in ("workers", "amp", "compile", "resident_data"):  # train_mine.py's, for the fast path
@@ -171,8 +172,8 @@ def reference_loss(out, labels, id_loss, center_loss, w_center=W_CENTER):
 
 def reference_optimizer(model, lr=LR):
     """Their SGD: backbone at 0.1 x lr, then the local convs and the strip classifiers at lr."""
-    head = {id(p) for p in itertools.chain(model.local_conv_list.parameters(), model.fc_list.parameters())}
-    return torch.optim.SGD([{"params": [p for p in model.parameters() if id(p) not in head], "lr": 0.1 * lr},
+    full = {id(p) for p in itertools.chain(model.local_conv_list.parameters(), model.fc_list.parameters())}
+    return torch.optim.SGD([{"params": [p for p in model.parameters() if id(p) not in full], "lr": 0.1 * lr},
                             {"params": model.local_conv_list.parameters(), "lr": lr},
                             {"params": model.fc_list.parameters(), "lr": lr}],
                            lr=lr, weight_decay=5e-4, momentum=0.9, nesterov=True)

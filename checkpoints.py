@@ -1,7 +1,8 @@
 """Checkpoint file -> network, its settings and the method it belongs to, for test_mine.py, extract.py and
-export.py: this project's checkpoints ('model' + 'arch' + 'args': they carry their architecture, image size
-and method) and the reference codes' ({'net': ...} of HcTri, DGTL, AGW, CAJ, DEEN), which record none and
-are built from --method and its published defaults, or the architecture flags.
+export.py: this project's checkpoints ('model' + 'network' + 'args': they carry their network config, image
+size and method; files written before hold the config under 'arch') and the reference codes' ({'net': ...}
+of HcTri, DGTL, AGW, CAJ, DEEN), which record none and are built from --method and its published defaults,
+or the architecture flags.
 """
 import inspect
 import math
@@ -17,6 +18,9 @@ import settings
 ARCH_FLAGS = tuple(f.name for f in settings.architecture_flags())
 # flags that say how to build an original-code checkpoint, pick its dataset's defaults, or resize
 MODEL_FLAGS = ("dataset", "img_w", "img_h") + ARCH_FLAGS
+# the key of the network config in our checkpoints: 'network'; 'arch' in the files written before (a name it
+# shared with --arch, the backbone's)
+NETWORK_KEYS = ("network", "arch")
 
 
 def load_checkpoint(path, flag="--resume"):
@@ -29,23 +33,32 @@ def load_checkpoint(path, flag="--resume"):
         raise ValueError(f"{flag}: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
+def network_key(ckpt):
+    """The key of one of our checkpoints' network config (NETWORK_KEYS), else None."""
+    if isinstance(ckpt, dict) and "model" in ckpt:
+        return next((key for key in NETWORK_KEYS if key in ckpt), None)
+    return None
+
+
 def checkpoint_weights(ckpt, path):
-    """(state dict, architecture dict or None) of one of our checkpoints ('model', 'arch') or of the
-    authors' ('net'), with a DataParallel 'module.' prefix removed and their PCB keys converted."""
-    if isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt:
-        sd, arch = ckpt["model"], ckpt["arch"]
+    """(state dict, network config or None) of one of our checkpoints ('model', 'network' or the older
+    'arch'; the config in today's names) or of the authors' ('net'), with a DataParallel 'module.' prefix
+    removed and their PCB keys converted."""
+    key = network_key(ckpt)
+    if key:
+        sd, config = ckpt["model"], ckpt[key]
         if not (isinstance(sd, dict) and sd and all(torch.is_tensor(v) for v in sd.values())
-                and isinstance(arch, dict)):
-            raise ValueError(f"{path}: a malformed checkpoint: 'model' is not a state dict of tensors or 'arch' not "
-                             f"a network's settings (a damaged or hand-made file?)")
-        return dict(sd), dict(arch)
+                and isinstance(config, dict)):
+            raise ValueError(f"{path}: a malformed checkpoint: 'model' is not a state dict of tensors or '{key}' "
+                             f"not a network's settings (a damaged or hand-made file?)")
+        return dict(sd), settings.network_config(config)
     if isinstance(ckpt, dict) and "net" in ckpt:
         sd = dict(ckpt["net"])
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         sd = dict(ckpt)  # a bare state dict
     else:
-        raise ValueError(f"{path}: not a checkpoint of this project ('model' + 'arch') nor of a reference code "
-                         f"('net')")
+        raise ValueError(f"{path}: not a checkpoint of this project ('model' + 'network', or 'arch' before) nor of "
+                         f"a reference code ('net')")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return model_mine.convert_original_keys(sd), None
@@ -102,7 +115,7 @@ def check_arch_flags(path, config, args, explicit, recorded, saved_args=None):
                          f"(--method {args.method}); leave {'it' if len(unused) == 1 else 'them'} out")
 
 
-def original_arch(state_dict, path, args):
+def original_config(state_dict, path, args):
     """embed_net's arguments for a checkpoint of the original code, which does not record them: the flags."""
     if args is None:
         raise ValueError(f"{path}: checkpoint of the original code: pass the architecture flags")
@@ -115,8 +128,8 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
     record it). An architecture flag in `explicit` that the model's head does not read, or that
     disagrees with the file, is an error."""
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    sd, arch = checkpoint_weights(ckpt, path)
-    recorded = arch is not None
+    sd, config = checkpoint_weights(ckpt, path)
+    recorded = config is not None
     if not recorded:
         like = settings.looks_like(sd)
         marks = settings.METHODS[like].reproduction.marks if like else ()
@@ -124,15 +137,16 @@ def model_from_checkpoint(path, args=None, explicit=(), ckpt=None):
                 marks != settings.METHODS[args.method].reproduction.marks:
             raise ValueError(f"{path}: this checkpoint of a reference code looks like one of --method {like} (its "
                              f"keys {', '.join(marks)}...), not of --method {args.method}: pass --method {like}")
-        arch = original_arch(sd, path, args)
+        config = original_config(sd, path, args)
         # the DGTL code stores its three ResNets whole: keep the stages this share point uses
-        sd, _ = model_mine.drop_unused_stages(sd, settings.as_settings(arch).share_net)
+        sd, _ = model_mine.drop_unused_stages(sd, settings.as_settings(config).share_net)
     try:
-        build = settings.method_of(arch)[1].model
-        inspect.signature(build).bind(**arch)
+        build = settings.method_of(config)[1].model
+        inspect.signature(build).bind(**config)
     except (TypeError, ValueError) as e:  # not a network this project builds: a damaged or hand-made file
-        raise ValueError(f"{path}: a malformed checkpoint: its 'arch' does not build a network ({e})") from None
-    model = build(**arch)
+        what = f"its '{network_key(ckpt)}'" if recorded else "the network config of its flags"
+        raise ValueError(f"{path}: a malformed checkpoint: {what} does not build a network ({e})") from None
+    model = build(**config)
     unused = () if recorded else getattr(model, "unused_reference_keys", ())  # held by a reference, never run
     sd = {k: v for k, v in sd.items() if not k.startswith(unused)} if unused else sd
     saved = ckpt.get("args") if recorded and isinstance(ckpt.get("args"), dict) else None

@@ -164,8 +164,9 @@ class DEEN(model_mine.TwoStreamResNet):
         # checkpoints' keys there are left out on load (checkpoints.model_from_checkpoint)
         self.unused_reference_keys = ("base_resnet.base.layer4.",) if last_stage == 3 else ()
 
-    def head_parameters(self):
-        """The full-rate group: the BN neck and the classifier (the backbone, MFA and DEE at 0.1x)."""
+    def full_rate_parameters(self):
+        """The full-rate group, --lr: the BN neck and the classifier (the backbone, MFA and DEE at
+        --backbone_lr_mult x)."""
         return list(self.bottleneck.parameters()) + list(self.classifier.parameters())
 
     def forward(self, x1, x2, modal=0, looped_head=False):

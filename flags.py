@@ -11,6 +11,7 @@ that one given explicitly can be told from one left out; its declared default fi
 """
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import loss as losses
 import model_mine
@@ -41,6 +42,7 @@ class Flag:
     # added after run names were first given: the value of the runs from before. It enters a run's name
     # only with another value (names stay as they were), and a checkpoint that lacks it ran with it
     later: object = UNSET
+    column: bool = False   # a column of test_mine.py's results.csv, from the network config (in table order)
 
     def add_to(self, parser, default=UNSET, help=None, **over):
         """Add --name to parser (or a group); a script whose flag means more than the table says gives its
@@ -113,9 +115,9 @@ FLAGS = (
     Flag("arch", default="resnet50", help="default resnet50; demo resnet18", scope=ARCH,
          choices=tuple(model_mine.ARCHS), group="model"),
     Flag("share_net", int, 2, "0 all shared ... 5 nothing shared (default 2)", ARCH, choices=tuple(range(6)),
-         group="model"),
+         group="model", column=True),
     Flag("pcb", default="on", help="on: part strips; off: global feature (default on; DGTL off)", scope=ARCH,
-         choices=ON_OFF, group="model"),
+         choices=ON_OFF, group="model", column=True),
     Flag("local_feat_dim", int, 256, "PCB strip feature size (default 256)", ARCH, low=1, group="model"),
     Flag("num_strips", int, 6, "PCB strips (default 6; demo 4)", ARCH, low=1, group="model"),
     Flag("gm_pool", default="on", help="GeM pooling (default on)", scope=EXP + ("architecture",), choices=ON_OFF,
@@ -138,10 +140,11 @@ FLAGS = (
     Flag("margin_hc", float, None, "DGTL: added to --margin for HcTri", low=0, group="loss"),
     # optimisation
     Flag("optim", help="default sgd; demo adam", choices=("sgd", "adam"), group="optimisation"),
-    Flag("lr", float, None, "head learning rate, the backbone's is 0.1x (default 0.1 sgd, 3.5e-4 adam, demo 4e-3, "
-         "whatever the number of processes: they share one batch)", low=0, strict=True, group="optimisation"),
+    Flag("lr", float, None, "learning rate of the full-rate group, the method's head layers (the backbone's is "
+         "--backbone_lr_mult x; default 0.1 sgd, 3.5e-4 adam, demo 4e-3, whatever the number of processes: they "
+         "share one batch)", low=0, strict=True, group="optimisation"),
     Flag("weight_decay", float, 5e-4, "default 5e-4", low=0, group="optimisation"),
-    Flag("backbone_lr_mult", float, None, "backbone learning rate / head learning rate (default 0.1; demo 1, it "
+    Flag("backbone_lr_mult", float, None, "backbone learning rate / --lr (default 0.1; demo 1, it "
          "starts from scratch)", low=0, group="optimisation"),
     Flag("warmup_epochs", int, None, "linear warm-up epochs (default 10)", low=0, group="optimisation"),
     Flag("lr_steps", help="epochs where the rate drops x0.1 (default 20,50)", group="optimisation"),
@@ -185,6 +188,8 @@ FLAGS = (
 GROUPS = {"data": "data", "model": "model", "loss": "loss", "optimisation": "optimisation",
           "evaluation": "evaluation and checkpoints", "speed": "speed and hardware"}
 BY_NAME = {f.name: f for f in FLAGS}
+# the same by attribute (FLAG.share_net): code that names a flag of the table takes it from here
+FLAG = SimpleNamespace(**BY_NAME)
 
 
 def names(flags, scope):

@@ -213,8 +213,8 @@ def id_classifier(dim, class_num):
     return fc
 
 
-class PCBHead(nn.Module):
-    """num_strips part strips: GeM pool, per-strip 1x1 conv + BN + ReLU, per-strip classifier.
+class StripLayers(nn.Module):
+    """The layers of num_strips part strips: GeM pool, per-strip 1x1 conv + BN + ReLU, per-strip classifier.
 
     The strips' weights are stacked so that all strips run as one batched matmul; the authors'
     per-strip layout (local_conv_list.i.*, fc_list.i.*) is converted on load (see embed_net).
@@ -297,14 +297,14 @@ class CoarsePool(nn.Module):
 
 
 def resolve_head(head, pcb):
-    """(head, pcb) from the two ways of naming a head: pcb 'on' is the PCB head, 'off' a global one."""
+    """(head, pcb) from the two ways of naming a head: pcb 'on' is the strips head, 'off' a global one."""
     if pcb not in (None, "on", "off"):
         raise ValueError(f"--pcb must be 'on' or 'off', got {pcb}")
     if head is None:
-        head = "pcb" if pcb in (None, "on") else "global"
+        head = "strips" if pcb in (None, "on") else "global"
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head}")
-    want = "on" if head == "pcb" else "off"
+    want = "on" if head == "strips" else "off"
     if pcb not in (None, want):
         if head == "dgtl":
             raise ValueError("--pcb on: the DGTL head uses global features, not part strips (pass --pcb off "
@@ -317,8 +317,8 @@ def dgtl_options(head, bpool, cpool, fuse, gm_pool):
     """(bpool, cpool, fuse) checked; (None, None, None) for the other heads, which have no such options."""
     if head != "dgtl":
         # their defaults ('no' coarse branch, 'sum') are inert and may be passed along; anything else is not
-        given = [f"--{n} {v}" for n, v, inert in (("bpool", bpool, (None,)), ("cpool", cpool, (None, "no")),
-                                                  ("fuse", fuse, (None, "sum"))) if v not in inert]
+        inert = dict(bpool=(None,), cpool=(None, "no"), fuse=(None, "sum"))
+        given = [f"--{n} {v}" for n, v in dict(bpool=bpool, cpool=cpool, fuse=fuse).items() if v not in inert[n]]
         if given:
             raise ValueError(f"{', '.join(given)}: only the DGTL head has this option (head {head})")
         return None, None, None
@@ -422,13 +422,14 @@ class TwoStreamResNet(nn.Module):
 
 
 class StripHead(nn.Module):
-    """The PCB head as a network's part: PCBHead under the authors' name 'head'. Training: 'strips'
-    [S, B, D] and 'strip_logits' [S, B, classes], 'feat' the strips joined; evaluation: 'parts'."""
+    """The PCB part strips as a network's head part (head 'strips'). Training: 'strips' [S, B, D] and
+    'strip_logits' [S, B, classes], 'feat' the strips joined; evaluation: 'parts'."""
     feature_names = ("parts",)
 
     def __init__(self, dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool):
         super().__init__()
-        self.head = PCBHead(dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool)
+        # 'head': the authors' attribute, whose state-dict keys (head.*) every checkpoint has
+        self.head = StripLayers(dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool)
 
     def forward(self, x, looped_head=False):
         feat, logits = (self.head.forward_looped if looped_head else self.head)(x)
@@ -486,11 +487,12 @@ class DGTLHead(nn.Module):
         return {"coarse": h, "fine": b}
 
 
-# head -> its part, from (input channels, classes, the resolved options)
+# head -> its part, from the input channels and the network's config (the resolved options)
 HEAD_PARTS = {
-    "pcb": lambda dim, n, o: StripHead(dim, n, o["num_strips"], o["local_feat_dim"], o["gem_p"], o["gm_pool"]),
-    "global": lambda dim, n, o: GlobalHead(dim, n, o["gm_pool"], o["gem_p"]),
-    "dgtl": lambda dim, n, o: DGTLHead(dim, n, o["bpool"], o["cpool"], o["fuse"], o["gem_p"]),
+    "strips": lambda dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool, **_: StripHead(
+        dim, class_num, num_strips, local_feat_dim, gem_p, gm_pool),
+    "global": lambda dim, class_num, gm_pool, gem_p, **_: GlobalHead(dim, class_num, gm_pool, gem_p),
+    "dgtl": lambda dim, class_num, bpool, cpool, fuse, gem_p, **_: DGTLHead(dim, class_num, bpool, cpool, fuse, gem_p),
 }
 HEADS = tuple(HEAD_PARTS)
 
@@ -498,7 +500,7 @@ HEADS = tuple(HEAD_PARTS)
 class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
     """The network of the paper (Liu et al., IEEE TMM 2021; hijune6/Hetero-center-triplet-loss-for-VT-
     Re-ID, model_mine.py): the two-stream backbone (share_net 0..5), AGW's non-local blocks inserted into
-    it (non_local 'on'), and one head part (HEAD_PARTS): 'pcb' part strips (pcb 'on', the default),
+    it (non_local 'on'), and one head part (HEAD_PARTS): 'strips' part strips (pcb 'on', the default),
     'global' one pooled feature with a BN neck (pcb 'off'), 'dgtl' DGTL's fine and coarse branches.
 
     The scripts pass every option resolved (settings.METHODS); the keyword defaults here are the
@@ -529,13 +531,13 @@ class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
                            bpool=bpool, cpool=cpool, fuse=fuse)
         self.non_local_at = {}  # stage -> block indices followed by a non-local block (self.NL_2, self.NL_3)
         if non_local == "on":  # recorded only when on: the files written before the option rebuild as they were
-            self.config["non_local"] = "on"
+            self.config.update(non_local="on")
             for stage, (at, blocks) in non_local_blocks(self.base_resnet.base).items():
                 self.non_local_at[stage] = at
                 setattr(self, f"NL_{stage[-1]}", blocks)  # the reference's names: NL_2.0.*, NL_3.2.*
                 for i, block in zip(at, blocks):
                     self.insert(f"{stage}.{i}", block)
-        self.set_head(HEAD_PARTS[head](self.out_channels, class_num, self.config))
+        self.set_head(HEAD_PARTS[head](self.out_channels, **self.config))
         self._register_load_state_dict_pre_hook(_original_pcb_keys_hook)
 
     def set_head(self, part):
@@ -550,8 +552,9 @@ class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
         self.head_part.training = mode  # not a registered child (set_head), so nn.Module.train misses it
         return self
 
-    def head_parameters(self):
-        """The parameters trained at the full learning rate (the rest, the backbone and blocks, at 0.1x)."""
+    def full_rate_parameters(self):
+        """The parameters trained at the full learning rate, --lr: the head part's (the rest, the backbone and
+        its blocks, at --backbone_lr_mult x)."""
         return list(self.head_part.parameters())
 
     @property
@@ -582,7 +585,7 @@ def _original_pcb_keys_hook(state_dict, prefix, *args):
 
 def convert_original_keys(state_dict, prefix=""):
     """Rewrite, in place, the authors' per-strip keys (local_conv_list.i.{0,1}.*, fc_list.i.*) into
-    PCBHead's stacked ones; a state dict without them is left as it is."""
+    StripLayers' stacked ones; a state dict without them is left as it is."""
     n = 0
     while f"{prefix}local_conv_list.{n}.0.weight" in state_dict:
         n += 1

@@ -48,7 +48,7 @@ class Method:
     all of flags; the others are shown and hashed as None); `unread(s)` those it has but that s makes
     inert (an error when given)."""
     model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
-    #                       .features(x, modal), .head_parameters())
+    #                       .features(x, modal), .full_rate_parameters())
     config: Callable      # settings -> the network's architecture (what its checkpoints record)
     loss: Callable        # settings -> nn.Module: (training outputs, labels) -> (total, {name: term})
     flags: tuple          # the table's flags it reads (flags.FLAGS)
@@ -60,8 +60,8 @@ class Method:
     unread: Callable = lambda s: ()
     check: Callable = lambda s: None  # settings -> None, or a ValueError for a combination it cannot run
     compares_identities: bool = True  # its loss needs 2 identities per batch or more (a triplet term)
-    head_params: Callable = lambda model: model.head_parameters()  # the full-rate group; the rest at
-    #                                                                  --backbone_lr_mult
+    full_rate_params: Callable = lambda model: model.full_rate_parameters()  # the group at --lr; the rest at
+    #                                                                          --backbone_lr_mult x
     tag: Callable = lambda s: s.method  # the run name's readable part
     describe: Callable = lambda s: f"--method {s.method}"  # the method and the settings its errors name
     augment: Callable = lambda s: {}  # settings -> data_loader.BatchAugment's method-specific arguments
@@ -72,7 +72,7 @@ class Method:
 
 
 def two_stream_config(s):
-    """embed_net's architecture: the PCB head (--pcb on) or the global one, with or without AGW's
+    """embed_net's architecture: the strips head (--pcb on) or the global one, with or without AGW's
     non-local blocks."""
     return dict(arch=s.arch, share_net=s.share_net, pcb=s.pcb, gm_pool=s.gm_pool, gem_p=s.gem_p,
                 non_local=getattr(s, "non_local", None) or "off",
@@ -103,7 +103,7 @@ def paper_family(triplet, margin=True, center=True, reproduction=PAPER_CODE):
         loss=lambda s: losses.ReIDLoss(triplet and triplet(s), s.w_center, s.label_smooth),
         flags=("pcb", "gm_pool", "gem_p", "margin", "label_smooth", "local_feat_dim", "num_strips", "w_center",
                "non_local"),
-        heads=("pcb", "global"),
+        heads=("strips", "global"),
         reads=reads,
         unread=lambda s: (() if s.gm_pool == "on" else ("gem_p",)) + (() if margin else ("margin",)),
         check=check_two_stream, compares_identities=triplet is not None,
@@ -252,9 +252,22 @@ def get_method(name, flag="--method"):
     return METHODS[name]
 
 
+# the head names of the configs written before: the strips head was 'pcb', as the flag
+OLD_HEADS = {"pcb": "strips"}
+
+
+def network_config(recorded):
+    """A network config as a checkpoint recorded it, in today's names (OLD_HEADS); the oldest files record
+    no head, only the flag pcb (method_of, embed_net)."""
+    config = dict(recorded)
+    if isinstance(config.get("head"), str):
+        config["head"] = OLD_HEADS.get(config["head"], config["head"])
+    return config
+
+
 def method_of(config):
     """(name, method) of the first method whose networks have this head (a checkpoint's architecture)."""
-    head = config.get("head", "pcb" if config.get("pcb", "on") == "on" else "global")
+    head = config.get("head", "strips" if config.get("pcb", "on") == "on" else "global")
     for name, method in METHODS.items():
         if head in method.heads:
             return name, method

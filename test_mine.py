@@ -201,11 +201,11 @@ def collect(records, model, log, labels=None):
 
 
 # the feature results.csv shows without a [head feature] tag, as it did before features were named
-UNTAGGED = {"pcb": "parts", "global": "bn"}
+UNTAGGED = {"strips": "parts", "global": "bn"}
 
 
 # the settings of the network that results.csv records (from its config; empty where it has none)
-CONFIG_COLUMNS = ("share_net", "pcb")
+CONFIG_COLUMNS = tuple(f.name for f in flags.FLAGS if f.column)
 # flip_test and half came later: at the end, so that the older columns keep their places
 RESULT_FIELDS = ["time", "dataset", "resume", "setting", "trials", *CONFIG_COLUMNS, "re_rank"] + \
     [f"{k}_mean" for k in eval_metrics.METRICS] + [f"{k}_std" for k in eval_metrics.METRICS] + ["flip_test", "half"]

@@ -91,7 +91,7 @@ def prepare_run(args):
     ckpt, notes = None, []
     if args.resume:
         ckpt = checkpoints.load_checkpoint(args.resume)
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "arch" not in ckpt:
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or checkpoints.network_key(ckpt) is None:
             raise ValueError(f"--resume {args.resume}: not a training checkpoint of this project (checkpoints "
                              f"of the original code can be evaluated with test_mine.py, not resumed)")
         notes = resume_flags(args, explicit, ckpt)
@@ -154,7 +154,7 @@ def learning_rate(epoch, lr, warmup=10, steps=(20, 50)):
 
 
 def adjust_learning_rate(optimizer, epoch, lr, warmup=10, steps=(20, 50), backbone_mult=0.1):
-    """Backbone group at backbone_mult (0.1) x, head group at 1x the scheduled rate."""
+    """Backbone group at backbone_mult (0.1) x, the full-rate group at 1x the scheduled rate."""
     rate = learning_rate(epoch, lr, warmup, steps)
     optimizer.param_groups[0]["lr"] = backbone_mult * rate
     for group in optimizer.param_groups[1:]:
@@ -169,11 +169,12 @@ def schedule(args):
 
 
 def build_optimizer(model, args):
-    """The method's two parameter groups (backbone at --backbone_lr_mult, head at 1x), from resolved settings."""
-    head = [p for p in settings.METHODS[args.method].head_params(model) if p.requires_grad]
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{"params": backbone, "lr": args.backbone_lr_mult * args.lr}, {"params": head, "lr": args.lr}]
+    """The method's two parameter groups (backbone at --backbone_lr_mult, the full-rate group at 1x), from
+    resolved settings."""
+    full = [p for p in settings.METHODS[args.method].full_rate_params(model) if p.requires_grad]
+    full_ids = {id(p) for p in full}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in full_ids]
+    groups = [{"params": backbone, "lr": args.backbone_lr_mult * args.lr}, {"params": full, "lr": args.lr}]
     # torch's default implementation: foreach on CUDA, the per-tensor loop on the CPU. fused=True
     # (one kernel) waits for a GPU measurement: torch keeps foreach the default because fused is the
     # newer implementation (torch.optim's documentation; pytorch/pytorch#95241), and a failure of the
@@ -746,7 +747,7 @@ def train(args, ckpt, name, notes, device, log):
         log(f"epoch {epoch}: {terms} lr {lr:.3g} {stats['img_s']:.1f} img/s {stats['seconds']:.1f} s")
         if main_process:
             metrics = evaluate_due(raw, evaluator, device, epoch, args, tb, log)
-            state = {"model": raw.state_dict(), "arch": raw.config, "optimizer": optimizer.state_dict(),
+            state = {"model": raw.state_dict(), "network": raw.config, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch, "args": vars(args),
                      "metrics": metrics, "train": stats, "best": best, "name": name}
             if metrics is not None and (metrics["rank1"] > best["rank1"] or (

@@ -143,7 +143,7 @@ def train(data, out, *extra):
 @pytest.mark.slow
 def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated(tiny_regdb, tmp_path):
     whole = torch.load(train(tiny_regdb, str(tmp_path / "whole")), weights_only=False)
-    assert whole["arch"]["non_local"] == "on" and whole["arch"]["share_net"] == 1 and whole["epoch"] == 1
+    assert whole["network"]["non_local"] == "on" and whole["network"]["share_net"] == 1 and whole["epoch"] == 1
     first = train(tiny_regdb, str(tmp_path / "split"), "--epochs", "1")
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2", "--gpu", "cpu",
                                                              "--log_path", ""]))

@@ -266,15 +266,15 @@ def test_head_initialisation_and_frozen_bn_biases(net):
         assert fc.bias is None and 0.0008 < fc.weight.std().item() < 0.0012
 
 
-def test_head_parameters_are_the_reference_groups(net):
+def test_full_rate_parameters_are_the_reference_groups(net):
     names = {id(p): n for n, p in net.named_parameters()}
-    assert sorted(names[id(p)] for p in net.head_parameters()) == [
+    assert sorted(names[id(p)] for p in net.full_rate_parameters()) == [
         "bottleneck.bias", "bottleneck.weight", "classifier.weight", "classifier_att.weight",
         "cpool_layer.bottleneck.bias", "cpool_layer.bottleneck.weight"]
     m = dgtl(cpool="no")
     names = {id(p): n for n, p in m.named_parameters()}
-    assert sorted(names[id(p)] for p in m.head_parameters()) == ["bottleneck.bias", "bottleneck.weight",
-                                                                   "classifier.weight"]
+    assert sorted(names[id(p)] for p in m.full_rate_parameters()) == ["bottleneck.bias", "bottleneck.weight",
+                                                                        "classifier.weight"]
 
 
 @pytest.mark.parametrize("share_net", range(6))
@@ -332,8 +332,8 @@ def test_bad_dgtl_options_are_clear_errors(kw, match):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(head="bnneck"), "head must be one of pcb, global, dgtl, got bnneck"),
-    (dict(head="pcb", pcb="off"), "head pcb needs --pcb on"),
+    (dict(head="bnneck"), "head must be one of strips, global, dgtl, got bnneck"),
+    (dict(head="strips", pcb="off"), "head strips needs --pcb on"),
     (dict(pcb="on", cpool="max"), "--cpool max: only the DGTL head"),
     (dict(pcb="off", bpool="max"), "--bpool max: only the DGTL head"),
     (dict(pcb="off", fuse="cat"), "--fuse cat: only the DGTL head"),

@@ -62,9 +62,9 @@ def test_two_epochs_write_checkpoints_and_resume_is_exact(tiny_regdb, tmp_path):
     full, _ = run(tiny_regdb, str(tmp_path / "full"), "--epochs", "3")
     name = train_mine.run_name(full)
     last = torch.load(tmp_path / "full" / "models" / f"{name}_last.pth", weights_only=False)
-    assert last["arch"]["head"] == "dgtl" and last["epoch"] == 2
+    assert last["network"]["head"] == "dgtl" and last["epoch"] == 2
     best = torch.load(tmp_path / "full" / "models" / f"{name}_best.pth", weights_only=False)
-    assert best["best"]["epoch"] == best["epoch"] and best["arch"] == last["arch"]
+    assert best["best"]["epoch"] == best["epoch"] and best["network"] == last["network"]
     log = open(tmp_path / "full" / "log" / f"{name}.log").read()
     assert "epoch 1 eval coarse: Rank-1" in log and "epoch 1 eval fine: Rank-1" in log
     cut, _ = run(tiny_regdb, str(tmp_path / "cut"), "--epochs", "2")

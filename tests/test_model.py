@@ -264,7 +264,7 @@ def test_resnet18_checkpoint_round_trip(tmp_path, kw):
 @pytest.mark.slow
 def test_configs_saved_before_arch_and_head_still_build(old):
     m = model_mine.embed_net(**old)
-    assert m.config["arch"] == "resnet50" and m.config["head"] == ("pcb" if old["pcb"] == "on" else "global")
+    assert m.config["arch"] == "resnet50" and m.config["head"] == ("strips" if old["pcb"] == "on" else "global")
     assert {k: m.config[k] for k in old} == old
     assert model_mine.embed_net(**m.config).config == m.config
 

@@ -51,7 +51,7 @@ class ToyNet(model_mine.TwoStreamResNet):
     def features(self, x, modal):
         return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
 
-    def head_parameters(self):
+    def full_rate_parameters(self):
         return list(self.neck.parameters())  # the block trains with the backbone, at --backbone_lr_mult
 
 
@@ -144,7 +144,7 @@ def test_a_method_added_through_the_table_trains_resumes_and_evaluates(toy, tiny
     monkeypatch.setattr(train_mine, "tensorboard_writer", lambda folder: writers.append(Scalars(folder)) or
                         writers[-1])
     whole = train(tiny_regdb, str(tmp_path / "whole"), "--w_spread", "0.2")
-    assert whole["arch"] == dict(class_num=4, head="toy", arch="resnet18", share_net=2)
+    assert whole["network"] == dict(class_num=4, head="toy", arch="resnet18", share_net=2)
     assert whole["epoch"] == 1 and whole["name"].startswith("demo_trial1_toy_") and whole["args"]["w_spread"] == 0.2
     # the block's weights are saved, and trained away from their zero start
     assert {"toy_block.conv.weight", "toy_block.conv.bias"} <= set(whole["model"])

@@ -86,7 +86,7 @@ def test_share_net_0_puts_agws_blocks_in_the_shared_layers_where_agw_puts_them()
                                    ("--method", "hctri", "--non_local", "on", "--share_net", "0")])
 def test_share_net_0_with_non_local_blocks_trains(flags, tiny_regdb, tmp_path):
     ckpt = torch.load(train(tiny_regdb, str(tmp_path), *flags), weights_only=False)
-    assert ckpt["arch"]["share_net"] == 0 and ckpt["arch"]["non_local"] == "on" and ckpt["epoch"] == 0
+    assert ckpt["network"]["share_net"] == 0 and ckpt["network"]["non_local"] == "on" and ckpt["epoch"] == 0
     keys = ckpt["model"].keys()
     assert "base_resnet.base.conv1.weight" in keys and not any(k.startswith("visible_module.") for k in keys)
     # ResNet-18's two-block stages: one block after each (AGW's rule for a stage with fewer blocks)
@@ -140,6 +140,47 @@ def test_an_old_agw_checkpoint_resumes_bit_for_bit(tiny_regdb, tmp_path):
     resumed = torch.load(path, weights_only=False)
     assert resumed["epoch"] == 1 and all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
     assert resumed["args"]["method"] == "wrt"  # what it is: a later resume is a plain --method wrt one
+
+
+# ----------------------------------------------------------------------------- the config's key before 'network' (27)
+
+def as_written_before_network(ckpt, head=True):
+    """One of our checkpoints as this project wrote it before: its network config under 'arch' (the name of
+    --arch, the backbone's, too), the strips head named 'pcb' (head=False: the oldest files, no head)."""
+    config = {k: v for k, v in ckpt["network"].items() if k != "head" or head}
+    if config.get("head") == "strips":
+        config["head"] = "pcb"
+    return {("arch" if k == "network" else k): (config if k == "network" else v) for k, v in ckpt.items()}
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_a_file_with_its_config_under_arch_loads_as_it_did(tmp_path, head):
+    torch.manual_seed(0)
+    model = model_mine.embed_net(4, arch="resnet18", num_strips=2, local_feat_dim=16).eval()
+    path = str(tmp_path / "old.pth")
+    old = as_written_before_network({"model": model.state_dict(), "network": model.config, "args": {}}, head)
+    assert "network" not in old and old["arch"].get("head", "pcb") == "pcb"
+    torch.save(old, path)
+    loaded, _ = checkpoints.model_from_checkpoint(path)
+    assert loaded.config == model.config and loaded.config["head"] == "strips"
+    x = torch.rand(2, 3, 32, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x, x, 1)["parts"], model(x, x, 1)["parts"])
+
+
+@pytest.mark.slow
+def test_a_file_with_its_config_under_arch_resumes_bit_for_bit(tiny_regdb, tmp_path):
+    whole = torch.load(train(tiny_regdb, str(tmp_path / "whole"), "--epochs", "2"), weights_only=False)
+    first = torch.load(train(tiny_regdb, str(tmp_path / "split")), weights_only=False)
+    assert first["network"]["head"] == "strips" and "arch" not in first
+    folder = tmp_path / "old"
+    folder.mkdir()
+    path = str(folder / f"{first['name']}_last.pth")
+    torch.save(as_written_before_network(first), path)
+    train_mine.main(resume(path, "--epochs", "2", "--log_path", ""))
+    resumed = torch.load(path, weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["network"] == whole["network"] and "arch" not in resumed
+    assert all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
 
 
 # ----------------------------------------------------------------------------- --method and --dataset (12)

@@ -432,11 +432,11 @@ def test_method_must_be_one_test_mine_knows(regdb_root, checkpoint):
 
 
 @pytest.mark.parametrize("which,flags,match", [
-    # our PCB-head file: DGTL's options are not silently dropped
+    # our strips-head file (--pcb on): DGTL's options are not silently dropped
     ("pcb", ("--method", "dgtl", "--bpool", "max"),
-     r"records its architecture, which differs from --bpool max \(the file's pcb head does not read it\), "
-     r"--method dgtl \(the file: pcb head\): leave those flags out"),
-    ("pcb", ("--cpool", "max"), r"differs from --cpool max \(the file's pcb head does not read it\)"),
+     r"records its architecture, which differs from --bpool max \(the file's strips head does not read it\), "
+     r"--method dgtl \(the file: strips head\): leave those flags out"),
+    ("pcb", ("--cpool", "max"), r"differs from --cpool max \(the file's strips head does not read it\)"),
     # our DGTL file: flags it does not read, even where their value is the recorded default
     ("ours", ("--num_strips", "6"), r"differs from --num_strips 6 \(the file's dgtl head does not read it\)"),
     ("ours", ("--gem_p", "3"), r"differs from --gem_p 3.0 \(the file's dgtl head does not read it\)"),
@@ -542,3 +542,26 @@ def test_picture_flags_without_visualize_are_refused(regdb_root, checkpoint):
     with pytest.raises(ValueError, match=r"^--vis_dir, --top_k: these say how --visualize N draws"):
         run("--dataset", "regdb", "--data_path", regdb_root, "--resume", checkpoint, "--log_path", "",
             "--vis_dir", "v", "--top_k", "3")
+
+
+@pytest.mark.parametrize("head,features,settings_shown", [
+    (dict(pcb="on", num_strips=2, local_feat_dim=16), ["parts"], ["visible->thermal"]),
+    (dict(head="dgtl", bpool="max", cpool="max"), ["coarse", "fine"],
+     ["visible->thermal [dgtl coarse]", "visible->thermal [dgtl fine]"]),
+])
+def test_results_csv_keeps_its_columns_and_untagged_rows(tmp_path, head, features, settings_shown):
+    # the network's columns come from the flag table (flags.Flag.column): the names and places they had
+    import csv
+    from types import SimpleNamespace
+    assert test_mine.RESULT_FIELDS == ["time", "dataset", "resume", "setting", "trials", "share_net", "pcb",
+                                       "re_rank"] + [f"{k}_{s}" for s in ("mean", "std") for k in
+                                                     eval_metrics.METRICS] + ["flip_test", "half"]
+    config = model_mine.embed_net(4, arch="resnet18", **head).config
+    zeros = dict.fromkeys(eval_metrics.METRICS, 0.0)
+    entry = {"trials": [{"trial": 1}], "mean": zeros, "std": zeros}
+    result = {**entry, "model": config, "features": features, **{f: entry for f in features[1:]}}
+    args = SimpleNamespace(dataset="regdb", resume="x.pth", re_rank=False, flip_test="off", half=False)
+    test_mine.append_results_csv(str(tmp_path), args, {"visible->thermal": result})
+    rows = list(csv.DictReader(open(tmp_path / "results.csv", newline="")))
+    assert [r["setting"] for r in rows] == settings_shown
+    assert {(r["share_net"], r["pcb"]) for r in rows} == {("2", config["pcb"])}
