@@ -479,10 +479,10 @@ def eval_timing(args, device):
     for half in (False, True):
         for size in sizes:
             # one batch of this shape first: cuDNN autotunes each new shape, and that is not extraction
-            eval_metrics.extract_features(model, images[:size], 1, device, size, half)
+            eval_metrics.extract_features(model, images[:size], "visible", device, size, half)
             synchronize(device)
             start = time.perf_counter()
-            eval_metrics.extract_features(model, images[:size * per_size], 1, device, size, half)
+            eval_metrics.extract_features(model, images[:size * per_size], "visible", device, size, half)
             synchronize(device)
             rates[half, size] = size * per_size / (time.perf_counter() - start)
     return out, rates

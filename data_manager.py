@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 
+import utils
+
 SYSU_VISIBLE = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
 SYSU_THERMAL = ("cam3", "cam6")
 SYSU_LAYOUT = "ROOT/cam1..cam6/<pid as 4 digits>/<file>.jpg and ROOT/exp/{train,val,test}_id.txt"
@@ -135,10 +137,10 @@ def sysu_train_warnings(data_path, files):
     """camera_warnings of sysu_train_files' result: a camera without any training identity's image."""
     ids = set(read_sysu_ids(data_path, "train")) | set(read_sysu_ids(data_path, "val"))
     out = []
-    for modal, cams in (("visible", SYSU_VISIBLE["all"]), ("thermal", SYSU_THERMAL)):
-        counts = sysu_camera_counts(files[modal], cams)
-        out += camera_warnings("SYSU-MM01", counts, len(ids), "training", f"{modal} training set",
-                               len(files[modal]))
+    for modality, cams in (("visible", SYSU_VISIBLE["all"]), ("thermal", SYSU_THERMAL)):
+        counts = sysu_camera_counts(files[modality], cams)
+        out += camera_warnings("SYSU-MM01", counts, len(ids), "training", f"{modality} training set",
+                               len(files[modality]))
     return out
 
 
@@ -203,11 +205,6 @@ def sysu_train_files(data_path):
     }
 
 
-def _check_modal(modal):
-    if modal not in ("visible", "thermal"):
-        raise ValueError(f"modal must be 'visible' or 'thermal', got {modal}")
-
-
 _LABEL = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() takes '²', which int() refuses
 
 
@@ -230,11 +227,11 @@ def read_list(data_path, path, what, layout):
     return files, np.array(labels, dtype=np.int64)
 
 
-def read_regdb_list(data_path, trial, modal, split):
-    """(absolute image paths, int labels) of idx/<split>_<modal>_<trial>.txt, which must list an image
+def read_regdb_list(data_path, trial, modality, split):
+    """(absolute image paths, int labels) of idx/<split>_<modality>_<trial>.txt, which must list an image
     (an empty list would fail deep in training or evaluation)."""
-    _check_modal(modal)
-    path = os.path.join(data_path, "idx", f"{split}_{modal}_{trial}.txt")
+    utils.check_modality(modality)
+    path = os.path.join(data_path, "idx", f"{split}_{modality}_{trial}.txt")
     files, labels = read_list(data_path, path, "RegDB", REGDB_LAYOUT)
     if not files:
         role = "training" if split == "train" else split
@@ -243,17 +240,17 @@ def read_regdb_list(data_path, trial, modal, split):
     return files, labels
 
 
-def process_test_regdb(data_path, trial=1, modal="visible"):
+def process_test_regdb(data_path, trial=1, modality="visible"):
     """Test split of a RegDB trial for one modality: (image paths, labels)."""
-    return read_regdb_list(data_path, trial, modal, "test")
+    return read_regdb_list(data_path, trial, modality, "test")
 
 
-def _llcm_test_groups(data_path, modal):
+def _llcm_test_groups(data_path, modality):
     """Sorted image files of every existing (test identity, camera) folder, identities in sorted
     order and cameras in the official order: the walk of the authors' builders."""
-    _check_modal(modal)
+    utils.check_modality(modality)
     ids = read_id_line(os.path.join(data_path, "idx", "test_id.txt"), "LLCM", LLCM_LAYOUT)
-    top, cams = LLCM_TEST[modal]
+    top, cams = LLCM_TEST[modality]
     _require(os.path.join(data_path, top), "LLCM", LLCM_LAYOUT)
     groups = [image_files(os.path.join(data_path, top, cam, pid)) for pid in ids for cam in cams]
     groups = [files for files in groups if files]
@@ -273,19 +270,19 @@ def _llcm_lists(data_path, paths):
     return list(paths), pids, camids
 
 
-def process_query_llcm(data_path, modal="thermal"):
+def process_query_llcm(data_path, modality="thermal"):
     """LLCM query set of one modality: every test image, identities sorted, cameras in order."""
-    groups = _llcm_test_groups(data_path, modal)
+    groups = _llcm_test_groups(data_path, modality)
     return _llcm_lists(data_path, [f for files in groups for f in files])
 
 
-def process_gallery_llcm(data_path, modal="visible", trial=0):
+def process_gallery_llcm(data_path, modality="visible", trial=0):
     """LLCM gallery of one trial: one random image per (test identity, camera) folder.
 
     random.Random(trial).choice draws what the authors' random.seed(trial) + random.choice draw,
     one draw per existing folder in their walk order, without touching the global generator."""
     rng = random.Random(trial)
-    return _llcm_lists(data_path, [rng.choice(files) for files in _llcm_test_groups(data_path, modal)])
+    return _llcm_lists(data_path, [rng.choice(files) for files in _llcm_test_groups(data_path, modality)])
 
 
 def llcm_train_files(data_path):
@@ -293,7 +290,7 @@ def llcm_train_files(data_path):
     rows follow them): {'visible': (paths, labels), 'thermal': (paths, labels)}."""
     _require(os.path.join(data_path, "idx"), "LLCM", LLCM_LAYOUT)
     out = {}
-    for modal, name in LLCM_TRAIN.items():
+    for modality, name in LLCM_TRAIN.items():
         path = os.path.join(data_path, "idx", name)
-        out[modal] = read_list(data_path, path, "LLCM", LLCM_LAYOUT)  # empty: pre_process_llcm says so
+        out[modality] = read_list(data_path, path, "LLCM", LLCM_LAYOUT)  # empty: pre_process_llcm says so
     return out

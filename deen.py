@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import loss as losses
 import model_mine
+import utils
 
 POOL_WEIGHT = 0.1  # distmat8: a x (pooled similarities) + (1 - a) x (BN ones), a = 0.1 (DEEN/test.py)
 
@@ -169,10 +170,10 @@ class DEEN(model_mine.TwoStreamResNet):
         --backbone_lr_mult x)."""
         return list(self.bottleneck.parameters()) + list(self.classifier.parameters())
 
-    def forward(self, x1, x2, modal=0, looped_head=False):
+    def forward(self, x1, x2, modality=None, looped_head=False):
         """Training: {'feat': pooled [3B, D], 'logits' [3B, classes], 'ort'}; evaluation: {'pool', 'bn'}
         [3B, D], rows [original; expansion 1; expansion 2]."""
-        x = self.backbone(x1, x2, modal)
+        x = self.backbone(x1, x2, modality)
         with torch.autocast(x.device.type, enabled=False):  # the head in float32, as embed_net's
             x_pool = x.float().mean(dim=(2, 3))
             feat = self.bottleneck(x_pool)
@@ -186,20 +187,21 @@ class DEEN(model_mine.TwoStreamResNet):
     feature_names = ("distmat7", "distmat8")
     l2_normalized = False  # six unit vectors side by side (flip-summed: longer still); export.py's model.json says so
 
-    def parts(self, x, modal):
-        """The six unit vectors f1..f6 (pool, BN) x (original, exp1, exp2), float32, as DEEN/test.py."""
-        out = self(x, x, modal)
+    def parts(self, x, modality):
+        """The six unit vectors f1..f6 (pool, BN) x (original, exp1, exp2) of one modality's images ('visible'
+        or 'thermal'), float32, as DEEN/test.py."""
+        out = self(x, x, utils.check_modality(modality))
         b = x.shape[0]  # not len(x): a traced export keeps the batch size dynamic
         # Normalize(2) of the reference: no epsilon
         pool, bn = (v / v.pow(2).sum(1, keepdim=True).pow(0.5) for v in (out["pool"], out["bn"]))
         return [t[i * b:(i + 1) * b] for i in range(3) for t in (pool, bn)]
 
-    def features(self, x, modal):
-        return assemble(self.parts(x, modal))
+    def features(self, x, modality):
+        return assemble(self.parts(x, modality))
 
-    def flip_features(self, x, modal):
+    def flip_features(self, x, modality):
         """The test's flip: the sum of each unit vector and its mirror image's, not renormalised."""
-        return assemble([a + m for a, m in zip(self.parts(x, modal), self.parts(x.flip(3), modal))])
+        return assemble([a + m for a, m in zip(self.parts(x, modality), self.parts(x.flip(3), modality))])
 
 
 def assemble(parts):
@@ -213,7 +215,7 @@ def assemble(parts):
 
 # ----------------------------------------------------------------------------- loss
 
-def check_layout(labels, modal, num_pos):
+def check_layout(labels, modality, num_pos):
     """CPM's batch contract (DEEN/loss.py CPMLoss finds its identity centres by position): the batch is
     [visible; thermal], each P contiguous blocks of K = num_pos images of one identity, P distinct
     identities, in the same order in both modalities (the sampler's layout). Anything else would give a
@@ -225,7 +227,8 @@ def check_layout(labels, modal, num_pos):
         blocks = labels[:half].reshape(-1, num_pos)
         ok = bool(torch.equal(labels[:half], labels[half:]) and (blocks == blocks[:, :1]).all()
                   and blocks[:, 0].unique().numel() == blocks.shape[0]
-                  and (modal is None or torch.equal(modal, (torch.arange(n, device=modal.device) >= half).to(modal))))
+                  and (modality is None
+                       or torch.equal(modality, utils.modality_column(half, half, modality.device).to(modality))))
     if not ok:
         raise ValueError(f"--method deen: its CPM loss needs the batch [visible; thermal], each P contiguous blocks "
                          f"of K = {num_pos} images of one identity in the same identity order (DEEN's sampler); got "
@@ -267,9 +270,9 @@ class DEENLoss(nn.Module):
         self.tri = losses.TripletLoss(margin)
         self.lambda_1, self.lambda_2, self.num_pos = lambda_1, lambda_2, num_pos
 
-    def forward(self, out, labels, modal=None):
+    def forward(self, out, labels, modality=None):
         if not torch.compiler.is_compiling():  # it reads values, which a compiled graph cannot branch on
-            check_layout(labels, modal, self.num_pos)
+            check_layout(labels, modality, self.num_pos)
         feat, n = out["feat"].float(), labels.numel()
         labels3 = labels.repeat(3)
         loss_id = self.id_loss(out["logits"].float(), labels3)

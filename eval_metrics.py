@@ -21,6 +21,7 @@ import torch
 
 import data_loader
 import data_manager
+import utils
 
 __all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "removed_mask", "k_reciprocal", "random_walk", "extract_features",
            "distance", "metrics_row", "format_row", "summarize", "SYSUEval", "RegDBEval", "LLCMEval"]
@@ -407,22 +408,22 @@ def half_dtype(device):
 
 
 @torch.no_grad()
-def model_features(model, x, modal, flip=False):
+def model_features(model, x, modality, flip=False):
     """{name: feature} of a normalised batch x; flip: each the L2-normalised mean of the image's and its
     mirror image's (CAJ's test, ICCV21_CAJ/testa.py), or a method's own flip_features (DEEN's sum, not
     renormalised). What the evaluation reports, and what export.py's files compute."""
     if flip and hasattr(model, "flip_features"):
-        return model.flip_features(x, modal)
-    out = model.features(x, modal)
+        return model.flip_features(x, modality)
+    out = model.features(x, modality)
     if not flip:
         return out
-    mirrored = model.features(x.flip(3), modal)
+    mirrored = model.features(x.flip(3), modality)
     return {n: torch.nn.functional.normalize((out[n] + mirrored[n]) / 2, dim=1) for n in out}
 
 
-def extract_features(model, images, modal, device, batch_size=128, half=False, all_features=False, flip=False):
-    """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] (modal 1 =
-    visible stream, 2 = thermal stream): the reported feature, or with all_features a dict of every
+def extract_features(model, images, modality, device, batch_size=128, half=False, all_features=False, flip=False):
+    """L2-normalised features [N, D] (float32, on device) of uint8 images [N, H, W, 3] through the stream of
+    modality ('visible' or 'thermal'): the reported feature, or with all_features a dict of every
     named feature of the model (model.feature_names, the reported one first). flip: each feature is
     the L2-normalised mean of the image's and its mirror image's (CAJ's test, ICCV21_CAJ/testa.py)."""
     model.eval()
@@ -431,7 +432,7 @@ def extract_features(model, images, modal, device, batch_size=128, half=False, a
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device, non_blocking=True)
         x = data_loader.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=half_dtype(device), enabled=half):
-            out = model_features(model, x, modal, flip)
+            out = model_features(model, x, modality, flip)
         for n in feats:
             feats[n].append(out[n])
     feats = {n: torch.cat(v) for n, v in feats.items()}
@@ -476,16 +477,15 @@ class Evaluator:
     swap_stems = False  # each modality through the other's stem (DEEN's RegDB test.py; a compatibility mode)
 
     def searches(self):
-        """[(setting, trial, query (modal, indices), gallery (modal, indices), metric)] to run."""
+        """[(setting, trial, query (modality, indices), gallery (modality, indices), metric)] to run."""
         raise NotImplementedError
 
     def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None, flip=False):
         """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
         q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
         removed_mask takes, so that pictures leave out what the metric leaves out)."""
-        feats = {m: extract_features(model, self.images[m], (1 if m == "visible" else 2) if not self.swap_stems
-                                     else (2 if m == "visible" else 1), device, batch_size, half,
-                                     all_features=True, flip=flip) for m in self.images}
+        feats = {m: extract_features(model, self.images[m], utils.other_modality(m) if self.swap_stems else m,
+                                     device, batch_size, half, all_features=True, flip=flip) for m in self.images}
         names = model.feature_names
         records = []
         for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
@@ -554,7 +554,7 @@ class RegDBEval(Evaluator):
         self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
         self.swap_stems = swap_stems
         lists = {}
-        for m in ("visible", "thermal"):
+        for m in utils.MODALITIES:
             paths, labels = data_manager.process_test_regdb(data_path, trial, m)
             lists[m] = [(paths, labels, np.zeros(len(paths), dtype=np.int64))]
         idx = self._index(lists)

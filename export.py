@@ -26,6 +26,7 @@ import eval_metrics
 import extract
 import fileio
 import settings
+import utils
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 MANIFEST = "model.json"
@@ -36,17 +37,17 @@ CHECK_BATCHES = (0, 1, 7)  # N is dynamic: an empty batch gives [0, D]
 
 
 class Stream(nn.Module):
-    """One modality's stream of the model giving its reported feature only: what is exported. With
-    flip, the feature is averaged with the mirror image's and L2-normalised again, or a method's own
-    flip_features (DEEN's sum, DEEN/test.py), as eval_metrics.extract_features computes it (CAJ's test,
-    ICCV21_CAJ/testa.py): the exported file gives FeatureExtractor's default feature in one run."""
+    """One modality's stream of the model ('visible' or 'thermal') giving its reported feature only: what is
+    exported. With flip, the feature is averaged with the mirror image's and L2-normalised again, or a
+    method's own flip_features (DEEN's sum, DEEN/test.py), as eval_metrics.extract_features computes it
+    (CAJ's test, ICCV21_CAJ/testa.py): the exported file gives FeatureExtractor's default feature in one run."""
 
-    def __init__(self, model, modal, feature, flip=False):
+    def __init__(self, model, modality, feature, flip=False):
         super().__init__()
-        self.model, self.modal, self.feature, self.flip = model, modal, feature, flip
+        self.model, self.modality, self.feature, self.flip = model, modality, feature, flip
 
     def forward(self, x):
-        return eval_metrics.model_features(self.model, x, self.modal, self.flip)[self.feature]
+        return eval_metrics.model_features(self.model, x, self.modality, self.flip)[self.feature]
 
 
 def get_args_parser():
@@ -135,9 +136,9 @@ def export_streams(model, fmt, folder, img_h, img_w, flip, log):
     write = export_onnx if fmt == "onnx" else export_torchscript
     example = data_loader.normalize(torch.zeros(2, img_h, img_w, 3, dtype=torch.uint8)).contiguous()
     files, diffs = {}, {}
-    for modality, modal in extract.MODALITIES.items():
+    for modality in utils.MODALITIES:
         name = modality + FORMATS[fmt]
-        stream = Stream(model, modal, feature, flip).eval()
+        stream = Stream(model, modality, feature, flip).eval()
         try:
             with warnings.catch_warnings():  # the exporters' notes on shape-dependent Python ifs, deprecations
                 warnings.simplefilter("ignore")
@@ -191,7 +192,7 @@ def main(argv=None, log=print):
     img_h, img_w = info["img_h"], info["img_w"]
     flip = settings.flip_default(info["method"]) == "on"  # FeatureExtractor's default, exported with the model
     with torch.no_grad():  # size and dtype of the output (and a head that fails at this image size, before any file)
-        probe = Stream(model, 1, model.feature_names[0], flip).eval()(torch.zeros(1, 3, img_h, img_w))
+        probe = Stream(model, "visible", model.feature_names[0], flip).eval()(torch.zeros(1, 3, img_h, img_w))
     tmp = fileio.new_build_folder(args.out)
     try:
         files, diffs = export_streams(model, args.format, tmp, img_h, img_w, flip, log)

@@ -30,16 +30,6 @@ import fileio
 import settings
 import utils
 
-MODALITIES = {"visible": 1, "thermal": 2}  # the model's modal argument: which stream runs
-
-
-def modal_index(modality, flag="modality"):
-    """'visible' -> 1, 'thermal' -> 2 (the model's stream)."""
-    if modality not in MODALITIES:
-        raise ValueError(f"{flag} must be visible or thermal, got {modality!r}")
-    return MODALITIES[modality]
-
-
 def check_dataset(dataset, info):
     """--dataset fills what a reference checkpoint does not record; one of ours records its dataset (and
     its image size, which test_mine.py keeps on any dataset too), so another --dataset would be ignored."""
@@ -106,21 +96,21 @@ class FeatureExtractor:
         self.feature = self.feature_names[0]
         self.flip = settings.flip_default(self.info["method"]) == "on" if flip is None else bool(flip)
 
-    def features_of(self, batch, modal):
+    def features_of(self, batch, modality):
         """{name: float32 [B, D] on the CPU} of a uint8 [B, H, W, 3] batch: test_mine's extraction itself."""
-        out = eval_metrics.extract_features(self.model, batch, modal, self.device, len(batch), self.half,
+        out = eval_metrics.extract_features(self.model, batch, modality, self.device, len(batch), self.half,
                                             all_features=True, flip=self.flip)
         return {name: f.cpu() for name, f in out.items()}
 
     def __call__(self, images, modality="visible", all_features=False):
-        modal = modal_index(modality)
+        utils.check_modality(modality)
         items = image_list(images)
         parts = {name: [] for name in self.feature_names}
         with ThreadPoolExecutor(max(1, self.workers)) as pool:  # PIL releases the GIL
             for start in range(0, len(items), self.batch_size):
                 chunk = range(start, min(start + self.batch_size, len(items)))
                 batch = np.stack(list(pool.map(lambda i: to_uint8(items[i], self.img_w, self.img_h, i), chunk)))
-                for name, f in self.features_of(batch, modal).items():
+                for name, f in self.features_of(batch, modality).items():
                     parts[name].append(f)
         feats = {name: torch.cat(v).numpy() for name, v in parts.items()}
         return feats if all_features else feats[self.feature]
@@ -216,7 +206,7 @@ def write_outputs(feats, paths, out, csv_path):
 
 def main(argv=None, log=print):
     args = get_args_parser().parse_args(argv)
-    modal_index(args.modality, "--modality")
+    utils.check_modality(args.modality, "--modality")
     if not os.path.exists(args.images):
         raise FileNotFoundError(f"--images: no such folder or image file: {args.images}")
     check_outputs(args)

@@ -4,11 +4,15 @@ and the total losses built from them: ReIDLoss (the paper's) and DGTLLoss (DGTL,
 Every triplet loss takes features [..., B, D] (a leading strip axis is allowed, so the PCB
 strips are one call) and returns (loss, n_correct): loss has the leading shape ([] for a plain
 [B, D] batch), n_correct counts anchors whose hardest negative is at least as far as their
-hardest positive, summed over everything. No .item(): nothing here waits for the GPU.
+hardest positive, summed over everything. No .item(): nothing here waits for the GPU. Their
+`modality` is the per-sample modality tensor: each sample's index in utils.MODALITIES (None: the first
+half visible, the second thermal).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import utils
 
 
 def pairwise_distance(x, y):
@@ -27,8 +31,8 @@ def hardest(dist, pos, neg=None):
 
 
 def modality_of(batch_size, device):
-    """The default modality vector: first half visible (0), second half thermal (1)."""
-    return (torch.arange(batch_size, device=device) >= batch_size // 2).long()
+    """The default per-sample modality tensor (utils.modality_column): first half visible, second half thermal."""
+    return utils.modality_column(batch_size // 2, batch_size - batch_size // 2, device)
 
 
 class CenterTripletLoss(nn.Module):
@@ -44,16 +48,16 @@ class CenterTripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
-    def forward(self, feats, labels, modal=None):
-        loss, correct, _ = self.anchors(feats, labels, modal)
+    def forward(self, feats, labels, modality=None):
+        loss, correct, _ = self.anchors(feats, labels, modality)
         return loss, correct
 
-    def anchors(self, feats, labels, modal=None):
+    def anchors(self, feats, labels, modality=None):
         """(loss, n_correct, number of anchors = centers)."""
         b = labels.numel()
-        if modal is None:
-            modal = modality_of(b, labels.device)
-        key, order = (labels * 2 + modal).sort()
+        if modality is None:
+            modality = modality_of(b, labels.device)
+        key, order = (labels * len(utils.MODALITIES) + modality).sort()
         first = torch.ones_like(key, dtype=torch.bool)
         first[1:] = key[1:] != key[:-1]
         group = torch.empty_like(order)
@@ -79,7 +83,7 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
-    def forward(self, feats, labels, modal=None):
+    def forward(self, feats, labels, modality=None):
         dist = pairwise_distance(feats, feats)
         d_ap, d_an = hardest(dist, labels[:, None] == labels[None, :])
         return F.relu(d_ap - d_an + self.margin).mean(-1), (d_an >= d_ap).sum()
@@ -92,7 +96,7 @@ class TripletLoss_WRT(nn.Module):  # noqa: N801 -- the AGW code's name
     def __init__(self):
         super().__init__()
 
-    def forward(self, feats, labels, modal=None):
+    def forward(self, feats, labels, modality=None):
         dist = pairwise_distance(feats, feats)
         pos = (labels[:, None] == labels[None, :]).float()
         neg = 1.0 - pos
@@ -113,7 +117,7 @@ class TripletLoss_ADP(nn.Module):  # noqa: N801 -- the CAJ code's name
         super().__init__()
         self.alpha, self.gamma, self.square = alpha, gamma, square
 
-    def forward(self, feats, labels, modal=None):
+    def forward(self, feats, labels, modality=None):
         dist = pairwise_distance(feats, feats)
         pos = (labels[:, None] == labels[None, :]).float()
         neg = 1.0 - pos
@@ -151,13 +155,13 @@ class ReIDLoss(nn.Module):
         self.tri = tri  # the triplet loss module (CenterTripletLoss for the paper's), or None: the ID loss alone
         self.w_center = w_center
 
-    def _tri(self, feats, labels, modal):
+    def _tri(self, feats, labels, modality):
         if isinstance(self.tri, CenterTripletLoss):
-            return self.tri.anchors(feats, labels, modal)
-        loss, correct = self.tri(feats, labels, modal)
+            return self.tri.anchors(feats, labels, modality)
+        loss, correct = self.tri(feats, labels, modality)
         return loss, correct, labels.numel()
 
-    def forward(self, out, labels, modal=None):
+    def forward(self, out, labels, modality=None):
         local = out.get("strips")  # the PCB strips: [S, B, D], logits [S, B, classes]
         if local is not None:
             logits = out["strip_logits"]
@@ -169,11 +173,11 @@ class ReIDLoss(nn.Module):
         if self.tri is None:
             zero = torch.zeros_like(loss_id)
             return loss_id, {"id": loss_id, "tri": zero, "acc": zero}
-        loss_tri, correct, n = self._tri(out["feat"], labels, modal)
+        loss_tri, correct, n = self._tri(out["feat"], labels, modality)
         if local is None:
             loss_tri = self.w_center * loss_tri
         else:
-            loss_tri = loss_tri + self.w_center * self._tri(local, labels, modal)[0].sum()
+            loss_tri = loss_tri + self.w_center * self._tri(local, labels, modality)[0].sum()
         return loss_id + loss_tri, {"id": loss_id, "tri": loss_tri, "acc": correct / n}
 
 
@@ -201,22 +205,22 @@ class DGTLLoss(nn.Module):
         self.coarse_tri = {"HcTri": CenterTripletLoss(margin=margin + margin_hc),
                            "OriTri": TripletLoss(margin=margin), "no": None}[hcloss]
 
-    def _terms(self, out, labels, modal):
+    def _terms(self, out, labels, modality):
         tri, correct = self.sample_tri(out["feat"], labels)
         terms = {"id_fine": self.id_loss(out["logits"].float(), labels), "tri_fine": tri}
         if "coarse" in out:
             terms["id_coarse"] = self.id_loss(out["coarse_logits"].float(), labels)
             if self.coarse_tri is not None:
-                terms["tri_coarse"] = self.coarse_tri(out["coarse"], labels, modal)[0]
+                terms["tri_coarse"] = self.coarse_tri(out["coarse"], labels, modality)[0]
         return terms, correct / labels.numel()
 
-    def terms(self, out, labels, modal=None):
+    def terms(self, out, labels, modality=None):
         """The individual loss terms: id_fine, tri_fine and, with a coarse branch, id_coarse and
         (unless hcloss is 'no') tri_coarse."""
-        return self._terms(out, labels, modal)[0]
+        return self._terms(out, labels, modality)[0]
 
-    def forward(self, out, labels, modal=None):
-        terms, acc = self._terms(out, labels, modal)
+    def forward(self, out, labels, modality=None):
+        terms, acc = self._terms(out, labels, modality)
         loss_id = sum(v for k, v in terms.items() if k.startswith("id_"))
         loss_tri = sum(v for k, v in terms.items() if k.startswith("tri_"))
         return loss_id + loss_tri, {"id": loss_id, "tri": loss_tri, "acc": acc}

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import utils
+
 STEM = ("conv1", "bn1", "relu", "maxpool")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 STAGES = ("conv1", "bn1") + LAYERS  # the stages that hold weights
@@ -391,18 +393,18 @@ class TwoStreamResNet(nn.Module):
         if "." in place:
             self.split_stages.add(place.split(".")[0])
 
-    def streams(self, x1, x2, modal):
-        """The modality-specific part: modal 0 both (visible rows first), 1 visible, 2 thermal."""
-        if modal == 0:
+    def streams(self, x1, x2, modality=None):
+        """The modality-specific part: modality None both (x1 visible, x2 thermal; visible rows first),
+        'visible' x1 only, 'thermal' x2 only (utils.MODALITIES; a str, so a compiled graph holds it fixed)."""
+        utils.check_modality(modality, both=True)
+        if modality is None:
             return torch.cat((self.visible_module.visible(x1), self.thermal_module.thermal(x2)), 0)
-        if modal == 1:
+        if modality == "visible":
             return self.visible_module.visible(x1)
-        if modal == 2:
-            return self.thermal_module.thermal(x2)
-        raise ValueError(f"modal must be 0 (both), 1 (visible) or 2 (thermal), got {modal}")
+        return self.thermal_module.thermal(x2)
 
-    def backbone(self, x1, x2, modal=0):
-        x = self.streams(x1, x2, modal)
+    def backbone(self, x1, x2, modality=None):
+        x = self.streams(x1, x2, modality)
         if not self.blocks_at:
             return self.base_resnet.base(x)
         for name, stage in self.base_resnet.base.named_children():
@@ -562,15 +564,16 @@ class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
         """The names of the features evaluation gives, the reported one first."""
         return self.head_part.feature_names
 
-    def features(self, x, modal):
-        """{name: L2-normalised float32 feature [N, D]} of one modality's images (modal 1 visible,
-        2 thermal; x normalised [N, 3, H, W]), the reported one first: what evaluation ranks with."""
-        return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
+    def features(self, x, modality):
+        """{name: L2-normalised float32 feature [N, D]} of one modality's images (modality 'visible' or
+        'thermal'; x normalised [N, 3, H, W]), the reported one first: what evaluation ranks with."""
+        out = self(x, x, utils.check_modality(modality))
+        return {name: F.normalize(f.float(), dim=1) for name, f in out.items()}
 
-    def forward(self, x1, x2, modal=0, looped_head=False):
+    def forward(self, x1, x2, modality=None, looped_head=False):
         """Named outputs: in training what the losses read, in evaluation the features of feature_names
         (the reported one first) before the L2 normalisation of features()."""
-        x = self.backbone(x1, x2, modal)
+        x = self.backbone(x1, x2, modality)
         # The heads run in float32 even under autocast: they cost little, and their batch norms
         # divide by the spread of the pooled features across the batch, which bf16 rounding can
         # swamp (early in training that spread is tiny).

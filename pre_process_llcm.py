@@ -29,8 +29,8 @@ def get_args_parser():
 def main(args):
     check_args(args)
     lists = data_manager.llcm_train_files(args.data_path)
-    for modal, name in data_manager.LLCM_TRAIN.items():
-        if not lists[modal][0]:
+    for modality, name in data_manager.LLCM_TRAIN.items():
+        if not lists[modality][0]:
             raise ValueError(f"{os.path.join(args.data_path, 'idx', name)}: no training images listed")
     visible, thermal = lists["visible"], lists["thermal"]
     folder = data_loader.stored_set_folder(args.data_path, args.img_h)  # 384 high: beside the root's set

@@ -20,6 +20,7 @@ import eval_metrics
 import flags
 import loss as losses
 import model_mine
+import utils
 
 CHOICES = flags.choices(flags.FLAGS)
 
@@ -48,7 +49,7 @@ class Method:
     all of flags; the others are shown and hashed as None); `unread(s)` those it has but that s makes
     inert (an error when given)."""
     model: Callable       # (class_num, pretrained=..., **config) -> the network (.config, .feature_names,
-    #                       .features(x, modal), .full_rate_parameters())
+    #                       .features(x, modality), .full_rate_parameters())
     config: Callable      # settings -> the network's architecture (what its checkpoints record)
     loss: Callable        # settings -> nn.Module: (training outputs, labels) -> (total, {name: term})
     flags: tuple          # the table's flags it reads (flags.FLAGS)
@@ -327,8 +328,8 @@ def check_llcm(s):
 
 def check_regdb(s):
     for split in ("train", "test"):
-        for modal in ("visible", "thermal"):
-            data_manager.read_regdb_list(s.data_path, s.trial, modal, split)
+        for modality in utils.MODALITIES:
+            data_manager.read_regdb_list(s.data_path, s.trial, modality, split)
 
 
 PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)

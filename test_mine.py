@@ -365,8 +365,7 @@ def check_search_folder(vis_dir):
 def search_folders(args, device, log):
     """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures in
     <vis_dir>/search (built beside it and swapped in whole), and --json if given."""
-    if args.query_modal not in ("thermal", "visible"):
-        raise ValueError(f"--query_modal must be thermal or visible, got {args.query_modal}")
+    utils.check_modality(args.query_modal, "--query_modal")
     if not (args.query_dir and args.gallery_dir):
         raise ValueError("--query_dir and --gallery_dir go together: give both folders to search one against "
                          "the other")
@@ -376,9 +375,9 @@ def search_folders(args, device, log):
     flip = None if args.flip_test is None else args.flip_test == "on"
     path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
     extractor = extract.FeatureExtractor(path, device, args.half, args.test_batch, args.workers, flip, **flags)
-    g_modal = "visible" if args.query_modal == "thermal" else "thermal"
+    g_modality = utils.other_modality(args.query_modal)
     qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
-    gf = torch.from_numpy(extractor(g_paths, g_modal)).to(device)
+    gf = torch.from_numpy(extractor(g_paths, g_modality)).to(device)
     dist = eval_metrics.distance(qf, gf, args.re_rank).cpu().numpy()
     folder = check_search_folder(args.vis_dir)  # again: something may have been put there meanwhile
     tmp = fileio.new_build_folder(folder)
@@ -396,19 +395,19 @@ def search_folders(args, device, log):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if args.json:
-        write_search_json(args, q_paths, g_paths, dist, g_modal)
+        write_search_json(args, q_paths, g_paths, dist, g_modality)
     log(f"searched {len(q_paths)} {args.query_modal} queries against {len(g_paths)} gallery images: "
         f"top-{args.top_k} in {os.path.join(folder, 'search_topk.csv')}, {len(pictures)} picture(s) in {folder}"
         f"{f', every top-{args.top_k} in {args.json}' if args.json else ''}")
     return os.path.join(folder, "search_topk.csv")
 
 
-def write_search_json(args, q_paths, g_paths, dist, g_modal):
+def write_search_json(args, q_paths, g_paths, dist, g_modality):
     """--json of a folder search: each query's top-k gallery images and distances (search_topk.csv's rows)."""
     queries = {}
     for query, rank, gallery, d in visualize.topk_rows(q_paths, g_paths, dist, args.top_k):
         queries.setdefault(query, []).append({"rank": rank, "gallery": gallery, "distance": d})
-    out = {"setting": "folder search", "query_modal": args.query_modal, "gallery_modal": g_modal,
+    out = {"setting": "folder search", "query_modal": args.query_modal, "gallery_modal": g_modality,
            "queries": [{"query": q, "ranked": ranked} for q, ranked in queries.items()], "args": vars(args)}
     fileio.atomic_write(args.json, lambda f: json.dump(out, f, indent=2, default=str), binary=False)
 

@@ -418,22 +418,21 @@ class TrainingStep(torch.nn.Module):
     def forward(self, v, t, labels):
         with torch.autocast(v.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.model(v, t, looped_head=True) if self.looped_head else self.model(v, t)
-        modal = torch.cat((torch.zeros(len(v), dtype=torch.long, device=v.device),
-                           torch.ones(len(t), dtype=torch.long, device=t.device)))
+        modality = utils.modality_column(len(v), len(t), v.device)
         if self.gather:
-            out, labels, modal = global_batch(out, labels, modal, len(t))
-        loss, terms = self.criterion(out, labels, modal)
+            out, labels, modality = global_batch(out, labels, modality, len(t))
+        loss, terms = self.criterion(out, labels, modality)
         return {"loss": loss, **terms}
 
 
-def global_batch(out, labels, modal, segment):
+def global_batch(out, labels, modality, segment):
     """The training outputs (every tensor with a batch axis), labels and modality of every process,
     as the one process of a 1-process run would have them. Each process's rows are blocks of
     `segment` rows (its P/N identities x K images: the visible block, the thermal block; CAJ's
     [visible; visible copy; thermal]; three such [visible; thermal] for a method that expands its
     batch), so block s of every process, in rank order, then block s + 1, is the 1-process order."""
     out = {k: gather_rows(x, segment, k) if torch.is_tensor(x) and x.dim() else x for k, x in out.items()}
-    return out, gather_rows(labels, segment, "labels"), gather_rows(modal, segment, "modality")
+    return out, gather_rows(labels, segment, "labels"), gather_rows(modality, segment, "modality")
 
 
 def gather_rows(x, segment, name):

@@ -47,7 +47,7 @@ def test_five_blocks_after_the_last_two_of_layer2_and_the_last_three_of_layer3()
     for name in ("NL_2", "NL_3"):
         for i, block in enumerate(getattr(net, name)):
             block.register_forward_hook(lambda *a, n=f"{name}.{i}": order.append(n))
-    net.eval()(torch.zeros(1, 3, 64, 32), torch.zeros(1, 3, 64, 32), 1)
+    net.eval()(torch.zeros(1, 3, 64, 32), torch.zeros(1, 3, 64, 32), "visible")
     assert order == ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "NL_2.0", "layer2.3",
                      "NL_2.1", "layer3.0", "layer3.1", "layer3.2", "layer3.3", "NL_3.0", "layer3.4", "NL_3.1",
                      "layer3.5", "NL_3.2", "layer4.0", "layer4.1", "layer4.2"]
@@ -117,7 +117,7 @@ def test_a_reference_checkpoint_evaluates_as_it_is_and_another_method_is_named(t
     checkpoints.resolve_model_flags(args, skip=("img_w", "img_h", "trial"), log=lambda *a: None)
     loaded, _ = checkpoints.model_from_checkpoint(path, args, args.explicit)
     x = torch.randn(2, 3, 64, 32)
-    want, got = model.features(x, 2), loaded.eval().features(x, 2)
+    want, got = model.features(x, "thermal"), loaded.eval().features(x, "thermal")
     assert list(got) == ["bn", "pool"] and all(torch.equal(want[k], got[k]) for k in want)
     # and back: our model in the reference's layout, then loaded again, is the same network
     assert model_mine.to_dgtl_state_dict(loaded).keys() == torch.load(path, weights_only=False)["net"].keys()

@@ -19,7 +19,7 @@ def test_a_block_inserted_after_layer2_is_saved_and_runs_there():
     torch.manual_seed(0)
     net = model_mine.embed_net(5, arch="resnet18", share_net=1, pcb="off").eval()
     x = torch.randn(2, 3, 64, 32)
-    before = net(x, x, 1)["bn"]
+    before = net(x, x, "visible")["bn"]
     assert "layer2" in net.places and "layer2.1" in net.places
     net.extra = identity_conv(128)  # layer2's output channels in ResNet-18
     net.insert("layer2", net.extra)
@@ -28,11 +28,11 @@ def test_a_block_inserted_after_layer2_is_saved_and_runs_there():
     net.base_resnet.base.layer2.register_forward_hook(lambda *a: order.append("layer2"))
     net.base_resnet.base.layer3.register_forward_hook(lambda *a: order.append("layer3"))
     net.extra.register_forward_hook(lambda m, i, o: order.append(("extra", i[0].shape[1])))
-    assert torch.allclose(net(x, x, 1)["bn"], before, atol=1e-5)  # the identity changes nothing
+    assert torch.allclose(net(x, x, "visible")["bn"], before, atol=1e-5)  # the identity changes nothing
     assert order == ["layer2", ("extra", 128), "layer3"]
     with torch.no_grad():
         net.extra.weight.mul_(2)
-    assert not torch.allclose(net(x, x, 1)["bn"], before, atol=1e-3)  # and it is on the path
+    assert not torch.allclose(net(x, x, "visible")["bn"], before, atol=1e-3)  # and it is on the path
 
 
 def test_places_are_the_shared_stages_and_a_block_must_be_registered():

@@ -134,9 +134,9 @@ def test_flip_averaging_is_the_normalised_mean_of_both_views():
     torch.manual_seed(3)
     model = model_mine.embed_net(4, arch="resnet18", pcb="off").eval()
     images = torch.randint(0, 256, (3, 32, 16, 3), dtype=torch.uint8).numpy()
-    got = eval_metrics.extract_features(model, images, 1, torch.device("cpu"), all_features=True, flip=True)
+    got = eval_metrics.extract_features(model, images, "visible", torch.device("cpu"), all_features=True, flip=True)
     x = data_loader.normalize(torch.from_numpy(images))
-    a, b = model.features(x, 1), model.features(x.flip(3), 1)
+    a, b = model.features(x, "visible"), model.features(x.flip(3), "visible")
     for name in ("bn", "pool"):
         assert torch.allclose(got[name], torch.nn.functional.normalize(a[name] + b[name], dim=1), atol=1e-6)
 

@@ -15,6 +15,7 @@ import model_mine
 import settings
 import test_mine
 import train_mine
+import utils
 
 
 # ----------------------------------------------------------------------------- literal readings
@@ -48,7 +49,8 @@ def ref_dee(m, x):
 
 
 def ref_forward(net, x1, x2, modal, training):
-    """DEEN/model.py embed_net.forward on a network holding the reference's module tree (ReferenceNet)."""
+    """DEEN/model.py embed_net.forward on a network holding the reference's module tree (ReferenceNet); modal
+    as there: 0 both, 1 visible, 2 thermal."""
     stem = lambda r, x: r.maxpool(r.relu(r.bn1(r.conv1(x))))  # noqa: E731
     if modal == 0:
         x = torch.cat((stem(net.visible_module.visible, x1), stem(net.thermal_module.thermal, x2)), 0)
@@ -232,19 +234,18 @@ def test_q5_cpm_is_the_reference_computation_and_its_layout_is_checked():
         g2, = torch.autograd.grad(ref, feat)
         assert torch.allclose(g1, g2, atol=1e-6)  # the an_123/an_124 distances detached alike
     crit = deen.DEENLoss(0.3, 0.8, 0.01, 2)
-    modal = (torch.arange(n) >= n // 2).long()
+    modality = utils.modality_column(n // 2, n - n // 2)
     for bad in (torch.cat((l1, l1.flip(0))), torch.cat((l1[[0, 2, 1, 3, 4, 5]],) * 2),
                 torch.tensor([7, 7, 7, 7, 2, 2] * 2)):
         with pytest.raises(ValueError, match="its CPM loss needs the batch"):
-            crit(out, bad, modal)
+            crit(out, bad, modality)
     with pytest.raises(ValueError, match="its CPM loss needs the batch"):  # CAJ's [visible; visible; thermal]
-        crit(out, torch.cat((l1, l1)), torch.cat((torch.zeros(3), torch.ones(9))).long())
+        crit(out, torch.cat((l1, l1)), utils.modality_column(3, 9))
 
 
 def test_q6_the_total_is_ce_and_triplet_over_all_3b_rows_plus_the_weighted_terms():
     l1, out = deen_batch()
-    n = 2 * len(l1)
-    total, terms = deen.DEENLoss(0.3, 0.8, 0.01, 2)(out, torch.cat((l1, l1)), (torch.arange(n) >= n // 2).long())
+    total, terms = deen.DEENLoss(0.3, 0.8, 0.01, 2)(out, torch.cat((l1, l1)), utils.modality_column(len(l1), len(l1)))
     labels, labs = torch.cat((l1, l1, l1, l1, l1, l1)), torch.cat((l1, l1, l1, l1))
     f1, f2, f3 = torch.chunk(out["feat"], 3, 0)
     want = dict(id=F.cross_entropy(out["logits"], labels), tri=ref_triplet(out["feat"], labels),
@@ -281,13 +282,13 @@ def test_a_reference_checkpoint_evaluates_as_it_is(tmp_path, regdb):
     assert ours.config["last_stage"] == (3 if regdb else 4)
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        for modal in (1, 2):
+        for modality, modal in (("visible", 1), ("thermal", 2)):  # ours, the reference's
             pool, bn = ref_forward(net, x, x, modal, training=False)
-            got = ours.eval()(x, x, modal)
+            got = ours.eval()(x, x, modality)
             norm = lambda v: v / v.norm(dim=1, keepdim=True)  # noqa: E731
             assert torch.allclose(norm(got["pool"]), pool, atol=1e-5) and torch.allclose(norm(got["bn"]), bn,
                                                                                           atol=1e-5)
-            f = ours.features(x, modal)["distmat7"]  # six unit vectors side by side: pool, bn per branch
+            f = ours.features(x, modality)["distmat7"]  # six unit vectors side by side: pool, bn per branch
             assert torch.allclose(f[:, :pool.shape[1]].float(), pool[:2], atol=1e-5)
     # this checkpoint under another method, and another method's under --method deen: named
     with pytest.raises(ValueError, match="looks like one of --method deen"):
@@ -349,10 +350,10 @@ def test_flip_features_sum_unit_vectors_without_renormalising():
     torch.manual_seed(0)
     m = deen.DEEN(5, arch="resnet18").eval()
     images = (torch.rand(3, 64, 32, 3) * 255).to(torch.uint8).numpy()
-    f = eval_metrics.extract_features(m, images, 1, torch.device("cpu"), all_features=True, flip=True)
+    f = eval_metrics.extract_features(m, images, "visible", torch.device("cpu"), all_features=True, flip=True)
     assert f["distmat7"].dtype == torch.float64 and f["distmat7"].shape == (3, 6 * 512)
     x = eval_metrics.data_loader.normalize(torch.from_numpy(images))
-    parts = [a + b for a, b in zip(m.parts(x, 1), m.parts(x.flip(3), 1))]
+    parts = [a + b for a, b in zip(m.parts(x, "visible"), m.parts(x.flip(3), "visible"))]
     assert torch.allclose(f["distmat7"], torch.cat(parts, 1).double())
     norms = f["distmat7"][:, :512].norm(dim=1)
     assert (norms < 2 - 1e-6).all() and (norms > 1).all()  # sqrt(2 + 2 cos): not renormalised
@@ -401,11 +402,11 @@ def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
     import eval_metrics
     seen = {}
 
-    def extract(model, images, modal, *a, **k):
-        seen[images] = modal
+    def extract(model, images, modality, *a, **k):
+        seen[images] = modality
         return {}
     monkeypatch.setattr(eval_metrics, "extract_features", extract)
-    for swap, want in ((False, {"v": 1, "t": 2}), (True, {"v": 2, "t": 1})):
+    for swap, want in ((False, {"v": "visible", "t": "thermal"}), (True, {"v": "thermal", "t": "visible"})):
         ev = eval_metrics.RegDBEval.__new__(eval_metrics.RegDBEval)
         ev.images, ev.swap_stems, ev.directions = {"visible": "v", "thermal": "t"}, swap, ()
         ev.trial = 1
@@ -431,7 +432,7 @@ def test_the_feature_extractor_gives_one_vector_per_image_whose_inner_products_a
     f = ex(images, "thermal", all_features=True)
     x = eval_metrics_normalize(images)
     with torch.no_grad():
-        parts = [a + b for a, b in zip(m.parts(x, 2), m.parts(x.flip(3), 2))]
+        parts = [a + b for a, b in zip(m.parts(x, "thermal"), m.parts(x.flip(3), "thermal"))]
     sims = [p.double() @ p.double().T for p in parts]
     assert np.allclose(f["distmat7"] @ f["distmat7"].T, sum(sims).numpy())
     assert np.allclose(f["distmat8"] @ f["distmat8"].T, (0.1 * (sims[0] + sims[2] + sims[4]) +

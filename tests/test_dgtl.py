@@ -9,6 +9,7 @@ import checkpoints
 import loss
 import model_mine
 import train_mine
+import utils
 
 
 # ---------------------------------------------------------------- literal readings of the reference's loss.py
@@ -52,10 +53,10 @@ def reference_batch(p=4, k=3, d=16, seed=0, spread=1.0, separation=0.0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randperm(50, generator=g)[:p]  # labels need not be sorted nor consecutive
     labels = ids.repeat_interleave(k).repeat(2)
-    modal = torch.cat([torch.zeros(p * k), torch.ones(p * k)]).long()
+    modality = utils.modality_column(p * k, p * k)
     means = torch.randn(p, d, generator=g) * separation
     feats = torch.randn(2 * p * k, d, generator=g) * spread + means.repeat_interleave(k, 0).repeat(2, 1)
-    return feats, labels, modal
+    return feats, labels, modality
 
 
 def value_and_grad(fn, feats):
@@ -66,7 +67,7 @@ def value_and_grad(fn, feats):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_sample_triplet_is_the_literal_reading_in_value_and_gradient(seed):
-    feats, labels, modal = reference_batch(seed=seed)
+    feats, labels, modality = reference_batch(seed=seed)
     crit = loss.TripletLoss(margin=0.3)
     got, g_got = value_and_grad(lambda x: crit(x, labels)[0], feats)
     want, g_want = value_and_grad(lambda x: literal_sample_triplet(x, labels, 0.3)[0], feats)
@@ -78,29 +79,29 @@ def test_sample_triplet_is_the_literal_reading_in_value_and_gradient(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_center_triplet_is_the_literal_reading_in_value_and_gradient(seed):
-    feats, labels, modal = reference_batch(seed=seed, spread=0.5)
+    feats, labels, modality = reference_batch(seed=seed, spread=0.5)
     crit = loss.CenterTripletLoss(margin=0.8)
-    got, g_got = value_and_grad(lambda x: crit(x, labels, modal)[0], feats)
+    got, g_got = value_and_grad(lambda x: crit(x, labels, modality)[0], feats)
     want, g_want = value_and_grad(lambda x: literal_center_triplet(x, labels, 0.8)[0], feats)
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(g_got, g_want, atol=1e-5)
     assert g_want.abs().sum() > 0
-    assert int(crit(feats, labels, modal)[1]) == literal_center_triplet(feats, labels, 0.8)[1]
+    assert int(crit(feats, labels, modality)[1]) == literal_center_triplet(feats, labels, 0.8)[1]
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_both_granularities_ignore_batch_order(seed):
-    feats, labels, modal = reference_batch(p=5, k=2, seed=seed)
+    feats, labels, modality = reference_batch(p=5, k=2, seed=seed)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 10))
     for crit in (loss.TripletLoss(margin=0.3), loss.CenterTripletLoss(margin=0.3)):
-        ref, g_ref = value_and_grad(lambda x: crit(x, labels, modal)[0], feats)
-        got, g_got = value_and_grad(lambda x: crit(x, labels[perm], modal[perm])[0], feats[perm])
+        ref, g_ref = value_and_grad(lambda x: crit(x, labels, modality)[0], feats)
+        got, g_got = value_and_grad(lambda x: crit(x, labels[perm], modality[perm])[0], feats[perm])
         assert torch.allclose(got, ref, atol=1e-6)
         assert torch.allclose(g_got, g_ref[perm], atol=1e-6)
     # and the whole DGTL loss, on an output with a coarse branch whose rows are permuted together
     out = dgtl_out(feats, labels, seed)
     crit = loss.DGTLLoss(margin=0.3, margin_hc=0.5, hcloss="HcTri", label_smooth="off")
-    ref_total, ref = crit(out, labels, modal)
-    got_total, got = crit({k: t[perm] for k, t in out.items()}, labels[perm], modal[perm])
+    ref_total, ref = crit(out, labels, modality)
+    got_total, got = crit({k: t[perm] for k, t in out.items()}, labels[perm], modality[perm])
     assert torch.allclose(got_total, ref_total, atol=1e-6)
     assert list(got) == list(ref) == ["id", "tri", "acc"]
     for k in ref:
@@ -119,7 +120,7 @@ def dgtl_out(feats, labels, seed=0, classes=60):
 @pytest.mark.parametrize("coarse", [True, False])
 @pytest.mark.parametrize("label_smooth", ["off", "on"])
 def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
-    feats, labels, modal = reference_batch(seed=7, separation=1.0)
+    feats, labels, modality = reference_batch(seed=7, separation=1.0)
     out = dgtl_out(feats, labels)
     f, logits, h, logits_h = out["feat"], out["logits"], out["coarse"], out["coarse_logits"]
     if not coarse:
@@ -140,11 +141,11 @@ def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
             want["tri_coarse"] = literal_center_triplet(h, labels, 0.3 + 0.5)[0]
         elif hcloss == "OriTri":  # margin_hc is not added here
             want["tri_coarse"] = literal_sample_triplet(h, labels, 0.3)[0]
-    terms = crit.terms(out, labels, modal)
+    terms = crit.terms(out, labels, modality)
     assert sorted(terms) == sorted(want)
     for k in want:
         assert torch.allclose(terms[k], want[k], atol=1e-5), k
-    total, parts = crit(out, labels, modal)
+    total, parts = crit(out, labels, modality)
     assert sorted(parts) == ["acc", "id", "tri"]
     loss_id, loss_tri, acc = parts["id"], parts["tri"], parts["acc"]
     want_id = sum(v for k, v in want.items() if k.startswith("id"))
@@ -156,10 +157,10 @@ def test_total_loss_is_spec_term_by_term(hcloss, coarse, label_smooth):
 
 
 def test_loss_is_float32_from_half_inputs_and_modality_defaults_to_halves():
-    feats, labels, modal = reference_batch(seed=3)
+    feats, labels, modality = reference_batch(seed=3)
     out = dgtl_out(feats, labels)
     crit = loss.DGTLLoss(margin=0.3, margin_hc=0.2, hcloss="HcTri", label_smooth="off")  # the former defaults
-    ref = crit(out, labels, modal)
+    ref = crit(out, labels, modality)
     half = crit({k: t.bfloat16() for k, t in out.items()}, labels)
     assert all(t.dtype == torch.float32 for t in (half[0], half[1]["id"], half[1]["tri"]))
     assert torch.allclose(half[0], ref[0], rtol=0.05)
@@ -232,7 +233,7 @@ def test_train_and_eval_outputs_follow_the_spec(bpool, cpool, fuse):
             # what evaluation ranks with: each modality's L2-normalised features (eval batch norms are
             # per sample, so rows 0..2 of the two-stream batch are the visible images', 3..5 the thermal)
             with torch.no_grad():
-                feats = [m.features(x1, 1), m.features(x2, 2)]
+                feats = [m.features(x1, "visible"), m.features(x2, "thermal")]
             for rows, got in zip((slice(0, 3), slice(3, 6)), feats):
                 assert tuple(got) == ("coarse", "fine")
                 assert torch.allclose(got["fine"], F.normalize(b[rows], dim=1), atol=1e-5)
@@ -251,9 +252,9 @@ def test_without_coarse_branch():
     m.eval()
     assert m.feature_names == ("fine",)
     with torch.no_grad():
-        out = m(images(2), None, modal=1)
-        b = m.features(images(2), 1)
-        f = model_mine.global_pool(m.backbone(images(2), None, modal=1), "max")
+        out = m(images(2), None, modality="visible")
+        b = m.features(images(2), "visible")
+        f = model_mine.global_pool(m.backbone(images(2), None, modality="visible"), "max")
     assert list(out) == list(b) == ["fine"]
     assert torch.allclose(b["fine"], F.normalize(m.bottleneck(f), dim=1), atol=1e-5)
 
@@ -396,11 +397,11 @@ def test_reference_checkpoint_loads_and_gives_identical_features(tmp_path, share
     assert got == {(p, s) for p, s in want if s not in ("relu", "maxpool")}
     x = images(3, seed=5)
     with torch.no_grad():
-        for modal in (1, 2):
-            a, b = loaded(x, x, modal), m(x, x, modal)
+        for modality in utils.MODALITIES:
+            a, b = loaded(x, x, modality), m(x, x, modality)
             assert list(a) == list(b) == ["coarse", "fine"]
             for k in b:
-                assert torch.equal(a[k], b[k]), (modal, k)
+                assert torch.equal(a[k], b[k]), (modality, k)
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -162,10 +162,10 @@ def one_process_reference(method, data_path):
     whole = data_loader.IdentitySampler(data.labels_v, data.labels_t, 2, 4, args.seed, 0, extra)
     assert torch.equal(labels, data_loader.BatchData(data)[next(iter(whole))][2])  # the 1-process batch
     out = {k: one_process(out0[k], out1[k]) for k in out0}
-    modal = torch.arange(4 * seg) >= 2 * seg
+    modality = utils.modality_column(2 * seg, 2 * seg)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     model.zero_grad()
-    settings.METHODS[method].loss(args)(out, labels, modal.long())[0].backward()
+    settings.METHODS[method].loss(args)(out, labels, modality)[0].backward()
     optimizer.step()
     return model, before
 

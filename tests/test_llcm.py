@@ -108,23 +108,23 @@ def assert_same(got, want):
 
 # ----------------------------------------------------------------------------- query / gallery
 
-@pytest.mark.parametrize("modal,mode", [("visible", 1), ("thermal", 2)])
-def test_query_is_the_official_list(llcm_root, modal, mode):
-    paths, pids, camids = data_manager.process_query_llcm(llcm_root, modal)
+@pytest.mark.parametrize("modality,mode", [("visible", 1), ("thermal", 2)])
+def test_query_is_the_official_list(llcm_root, modality, mode):
+    paths, pids, camids = data_manager.process_query_llcm(llcm_root, modality)
     want, want_pids, want_cams = official_llcm(llcm_root, mode)
     assert [os.path.normpath(p) for p in paths] == [os.path.normpath(p) for p in want]
     assert pids.dtype == camids.dtype == np.int64
     assert pids.tolist() == want_pids and camids.tolist() == want_cams
     assert len(set(camids.tolist())) > 2
-    assert (3 in camids) == (modal == "visible")
+    assert (3 in camids) == (modality == "visible")
 
 
-@pytest.mark.parametrize("modal,mode", [("visible", 1), ("thermal", 2)])
+@pytest.mark.parametrize("modality,mode", [("visible", 1), ("thermal", 2)])
 @pytest.mark.parametrize("trial", [0, 1, 2, 9])
-def test_gallery_reproduces_the_official_random_sequence(llcm_root, modal, mode, trial):
+def test_gallery_reproduces_the_official_random_sequence(llcm_root, modality, mode, trial):
     random.seed(1234)
     before = random.getstate()
-    paths, pids, camids = data_manager.process_gallery_llcm(llcm_root, modal, trial)
+    paths, pids, camids = data_manager.process_gallery_llcm(llcm_root, modality, trial)
     assert random.getstate() == before  # the caller's random state is left alone
     want, want_pids, want_cams = official_llcm(llcm_root, mode, trial)
     assert [os.path.normpath(p) for p in paths] == [os.path.normpath(p) for p in want]
@@ -145,15 +145,15 @@ def test_gallery_trials_differ_and_queries_cover_several_cameras(llcm_root):
 def test_camera_and_id_come_from_the_path_below_the_root(llcm_root, tmp_path_factory):
     # (not tmp_path: its name, taken from this test's, holds a "cam" of its own)
     root = copy_tree(llcm_root, tmp_path_factory.mktemp("root") / "cam7_1234" / "LLCM")
-    for modal, mode in (("visible", 1), ("thermal", 2)):
-        ref = data_manager.process_gallery_llcm(llcm_root, modal, 3)
-        paths, pids, camids = data_manager.process_gallery_llcm(root, modal, 3)
+    for modality, mode in (("visible", 1), ("thermal", 2)):
+        ref = data_manager.process_gallery_llcm(llcm_root, modality, 3)
+        paths, pids, camids = data_manager.process_gallery_llcm(root, modality, 3)
         assert [os.path.relpath(p, root) for p in paths] == [os.path.relpath(p, llcm_root) for p in ref[0]]
         assert pids.tolist() == ref[1].tolist() and camids.tolist() == ref[2].tolist()
         _, off_pids, off_cams = official_llcm(root, mode, 3)  # the official parse reads the root's "cam"
         assert set(off_pids) == {1234} and set(off_cams) == {7} != set(camids.tolist())
-        q = data_manager.process_query_llcm(root, modal)
-        want = data_manager.process_query_llcm(llcm_root, modal)
+        q = data_manager.process_query_llcm(root, modality)
+        want = data_manager.process_query_llcm(llcm_root, modality)
         assert q[1].tolist() == want[1].tolist() and q[2].tolist() == want[2].tolist()
 
 
@@ -165,14 +165,14 @@ def test_stray_files_change_neither_query_nor_gallery(llcm_root, tmp_path):
                 for name in (".DS_Store", "notes.txt", "._0000_c01_s060000_f1_vis.jpg"):
                     open(os.path.join(root, top, cam, pid, name), "w").write("not an image")
         open(os.path.join(root, top, "cam1", ".DS_Store"), "w").write("x")
-    for modal in ("visible", "thermal"):
+    for modality in ("visible", "thermal"):
         rel = lambda lists, base: ([os.path.relpath(p, base) for p in lists[0]], lists[1].tolist(),  # noqa: E731
                                    lists[2].tolist())
-        assert (rel(data_manager.process_query_llcm(root, modal), root)
-                == rel(data_manager.process_query_llcm(llcm_root, modal), llcm_root))
+        assert (rel(data_manager.process_query_llcm(root, modality), root)
+                == rel(data_manager.process_query_llcm(llcm_root, modality), llcm_root))
         for trial in range(4):
-            assert (rel(data_manager.process_gallery_llcm(root, modal, trial), root)
-                    == rel(data_manager.process_gallery_llcm(llcm_root, modal, trial), llcm_root))
+            assert (rel(data_manager.process_gallery_llcm(root, modality, trial), root)
+                    == rel(data_manager.process_gallery_llcm(llcm_root, modality, trial), llcm_root))
 
 
 # ----------------------------------------------------------------------------- eval_llcm
@@ -251,9 +251,10 @@ def test_pre_process_stores_the_lists(llcm_root, tmp_path):
     run_pre_process(root)
     lists = data_manager.llcm_train_files(root)
     data = data_loader.llcm_train_data(root, img_w=8, img_h=16)
-    for modal, images, labels in (("visible", data.visible, data.labels_v), ("thermal", data.thermal, data.labels_t)):
-        paths, want = lists[modal]
-        with open(os.path.join(root, "idx", data_manager.LLCM_TRAIN[modal])) as f:
+    for modality, images, labels in (("visible", data.visible, data.labels_v),
+                                     ("thermal", data.thermal, data.labels_t)):
+        paths, want = lists[modality]
+        with open(os.path.join(root, "idx", data_manager.LLCM_TRAIN[modality])) as f:
             lines = f.read().splitlines()
         assert [os.path.relpath(p, root) for p in paths] == [ln.split(" ")[0] for ln in lines]
         assert labels.tolist() == [int(ln.split(" ")[1]) for ln in lines] == want.tolist()
@@ -307,7 +308,7 @@ def test_missing_layout_parts_are_one_line_errors(llcm_root, tmp_path):
     shutil.rmtree(os.path.join(root, "test_vis"))
     with pytest.raises(FileNotFoundError, match=r"missing .*LLCM/test_vis \(expected layout"):
         data_manager.process_gallery_llcm(root, "visible")
-    with pytest.raises(ValueError, match="modal must be 'visible' or 'thermal'"):
+    with pytest.raises(ValueError, match="^modality must be 'visible' or 'thermal', got 'nir'$"):
         data_manager.process_query_llcm(root, "nir")
 
     os.remove(os.path.join(root, "idx", "train_nir.txt"))

@@ -3,16 +3,17 @@ import pytest
 
 import loss
 import settings
+import utils
 
 
-def direct_hetero_center(feats, labels, modal, margin=0.3):
+def direct_hetero_center(feats, labels, modality, margin=0.3):
     """The paper's loss (Liu et al., TMM 2021, Sec. III) read literally:
     a center per (identity, modality), hardest positive / negative
     center per anchor, hinge, mean over anchors; loops everywhere."""
-    keys = sorted({(int(l), int(m)) for l, m in zip(labels, modal)})
+    keys = sorted({(int(l), int(m)) for l, m in zip(labels, modality)})
     centers = []
     for l, m in keys:
-        members = [feats[i] for i in range(len(labels)) if int(labels[i]) == l and int(modal[i]) == m]
+        members = [feats[i] for i in range(len(labels)) if int(labels[i]) == l and int(modality[i]) == m]
         centers.append(torch.stack(members).mean(0))
     losses, correct = [], 0
     for i, (li, _) in enumerate(keys):
@@ -27,18 +28,18 @@ def direct_hetero_center(feats, labels, modal, margin=0.3):
 def batch(p=4, k=3, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(p).repeat_interleave(k).repeat(2)
-    modal = torch.cat([torch.zeros(p * k), torch.ones(p * k)]).long()
+    modality = utils.modality_column(p * k, p * k)
     feats = torch.randn(2 * p * k, d, generator=g, dtype=torch.float64).float()
-    return feats, labels, modal
+    return feats, labels, modality
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_center_triplet_equals_direct_reading(seed):
-    feats, labels, modal = batch(seed=seed)
+    feats, labels, modality = batch(seed=seed)
     f1 = feats.clone().requires_grad_()
     f2 = feats.clone().requires_grad_()
     got, n = loss.CenterTripletLoss(margin=0.3)(f1, labels)  # default: halves are the modalities
-    want, n_want = direct_hetero_center(f2, labels, modal)
+    want, n_want = direct_hetero_center(f2, labels, modality)
     assert torch.allclose(got, want, atol=1e-5)
     assert int(n) == n_want
     got.backward()
@@ -56,12 +57,12 @@ def test_center_triplet_counts_correct_anchors():
 
 
 def test_center_triplet_ignores_batch_order():
-    feats, labels, modal = batch(p=5, k=2, seed=3)
+    feats, labels, modality = batch(p=5, k=2, seed=3)
     crit = loss.CenterTripletLoss(margin=0.3)
-    ref, n_ref = crit(feats, labels, modal)
+    ref, n_ref = crit(feats, labels, modality)
     for s in range(3):
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(s))
-        got, n = crit(feats[perm], labels[perm], modal[perm])
+        got, n = crit(feats[perm], labels[perm], modality[perm])
         assert torch.allclose(got, ref, atol=1e-6) and int(n) == int(n_ref)
 
 

@@ -6,6 +6,7 @@ import torchvision
 
 import checkpoints
 import model_mine
+import utils
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_share_net_split_and_original_key_names(share_net, specific, shared):
 def test_last_stride_one_feature_map():
     m = model_mine.embed_net(3).eval()
     with torch.no_grad():
-        x = m.backbone(images(1, 288, 144), None, modal=1)
+        x = m.backbone(images(1, 288, 144), None, modality="visible")
     assert x.shape == (1, 2048, 18, 9)
 
 
@@ -56,20 +57,39 @@ def test_streams_start_from_their_own_copy_of_the_weights(tmp_path):
     assert torch.equal(m.base_resnet.base.layer4[0].conv1.weight, sd["layer4.0.conv1.weight"])
 
 
-def test_modal_selects_streams(net):
+def test_modality_selects_streams(net):
     net.eval()
     x1, x2 = images(2, seed=1), images(2, seed=2)
     assert net.feature_names == ("parts",)
     with torch.no_grad():
-        out = net(x1, x2, modal=0)
+        out = net(x1, x2, modality=None)
         assert tuple(out) == net.feature_names
         both = torch.nn.functional.normalize(out["parts"], dim=1)  # what features() gives, of both streams
-        visible, thermal = net.features(x1, 1)["parts"], net.features(x2, 2)["parts"]
-        assert torch.equal(net(x1, x2, modal=1)["parts"], net(x1, x1, modal=1)["parts"])  # modal 1: x1 only
+        visible, thermal = net.features(x1, "visible")["parts"], net.features(x2, "thermal")["parts"]
+        assert torch.equal(net(x1, x2, "visible")["parts"], net(x1, x1, "visible")["parts"])  # x1 only
+        assert torch.equal(net(x1, x2, "thermal")["parts"], net(x2, x2, "thermal")["parts"])  # x2 only
         assert torch.allclose(both[:2], visible, atol=1e-5)
         assert torch.allclose(both[2:], thermal, atol=1e-5)
     assert both.shape == (4, 6 * 256)
     assert torch.allclose(torch.cat([visible, thermal]).norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_old_int_modality_is_refused(net):
+    """The reference codes' ints (0 both, 1 visible, 2 thermal) are one-line errors naming the accepted
+    values, never another stream (their 1 would otherwise be MODALITIES' index of thermal)."""
+    x = images(1, seed=1)
+    for old in (0, 1, 2):
+        for call in (lambda: net(x, x, old), lambda: net.backbone(x, x, old), lambda: net.streams(x, x, old)):
+            with pytest.raises(ValueError, match=rf"^modality must be 'visible', 'thermal' or None \(both\), "
+                                                 rf"got {old}$"):
+                call()
+        with pytest.raises(ValueError, match=rf"^modality must be 'visible' or 'thermal', got {old}$"):
+            net.features(x, old)
+    with pytest.raises(ValueError, match=r"^modality must be 'visible' or 'thermal', got None$"):
+        net.features(x, None)  # features are one modality's: both streams would give 2N rows
+    with pytest.raises(ValueError, match=r"^modality must be 'visible', 'thermal' or None \(both\), "
+                                         r"got 'both'$"):
+        net(x, x, "both")
 
 
 def test_training_outputs(net):
@@ -117,7 +137,7 @@ def test_global_head_outputs():
     assert not m.bottleneck.bias.requires_grad
     m.eval()
     with torch.no_grad():
-        out = m(images(2), images(2), modal=1)
+        out = m(images(2), images(2), modality="visible")
     assert tuple(out) == m.feature_names == ("bn", "pool")
     pool, feat = out["pool"], out["bn"]
     assert pool.shape == feat.shape == (2, 2048)
@@ -127,7 +147,7 @@ def test_strips_must_divide_the_height(net):
     net.eval()
     with pytest.raises(ValueError, match="num_strips"):
         with torch.no_grad():
-            net(images(1, 80, 48), None, modal=1)
+            net(images(1, 80, 48), None, modality="visible")
 
 
 @pytest.mark.slow
@@ -144,11 +164,11 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
     loaded.eval()
     x = images(3, seed=5)
     with torch.no_grad():
-        for modal in (1, 2):
-            a, b = loaded(x, x, modal), net(x, x, modal)
+        for modality in utils.MODALITIES:
+            a, b = loaded(x, x, modality), net(x, x, modality)
             assert list(a) == list(b) == ["parts"]
             for k in b:
-                assert torch.equal(a[k], b[k]), (modal, k)
+                assert torch.equal(a[k], b[k]), (modality, k)
 
 
 def test_dataparallel_prefix_is_removed(net, tmp_path):
@@ -209,7 +229,7 @@ def test_resnet18_share_net_split_and_original_key_names(share_net, specific, sh
 def test_resnet18_last_stride_one_and_zero_init_residual():
     m = model_mine.embed_net(3, arch="resnet18").eval()
     with torch.no_grad():
-        x = m.backbone(images(1, 288, 144), None, modal=1)
+        x = m.backbone(images(1, 288, 144), None, modality="visible")
     assert x.shape == (1, 512, 18, 9)
     bn2 = [mod.bn2.weight for mod in m.modules() if isinstance(mod, torchvision.models.resnet.BasicBlock)]
     assert len(bn2) == 2 + 2 + 6 and all(torch.count_nonzero(w) == 0 for w in bn2)  # two layer1s, layer2..4
@@ -251,7 +271,7 @@ def test_resnet18_checkpoint_round_trip(tmp_path, kw):
     loaded.eval()
     x = images(2, 32, 16, seed=4)
     with torch.no_grad():
-        a, b = loaded(x, x, 2), m(x, x, 2)
+        a, b = loaded(x, x, "thermal"), m(x, x, "thermal")
     assert list(a) == list(b) == list(m.feature_names)
     for k in b:
         assert torch.equal(a[k], b[k]), k

@@ -45,11 +45,11 @@ class ToyNet(model_mine.TwoStreamResNet):
         self.neck = model_mine.GlobalHead(self.out_channels, class_num, gm_pool="off", gem_p=3.0)
         self.feature_names = self.neck.feature_names
 
-    def forward(self, x1, x2, modal=0):
-        return self.neck(self.backbone(x1, x2, modal))
+    def forward(self, x1, x2, modality=None):
+        return self.neck(self.backbone(x1, x2, modality))
 
-    def features(self, x, modal):
-        return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modal).items()}
+    def features(self, x, modality):
+        return {name: F.normalize(f.float(), dim=1) for name, f in self(x, x, modality).items()}
 
     def full_rate_parameters(self):
         return list(self.neck.parameters())  # the block trains with the backbone, at --backbone_lr_mult
@@ -63,7 +63,7 @@ class ToyLoss(nn.Module):
         self.id_loss, self.tri = nn.CrossEntropyLoss(), losses.TripletLoss(margin=margin)
         self.w_spread = w_spread
 
-    def forward(self, out, labels, modal=None):
+    def forward(self, out, labels, modality=None):
         loss_id = self.id_loss(out["logits"].float(), labels)
         loss_tri, correct = self.tri(out["feat"], labels)
         spread = out["feat"].float().var(0).mean()
@@ -131,11 +131,11 @@ def test_the_toy_block_runs_between_layer2_and_layer3(toy):
         getattr(net.base_resnet.base, name).register_forward_hook(lambda *a, name=name: order.append(name))
     net.toy_block.register_forward_hook(lambda m, i, o: order.append(("toy_block", i[0].shape[1])))
     x = torch.randn(2, 3, 32, 16)
-    before = net(x, x, 1)["bn"]
+    before = net(x, x, "visible")["bn"]
     assert order == ["layer2", ("toy_block", 128), "layer3"]  # layer2's output channels in ResNet-18
     with torch.no_grad():
         net.toy_block.conv.bias.fill_(1)
-    assert not torch.allclose(net(x, x, 1)["bn"], before, atol=1e-3)  # it is on the path
+    assert not torch.allclose(net(x, x, "visible")["bn"], before, atol=1e-3)  # it is on the path
 
 
 @pytest.mark.slow

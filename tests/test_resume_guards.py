@@ -75,7 +75,7 @@ def test_share_net_0_puts_agws_blocks_in_the_shared_layers_where_agw_puts_them()
     for name in ("NL_2", "NL_3"):
         for i, block in enumerate(getattr(net, name)):
             block.register_forward_hook(lambda *a, n=f"{name}.{i}": order.append(n))
-    out = net(torch.zeros(1, 3, 64, 32), torch.zeros(1, 3, 64, 32), 1)
+    out = net(torch.zeros(1, 3, 64, 32), torch.zeros(1, 3, 64, 32), "visible")
     assert out["bn"].shape == (1, 2048)
     assert order[3:18] == ["layer2.0", "layer2.1", "layer2.2", "NL_2.0", "layer2.3", "NL_2.1", "layer3.0", "layer3.1",
                            "layer3.2", "layer3.3", "NL_3.0", "layer3.4", "NL_3.1", "layer3.5", "NL_3.2"]

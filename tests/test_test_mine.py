@@ -146,8 +146,7 @@ def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, ch
         assert (paths(q), paths(g)) == (vis_q, nir_g)  # C
     records = {(r["setting"], r["trial"]): r for r in ev.run(model, torch.device("cpu"), 16)}
     # B is C's distance matrix transposed, evaluated with the roles swapped, as the official script does
-    feats = {m: eval_metrics.extract_features(model, ev.images[m], 1 if m == "visible" else 2, torch.device("cpu"))
-             for m in ev.images}
+    feats = {m: eval_metrics.extract_features(model, ev.images[m], m, torch.device("cpu")) for m in ev.images}
     q, g = searches["visible->infrared (literal)", 1]
     literal = -(feats[q[0]][q[1]] @ feats[g[0]][g[1]].T)
     want = eval_metrics.eval_llcm(literal.T, ev.pids[g[0]][g[1]], ev.pids[q[0]][q[1]], ev.camids[g[0]][g[1]],
@@ -335,12 +334,12 @@ def dgtl_files(tmp_path_factory):
     return save_ours(model, folder / "ours.pth"), reference
 
 
-def features(model, images, modal):
+def features(model, images, modality):
     """The model's two eval features, L2(h) and L2(b), of uint8 images: coarse and fine."""
     model.eval()
     x = data_loader.normalize(torch.from_numpy(images))
     with torch.no_grad():
-        out = model(x, x, modal)
+        out = model(x, x, modality)
     return {k: torch.nn.functional.normalize(out[k], dim=1) for k in ("coarse", "fine")}
 
 
@@ -354,9 +353,9 @@ def test_dgtl_json_holds_the_coarse_feature_at_the_top_and_the_fine_one_under_a_
     assert saved["setting"] == "visible->thermal" and set(saved["fine"]) == {"trials", "mean", "std"}
     model, _ = checkpoints.model_from_checkpoint(ours)
     want = {}
-    for m, modal in (("visible", 1), ("thermal", 2)):
+    for m in ("visible", "thermal"):
         paths, labels = data_manager.process_test_regdb(regdb_root, 1, m)
-        want[m] = features(model, data_loader.load_images(paths, 16, 32, 1), modal), labels
+        want[m] = features(model, data_loader.load_images(paths, 16, 32, 1), m), labels
     for feature, entry in (("coarse", saved), ("fine", saved["fine"])):
         (q, q_labels), (g, g_labels) = [(f[feature], labels) for f, labels in (want["visible"], want["thermal"])]
         cmc, mAP, mINP = eval_metrics.eval_regdb(-(q @ g.T), q_labels, g_labels)
@@ -393,11 +392,11 @@ def test_dgtl_on_sysu_indoor_over_several_trials(sysu_root, dgtl_files, tmp_path
         assert line in printed
     model, _ = checkpoints.model_from_checkpoint(ours)
     q_paths, q_pids, q_cams = data_manager.process_query_sysu(sysu_root, "indoor")
-    q = features(model, data_loader.load_images(q_paths, 16, 32, 1), 2)
+    q = features(model, data_loader.load_images(q_paths, 16, 32, 1), "thermal")
     for i, trial in enumerate((0, 3)):
         g_paths, g_pids, g_cams = data_manager.process_gallery_sysu(sysu_root, "indoor", trial)
         assert set(g_cams.tolist()) == {1, 2}
-        g = features(model, data_loader.load_images(g_paths, 16, 32, 1), 1)
+        g = features(model, data_loader.load_images(g_paths, 16, 32, 1), "visible")
         for feature, got in (("coarse", entry), ("fine", entry["fine"])):
             _, mAP, mINP = eval_metrics.eval_sysu(-(q[feature] @ g[feature].T), q_pids, g_pids, q_cams, g_cams)
             assert got["trials"][i]["trial"] == trial
