@@ -552,10 +552,10 @@ class _TempFile:
             raise OSError(f"cannot write {self.path}: {e.strerror or e}") from None
 
 
-def regdb_train_data(data_path, trial=1, img_w=144, img_h=288, workers=8):
-    """RegDB training split of a trial, read and Lanczos-resized into memory."""
-    files_v, labels_v = data_manager.read_regdb_list(data_path, trial, "visible", "train")
-    files_t, labels_t = data_manager.read_regdb_list(data_path, trial, "thermal", "train")
+def regdb_train_data(data_path, split=1, img_w=144, img_h=288, workers=8):
+    """Training half of a RegDB split, read and Lanczos-resized into memory."""
+    files_v, labels_v = data_manager.read_regdb_list(data_path, split, "visible", "train")
+    files_t, labels_t = data_manager.read_regdb_list(data_path, split, "thermal", "train")
     return TrainData(load_images(files_v, img_w, img_h, workers), labels_v,
                      load_images(files_t, img_w, img_h, workers), labels_t)
 

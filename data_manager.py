@@ -12,7 +12,7 @@ import utils
 SYSU_VISIBLE = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
 SYSU_THERMAL = ("cam3", "cam6")
 SYSU_LAYOUT = "ROOT/cam1..cam6/<pid as 4 digits>/<file>.jpg and ROOT/exp/{train,val,test}_id.txt"
-REGDB_LAYOUT = "ROOT/idx/{train,test}_{visible,thermal}_<trial>.txt with lines '<path under ROOT> <label>'"
+REGDB_LAYOUT = "ROOT/idx/{train,test}_{visible,thermal}_<split>.txt with lines '<path under ROOT> <label>'"
 # LLCM test folders: 'visible' = test_vis/cam1..cam9, 'thermal' (near-infrared) = test_nir without cam3.
 LLCM_TEST = {"visible": ("test_vis", ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "cam7", "cam8", "cam9")),
              "thermal": ("test_nir", ("cam1", "cam2", "cam4", "cam5", "cam6", "cam7", "cam8", "cam9"))}
@@ -227,22 +227,22 @@ def read_list(data_path, path, what, layout):
     return files, np.array(labels, dtype=np.int64)
 
 
-def read_regdb_list(data_path, trial, modality, split):
-    """(absolute image paths, int labels) of idx/<split>_<modality>_<trial>.txt, which must list an image
-    (an empty list would fail deep in training or evaluation)."""
+def read_regdb_list(data_path, split, modality, part):
+    """(absolute image paths, int labels) of idx/<part>_<modality>_<split>.txt (part 'train' or 'test' of the
+    numbered RegDB split), which must list an image (an empty list would fail deep in training or evaluation)."""
     utils.check_modality(modality)
-    path = os.path.join(data_path, "idx", f"{split}_{modality}_{trial}.txt")
+    path = os.path.join(data_path, "idx", f"{part}_{modality}_{split}.txt")
     files, labels = read_list(data_path, path, "RegDB", REGDB_LAYOUT)
     if not files:
-        role = "training" if split == "train" else split
+        role = "training" if part == "train" else part
         raise ValueError(f"{path}: no {role} images listed: expected lines '<image path> <integer label>' "
                          f"(expected layout: {REGDB_LAYOUT})")
     return files, labels
 
 
-def process_test_regdb(data_path, trial=1, modality="visible"):
-    """Test split of a RegDB trial for one modality: (image paths, labels)."""
-    return read_regdb_list(data_path, trial, modality, "test")
+def process_test_regdb(data_path, split=1, modality="visible"):
+    """Test half of a RegDB split for one modality: (image paths, labels)."""
+    return read_regdb_list(data_path, split, modality, "test")
 
 
 def _llcm_test_groups(data_path, modality):

@@ -631,35 +631,36 @@ def _run_jobs(jobs, workers):
 # RegDB layout
 # --------------------------------------------------------------------------
 
-def regdb_split(num_ids, seed, trial):
-    """(train_pids, test_pids) of one trial: a random half split, both sorted."""
+def regdb_split(num_ids, seed, split):
+    """(train_pids, test_pids) of split number ``split``: random halves, both sorted."""
     pids = np.arange(1, num_ids + 1)
-    perm = _rng(_STREAM_SPLIT, seed, trial).permutation(pids)
+    perm = _rng(_STREAM_SPLIT, seed, split).permutation(pids)
     n_train = num_ids // 2
     return sorted(int(p) for p in perm[:n_train]), sorted(int(p) for p in perm[n_train:])
 
 
 def make_regdb_demo(root, num_ids=120, imgs_per_id=10, seed=0, img_w=64, img_h=128,
-                    num_trials=10, force=False, workers=1):
+                    num_splits=10, force=False, workers=1):
     """Write a RegDB-layout demo dataset to ``root`` and return ``root``.
 
     ``root/Visible/<id>/v_<id>_<k>.png``, ``root/Thermal/<id>/t_<id>_<k>.png``
     (ids 1..num_ids as 4 digits, k = 01..imgs_per_id; thermal images are grey
-    RGB) and, for every trial t in 1..num_trials,
-    ``root/idx/{train,test}_{visible,thermal}_{t}.txt`` with lines
-    ``<path relative to root> <label>``.  Trial t splits the identities in
+    RGB) and, for every split s in 1..num_splits,
+    ``root/idx/{train,test}_{visible,thermal}_{s}.txt`` with lines
+    ``<path relative to root> <label>``.  Split s divides the identities in
     random halves; train labels are 0..C-1 in sorted identity order, test
     labels are the identity numbers.  ``workers`` > 1 renders in that many
     processes (0: one per CPU); the files do not depend on it.
     """
     if num_ids < 2:
         raise ValueError(f"num_ids must be >= 2, got {num_ids}")
-    if imgs_per_id < 1 or num_trials < 1:
-        raise ValueError(f"imgs_per_id and num_trials must be >= 1, got {imgs_per_id} and {num_trials}")
+    if imgs_per_id < 1 or num_splits < 1:
+        raise ValueError(f"imgs_per_id and num_splits must be >= 1, got {imgs_per_id} and {num_splits}")
     _check_size(img_w, img_h)
+    # demo.json's key stays num_trials: sets generated before the rename remain up to date
     params = {"layout": "regdb", "version": GENERATOR_VERSION, "num_ids": int(num_ids),
               "imgs_per_id": int(imgs_per_id), "seed": int(seed), "img_w": int(img_w),
-              "img_h": int(img_h), "num_trials": int(num_trials)}
+              "img_h": int(img_h), "num_trials": int(num_splits)}
 
     def writer(out):
         ids = draw_identities(num_ids, seed)
@@ -677,15 +678,15 @@ def make_regdb_demo(root, num_ids=120, imgs_per_id=10, seed=0, img_w=64, img_h=1
                 files[mod][pid] = names
         _run_jobs(jobs, workers)
         os.makedirs(os.path.join(out, "idx"))
-        for t in range(1, num_trials + 1):
-            train, test = regdb_split(num_ids, seed, t)
+        for split in range(1, num_splits + 1):
+            train, test = regdb_split(num_ids, seed, split)
             for part, pids, relabel in (("train", train, True), ("test", test, False)):
                 for mod in ("visible", "thermal"):
                     lines = []
                     for lab, pid in enumerate(pids):
                         label = lab if relabel else pid
                         lines += [f"{rel} {label}\n" for rel in files[mod][pid]]
-                    with open(os.path.join(out, "idx", f"{part}_{mod}_{t}.txt"), "w") as f:
+                    with open(os.path.join(out, "idx", f"{part}_{mod}_{split}.txt"), "w") as f:
                         f.writelines(lines)
         with open(os.path.join(out, "identities.json"), "w") as f:
             json.dump(ids, f, indent=0, sort_keys=True)
@@ -933,7 +934,8 @@ def main(argv=None):
     p.add_argument("--num_ids", type=int, default=None,
                    help="identities (default 120 for regdb, 40 for sysu, 30 for llcm)")
     p.add_argument("--imgs_per_id", type=int, default=10, help="regdb: images per id per modality")
-    p.add_argument("--num_trials", type=int, default=10, help="regdb: number of split trials")
+    p.add_argument("--num_splits", "--num_trials", type=int, default=10,
+                   help="regdb: number of train/test splits (--num_trials: its former name)")
     p.add_argument("--n_val", type=int, default=4, help="sysu: validation identities")
     p.add_argument("--n_test", type=int, default=12, help="sysu: test identities")
     p.add_argument("--img_w", type=int, default=64)
@@ -949,7 +951,7 @@ def main(argv=None):
     if args.layout == "regdb":
         root = make_regdb_demo(args.root, num_ids=args.num_ids or 120,
                                imgs_per_id=args.imgs_per_id, seed=args.seed, img_w=args.img_w,
-                               img_h=args.img_h, num_trials=args.num_trials, force=args.force,
+                               img_h=args.img_h, num_splits=args.num_splits, force=args.force,
                                workers=args.workers)
     elif args.layout == "llcm":
         root = make_llcm_demo(args.root, num_ids=args.num_ids or 30, seed=args.seed, img_w=args.img_w,

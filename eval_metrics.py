@@ -465,48 +465,50 @@ def format_row(row):
 
 
 def summarize(rows):
-    """Mean and (population) standard deviation of every metric over trials."""
+    """Mean and (population) standard deviation of every metric over the rounds (gallery trials or RegDB
+    splits)."""
     values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in METRICS}
     return {k: float(v.mean()) for k, v in values.items()}, {k: float(v.std()) for k, v in values.items()}
 
 
 class Evaluator:
-    """Features once per image, then every (setting, trial) search; run() returns one record per
-    (setting, feature, trial): {'setting', 'feature', 'trial', 'cmc', 'mAP', 'mINP'}."""
+    """Features once per image, then every (setting, round) search, a round being a gallery trial (SYSU-MM01,
+    LLCM) or a RegDB split; run() returns one record per (setting, feature, round):
+    {'setting', 'feature', 'round', 'cmc', 'mAP', 'mINP'}."""
 
     swap_stems = False  # each modality through the other's stem (DEEN's RegDB test.py; a compatibility mode)
 
     def searches(self):
-        """[(setting, trial, query (modality, indices), gallery (modality, indices), metric)] to run."""
+        """[(setting, round, query (modality, indices), gallery (modality, indices), metric)] to run."""
         raise NotImplementedError
 
     def run(self, model, device, batch_size=128, re_rank="no", half=False, on_distance=None, flip=False):
-        """on_distance(setting, trial, distmat, query paths, gallery paths, query labels, gallery labels,
+        """on_distance(setting, round, distmat, query paths, gallery paths, query labels, gallery labels,
         q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
         removed_mask takes, so that pictures leave out what the metric leaves out)."""
         feats = {m: extract_features(model, self.images[m], utils.other_modality(m) if self.swap_stems else m,
                                      device, batch_size, half, all_features=True, flip=flip) for m in self.images}
         names = model.feature_names
         records = []
-        for setting, trial, (qm, qi), (gm, gi), metric in self.searches():
+        for setting, rnd, (qm, qi), (gm, gi), metric in self.searches():
             qi_t, gi_t = torch.as_tensor(qi, device=device), torch.as_tensor(gi, device=device)
             for feature in names:
                 dist = distance(feats[qm][feature][qi_t], feats[gm][feature][gi_t], re_rank)
                 if on_distance is not None and feature == names[0]:
-                    on_distance(setting, trial, dist, [self.paths[qm][i] for i in qi],
+                    on_distance(setting, rnd, dist, [self.paths[qm][i] for i in qi],
                                 [self.paths[gm][i] for i in gi], self.pids[qm][qi], self.pids[gm][gi],
                                 q_camids=self.camids[qm][qi], g_camids=self.camids[gm][gi], protocol=self.protocol)
                 cmc, mAP, mINP = metric(dist, qi, gi)
-                records.append({"setting": setting, "feature": feature, "trial": trial, "cmc": cmc, "mAP": mAP,
+                records.append({"setting": setting, "feature": feature, "round": rnd, "cmc": cmc, "mAP": mAP,
                                 "mINP": mINP})
         return records
 
     def run_first(self, model, device, batch_size=128):
         """{feature: (cmc, mAP, mINP)} of the first search (what training evaluates and selects on)."""
         records = self.run(model, device, batch_size)
-        first = (records[0]["setting"], records[0]["trial"])
+        first = (records[0]["setting"], records[0]["round"])
         return {r["feature"]: (r["cmc"], r["mAP"], r["mINP"]) for r in records
-                if (r["setting"], r["trial"]) == first}
+                if (r["setting"], r["round"]) == first}
 
     def _index(self, lists):
         """Read every image once: lists is {modality: [(paths, pids, camids), ...]}; sets self.paths,
@@ -549,13 +551,13 @@ class RegDBEval(Evaluator):
     """One RegDB split's test images (visible and thermal), read once."""
     protocol = "regdb"
 
-    def __init__(self, data_path, trial=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",),
+    def __init__(self, data_path, split=1, img_w=144, img_h=288, workers=4, directions=("visible->thermal",),
                  swap_stems=False):
-        self.img_w, self.img_h, self.workers, self.trial, self.directions = img_w, img_h, workers, trial, directions
+        self.img_w, self.img_h, self.workers, self.split, self.directions = img_w, img_h, workers, split, directions
         self.swap_stems = swap_stems
         lists = {}
         for m in utils.MODALITIES:
-            paths, labels = data_manager.process_test_regdb(data_path, trial, m)
+            paths, labels = data_manager.process_test_regdb(data_path, split, m)
             lists[m] = [(paths, labels, np.zeros(len(paths), dtype=np.int64))]
         idx = self._index(lists)
         self.all = {m: idx[m][0] for m in idx}
@@ -566,7 +568,7 @@ class RegDBEval(Evaluator):
         out = []
         for d in self.directions:
             q, g = ("visible", "thermal") if d == "visible->thermal" else ("thermal", "visible")
-            out.append((d, self.trial, (q, self.all[q]), (g, self.all[g]), metric(q, g)))
+            out.append((d, self.split, (q, self.all[q]), (g, self.all[g]), metric(q, g)))
         return out
 
 

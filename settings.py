@@ -299,17 +299,18 @@ def unused_arch_flags(config, explicit):
 
 @dataclass(frozen=True)
 class Dataset:
-    """One dataset. splits: numbered training splits (--trial; a checkpoint per split, tested on its own)
-    rather than one training set whose gallery is drawn in trials at test time."""
+    """One dataset. splits: numbered training splits (the CLI's --trial; a checkpoint per split, tested on
+    its own) rather than one training set whose gallery is drawn in trials at test time. An evaluation round
+    is one of those splits or one gallery trial."""
     defaults: dict
     train_data: Callable   # settings -> data_loader.TrainData
-    evaluator: Callable    # (settings with the test flags, trials, img_w, img_h) -> eval_metrics.Evaluator
+    evaluator: Callable    # (settings with the test flags, rounds, img_w, img_h) -> eval_metrics.Evaluator
     check: Callable        # settings -> None: read every list a training run needs (not the images)
     test_flags: dict       # test_mine.py's flags of this dataset, with their defaults
     describe: Callable = None  # settings -> the line naming the searches of its gallery trials
     splits: bool = False
     max_split: int = None
-    default_trials: str = "0-9"  # what test_mine.py evaluates by default: gallery trials, or splits
+    default_rounds: str = "0-9"  # test_mine.py's default --trials: gallery trials, or splits
     train_flags: tuple = ()  # train_mine.py's flags of this dataset only
     labels: dict = None    # setting -> the name of its direction (the JSON's 'direction')
 
@@ -327,9 +328,9 @@ def check_llcm(s):
 
 
 def check_regdb(s):
-    for split in ("train", "test"):
+    for part in ("train", "test"):
         for modality in utils.MODALITIES:
-            data_manager.read_regdb_list(s.data_path, s.trial, modality, split)
+            data_manager.read_regdb_list(s.data_path, s.trial, modality, part)  # s.trial: the CLI's name of a split
 
 
 PAPER_SCHEDULE = dict(optim="sgd", backbone_lr_mult=0.1, warmup_epochs=10, lr_steps="20,50", eval_start=10)
@@ -354,10 +355,10 @@ REGDB_TEST_FLAGS = {"tvsearch": "off", "trial": None, "cross_split": False, "ste
 
 def regdb_dataset(defaults, max_split):
     return Dataset(
-        defaults=defaults, splits=True, max_split=max_split, default_trials="1-10", train_flags=("trial",),
+        defaults=defaults, splits=True, max_split=max_split, default_rounds="1-10", train_flags=("trial",),
         test_flags=REGDB_TEST_FLAGS,
         train_data=lambda s: data_loader.regdb_train_data(s.data_path, s.trial, s.img_w, s.img_h, max(s.workers, 1)),
-        evaluator=lambda s, trials, w, h: eval_metrics.RegDBEval(s.data_path, trials[0], w, h, s.workers,
+        evaluator=lambda s, splits, w, h: eval_metrics.RegDBEval(s.data_path, splits[0], w, h, s.workers,
                                                                  REGDB_DIRECTIONS[s.tvsearch],
                                                                  getattr(s, "stem_swap", "off") == "on"),
         check=check_regdb)

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on SYSU-MM01 (10 gallery trials), RegDB (per-trial checkpoints) or the demo set.
+"""Evaluate a checkpoint on SYSU-MM01 (10 gallery trials), RegDB (a checkpoint per split) or the demo set.
 
     python test_mine.py --dataset sysu --data_path /data/SYSU-MM01 --resume sysu_best.pth
     python test_mine.py --dataset regdb --data_path /data/RegDB --resume 'save_model/regdb_trial{trial}_best.pth'
@@ -96,7 +96,7 @@ def picture_flags(parser):
 
 def evaluate_trials(args, device, log, on_distance=None):
     """Records of every search of every gallery trial (SYSU-MM01, LLCM), and the model."""
-    default = settings.DATASETS[args.dataset].default_trials
+    default = settings.DATASETS[args.dataset].default_rounds
     trials = utils.parse_trials(args.trials if args.trials is not None else default)
     path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
     model, ckpt = checkpoints.load_on_device(path, args, device)
@@ -110,51 +110,52 @@ def evaluate_trials(args, device, log, on_distance=None):
                          checkpoints.flip_test(args, ckpt)), model
 
 
-def regdb_trials(args, path, log):
+def regdb_splits(args, path, log):
     """{split: (checkpoint path, its contents)}: every split's lists checked and every checkpoint read
-    before any split is evaluated (a broken file of split 2 must not cost split 1's work)."""
-    per_trial = "{trial}" in path
+    before any split is evaluated (a broken file of split 2 must not cost split 1's work). The CLI names
+    the splits --trials / --trial, as the authors' code does."""
+    per_split = "{trial}" in path
     read = {}  # path: contents, each file read once
     if args.trials is not None:
-        trials = utils.parse_trials(args.trials)
-    elif per_trial:
-        trials = [args.trial] if args.trial else splits(args)
+        splits = utils.parse_trials(args.trials)
+    elif per_split:
+        splits = [args.trial] if args.trial else default_splits(args)
     else:
         ckpt = read[path] = checkpoints.load_checkpoint(path)
         recorded = args.trial or (ckpt.get("args", {}) if isinstance(ckpt, dict) else {}).get("trial")
         if recorded is None:  # the original code's files do not say which split they were trained on
             log(f"note: {path} does not record its RegDB split: testing split 1; pass --trials N if it was "
                 f"trained on split N (else its training identities are in the test set)")
-        trials = [recorded or 1]
-    if len(trials) > 1 and not per_trial:
-        raise ValueError(f"--resume {path}: RegDB trial t needs the model trained on split t; put {{trial}} in "
+        splits = [recorded or 1]
+    if len(splits) > 1 and not per_split:
+        raise ValueError(f"--resume {path}: RegDB split t needs the model trained on split t; put {{trial}} in "
                          f"--resume (e.g. regdb_trial{{trial}}_best.pth) or pass a single --trials")
-    files = {t: path.format(trial=t) if per_trial else path for t in trials}
+    files = {split: path.format(trial=split) if per_split else path for split in splits}
     missing = [f for f in files.values() if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"--resume: no such checkpoint file: {', '.join(missing)}")
-    for t in trials:  # the lists of every split, before the first split is evaluated
+    for split in splits:  # the lists of every split, before the first split is evaluated
         for m in ("visible", "thermal"):
-            data_manager.process_test_regdb(args.data_path, t, m)
-    for t, f in files.items():
+            data_manager.process_test_regdb(args.data_path, split, m)
+    for split, f in files.items():
         if f not in read:
             read[f] = checkpoints.load_checkpoint(f)
         if isinstance(read[f], dict):  # ten splits' optimiser states would only fill the memory
             for key in ("optimizer", "scaler"):
                 read[f].pop(key, None)
-        check_split(f, read[f], t, args.cross_split)
-    return {t: (f, read[f]) for t, f in files.items()}
+        check_split(f, read[f], split, args.cross_split)
+    return {split: (f, read[f]) for split, f in files.items()}
 
 
-def check_split(path, ckpt, trial, cross_split):
+def check_split(path, ckpt, split, cross_split):
     """A checkpoint that records its training split is tested on that split only: another split's test
     identities are partly its training identities (unless --cross_split says that is the study)."""
     recorded = (ckpt.get("args") or {}) if isinstance(ckpt, dict) else {}
     own = recorded.get("dataset") in settings.DATASETS and settings.DATASETS[recorded["dataset"]].splits
     saved = recorded.get("trial") if own else None  # a split of its own
-    if saved is not None and saved != trial and not cross_split:
+    if saved is not None and saved != split and not cross_split:
         raise ValueError(f"{path} was trained on split {saved} (it records --trial {saved}), so testing it on "
-                         f"split {trial} puts its training identities in the test set: use --trials {saved}, "
+                         f"split {split} puts its training identities in the test set: use --trials {saved}, "
                          f"or pass --cross_split for a cross-split study")
 
 
@@ -163,30 +164,31 @@ def evaluate_regdb(args, device, log, on_distance=None):
     # weights do not fit fails first too; each goes to the device only for its own split
     models = {}
     path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
-    for t, (path, ckpt) in regdb_trials(args, path, log).items():
+    for split, (path, ckpt) in regdb_splits(args, path, log).items():
         model, _ = checkpoints.model_from_checkpoint(path, args, getattr(args, "explicit", ()), ckpt)
-        models[t] = model, checkpoints.image_size(args, ckpt), checkpoints.flip_test(args, ckpt)
+        models[split] = model, checkpoints.image_size(args, ckpt), checkpoints.flip_test(args, ckpt)
     records, dataset = [], settings.DATASETS[args.dataset]
-    for t in list(models):
-        model, (img_w, img_h), flip = models.pop(t)
+    for split in list(models):
+        model, (img_w, img_h), flip = models.pop(split)
         model = checkpoints.on_device(model, device)
-        evaluator = dataset.evaluator(args, [t], img_w, img_h)
+        evaluator = dataset.evaluator(args, [split], img_w, img_h)
         records += evaluator.run(model, device, args.test_batch, args.re_rank, args.half, on_distance, flip)
     return records, model
 
 
 def collect(records, model, log, labels=None):
     """{setting: {'trials', 'mean', 'std', 'model'[, other feature: {'trials', 'mean', 'std'}]}} from
-    the evaluators' records, the reported feature at the top level; each trial is logged as it comes."""
+    the evaluators' records (a round: a gallery trial or a RegDB split; logged and saved as 'trial', the
+    CLI's --trials), the reported feature at the top level; each round is logged as it comes."""
     names = model.feature_names
     results = {}
     for r in records:
         entry = results.setdefault(r["setting"], {"trials": [], "model": model.config, "features": list(names)})
         target = entry if r["feature"] == names[0] else entry.setdefault(r["feature"], {"trials": []})
-        target["trials"].append({"trial": r["trial"], **eval_metrics.metrics_row(r["cmc"], r["mAP"], r["mINP"]),
+        target["trials"].append({"trial": r["round"], **eval_metrics.metrics_row(r["cmc"], r["mAP"], r["mINP"]),
                                  "cmc": (100 * np.asarray(r["cmc"])).tolist()})
         what = f"{r['feature']} feature, " if len(names) > 1 else ""
-        log(f"{r['setting']}, {what}trial {r['trial']}: {eval_metrics.format_row(target['trials'][-1])}")
+        log(f"{r['setting']}, {what}trial {r['round']}: {eval_metrics.format_row(target['trials'][-1])}")
     for setting, entry in results.items():
         for feature in names:
             target = entry if feature == names[0] else entry[feature]
@@ -272,7 +274,7 @@ def append_results_csv(log_path, args, results):
 
 
 class RankedListWriter:
-    """on_distance callback: ranked-list pictures for the first trial of every setting, without the
+    """on_distance callback: ranked-list pictures for the first round of every setting, without the
     gallery entries the protocol's metric leaves out (eval_metrics.removed_mask).
 
     Everything goes to <vis_dir>/<checkpoint file stem>/ (<setting>_trial<t>/query_*.png, cmc.png and
@@ -320,13 +322,13 @@ class RankedListWriter:
             self._discard = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)
         return self.tmp
 
-    def __call__(self, setting, trial, dist, q_paths, g_paths, q_labels, g_labels, *, q_camids, g_camids,
+    def __call__(self, setting, rnd, dist, q_paths, g_paths, q_labels, g_labels, *, q_camids, g_camids,
                  protocol):
         if setting in self.done:
             return
         self.done.add(setting)
         slug = re.sub(r"[^A-Za-z0-9_]+", "_", setting.replace("->", "_to_")).strip("_")
-        folder = os.path.join(self.staging(), f"{slug}_trial{trial}")
+        folder = os.path.join(self.staging(), f"{slug}_trial{rnd}")  # rnd: a gallery trial or a RegDB split
         removed = eval_metrics.removed_mask(protocol, q_labels, g_labels, q_camids, g_camids)
         visualize.write_ranked_lists(folder, q_paths, g_paths, dist.cpu().numpy(), q_labels, g_labels,
                                      num=self.num, top_k=self.top_k, order=self.order, removed=removed)
@@ -466,15 +468,15 @@ def check_splits(args):
     flag, value = ("--trials", args.trials) if args.trials is not None else ("--trial", args.trial)
     if value is None:
         return
-    trials, top = utils.parse_trials(value), settings.DATASETS[args.dataset].max_split
-    if min(trials) < 1 or (top and max(trials) > top):
+    splits, top = utils.parse_trials(value), settings.DATASETS[args.dataset].max_split
+    if min(splits) < 1 or (top and max(splits) > top):
         span = f"RegDB splits are 1..{top}" if top else "the demo's splits are numbered from 1"
-        raise ValueError(f"{flag} {' '.join(map(str, trials))}: {span}")
+        raise ValueError(f"{flag} {' '.join(map(str, splits))}: {span}")
 
 
-def splits(args):
-    """The splits evaluated by default: the dataset's default trials."""
-    return utils.parse_trials(settings.DATASETS[args.dataset].default_trials)
+def default_splits(args):
+    """The splits evaluated by default: the dataset's default rounds."""
+    return utils.parse_trials(settings.DATASETS[args.dataset].default_rounds)
 
 
 def input_files(args):
@@ -482,9 +484,9 @@ def input_files(args):
     path = checkpoints.resolve_checkpoint(args.resume, args.model_path) if args.resume else ""
     if "{trial}" not in path:
         return [path]
-    trials = utils.parse_trials(args.trials) if args.trials is not None else [args.trial] if args.trial else \
-        splits(args)
-    return [path.format(trial=t) for t in trials]
+    splits = utils.parse_trials(args.trials) if args.trials is not None else [args.trial] if args.trial else \
+        default_splits(args)
+    return [path.format(trial=split) for split in splits]
 
 
 def check_outputs(args, searching):

@@ -54,10 +54,10 @@ def run_name(args):
               not (k in later and getattr(args, k, None) in (None, later[k]))}
     values["data_path"] = os.path.abspath(values["data_path"]) if values["data_path"] else None
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    trial = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""
+    split = f"_trial{args.trial}" if settings.DATASETS[args.dataset].splits else ""  # the authors' file names
     arch = "" if args.arch == "resnet50" else f"_{args.arch}"
     tag = settings.METHODS[args.method].tag(args)
-    return f"{args.dataset}{trial}_{tag}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
+    return f"{args.dataset}{split}_{tag}{arch}_share{args.share_net}_p{args.batch_size}k{args.num_pos}" \
            f"_seed{args.seed}_{digest}"
 
 

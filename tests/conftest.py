@@ -17,7 +17,7 @@ def tiny_regdb(tmp_path_factory):
     """A RegDB-layout demo set of 8 identities x 4 images per modality at 32x16, with two splits: what
     the short training runs of the test files train and evaluate on."""
     root = tmp_path_factory.mktemp("tiny") / "regdb"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_trials=2))
+    return str(demo_data.make_regdb_demo(str(root), num_ids=8, imgs_per_id=4, img_w=16, img_h=32, num_splits=2))
 
 
 # test_test_mine.py and test_vis_protocol.py: test_mine.py's inputs
@@ -41,7 +41,7 @@ def sysu_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def regdb_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("regdb") / "RegDB"
-    return str(demo_data.make_regdb_demo(str(root), num_ids=10, imgs_per_id=3, img_w=16, img_h=32, num_trials=2))
+    return str(demo_data.make_regdb_demo(str(root), num_ids=10, imgs_per_id=3, img_w=16, img_h=32, num_splits=2))
 
 
 @pytest.fixture(scope="session")

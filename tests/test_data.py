@@ -95,14 +95,14 @@ def test_sysu_wrong_root_is_a_clear_error(tmp_path):
 def test_regdb_lists(tmp_path):
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "test_visible_2.txt").write_text("Visible/1/a.bmp 5\nVisible/1/b.bmp 5\n")
-    files, labels = data_manager.process_test_regdb(str(tmp_path), trial=2, modality="visible")
+    files, labels = data_manager.process_test_regdb(str(tmp_path), split=2, modality="visible")
     assert files == [os.path.join(str(tmp_path), "Visible/1/a.bmp"), os.path.join(str(tmp_path), "Visible/1/b.bmp")]
     assert labels.tolist() == [5, 5]
     with pytest.raises(FileNotFoundError, match=r"test_thermal_2.txt \(expected layout"):
-        data_manager.process_test_regdb(str(tmp_path), trial=2, modality="thermal")
+        data_manager.process_test_regdb(str(tmp_path), split=2, modality="thermal")
     (tmp_path / "idx" / "test_thermal_2.txt").write_text("Thermal/1/a.bmp five\n")
     with pytest.raises(ValueError, match=r"test_thermal_2.txt:1: expected '<image path> <integer label>'"):
-        data_manager.process_test_regdb(str(tmp_path), trial=2, modality="thermal")
+        data_manager.process_test_regdb(str(tmp_path), split=2, modality="thermal")
 
 
 def test_pre_process_sysu_writes_the_four_files(sysu_root):

@@ -21,7 +21,7 @@ import pre_process_llcm
 import pre_process_sysu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(num_ids=4, imgs_per_id=2, img_w=16, img_h=32, num_trials=1)
+TINY = dict(num_ids=4, imgs_per_id=2, img_w=16, img_h=32, num_splits=1)
 DEAD_PID = 2 ** 22 + 12345  # above Linux's largest pid_max
 
 
@@ -224,7 +224,7 @@ def test_demo_cli_errors_are_one_line(tmp_path, case):
              "size": ["--img_w", "2"]}.get(case, [])
     before = hashes(str(target)) if target.exists() else None
     res = subprocess.run([sys.executable, os.path.join(REPO, "demo_data.py"), "--root", str(target),
-                          "--num_ids", "4", "--imgs_per_id", "2", "--num_trials", "1", *extra],
+                          "--num_ids", "4", "--imgs_per_id", "2", "--num_splits", "1", *extra],
                          capture_output=True, text=True, cwd=str(tmp_path))
     want = {"file": "is a file", "folder": "and no demo.json", "num_ids": "num_ids must be >= 2, got 1",
             "workers": "--workers must be >= 0", "size": "must be at least 4 and 8, got 2x128"}[case]
@@ -269,11 +269,11 @@ def test_a_byte_order_mark_is_read_past(tmp_path):
     assert data_manager.read_id_line(str(tmp_path / "idx" / "test_id.txt"), "LLCM", "") == ["0003", "0006"]
 
 
-@pytest.mark.parametrize("name, split", [("train_thermal_1.txt", "train"), ("test_thermal_1.txt", "test")])
-def test_a_negative_label_names_the_file_and_line(tmp_path, name, split):
+@pytest.mark.parametrize("name, part", [("train_thermal_1.txt", "train"), ("test_thermal_1.txt", "test")])
+def test_a_negative_label_names_the_file_and_line(tmp_path, name, part):
     path = write(tmp_path / "idx" / name, "Thermal/0001/a.png 3\n\nThermal/0001/b.png -1\n")
     with pytest.raises(ValueError, match=rf"^{re.escape(path)}:3: label -1 is negative: expected labels >= 0$"):
-        data_manager.read_regdb_list(str(tmp_path), 1, "thermal", split)
+        data_manager.read_regdb_list(str(tmp_path), 1, "thermal", part)
 
 
 def test_a_negative_llcm_label_names_the_file_and_line(tmp_path):
@@ -284,11 +284,11 @@ def test_a_negative_llcm_label_names_the_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["", "\n\n  \n", "\ufeff"])
-@pytest.mark.parametrize("split, role", [("test", "test"), ("train", "training")])
-def test_a_list_of_no_images_names_the_file(tmp_path, text, split, role):
-    path = write(tmp_path / "idx" / f"{split}_thermal_1.txt", text)
+@pytest.mark.parametrize("part, role", [("test", "test"), ("train", "training")])
+def test_a_list_of_no_images_names_the_file(tmp_path, text, part, role):
+    path = write(tmp_path / "idx" / f"{part}_thermal_1.txt", text)
     with pytest.raises(ValueError, match=rf"^{re.escape(path)}: no {role} images listed: expected lines") as e:
-        data_manager.read_regdb_list(str(tmp_path), 1, "thermal", split)
+        data_manager.read_regdb_list(str(tmp_path), 1, "thermal", part)
     assert "\n" not in str(e.value)
 
 

@@ -409,7 +409,7 @@ def test_the_regdb_stem_swap_is_an_explicit_compatibility_mode(monkeypatch):
     for swap, want in ((False, {"v": "visible", "t": "thermal"}), (True, {"v": "thermal", "t": "visible"})):
         ev = eval_metrics.RegDBEval.__new__(eval_metrics.RegDBEval)
         ev.images, ev.swap_stems, ev.directions = {"visible": "v", "thermal": "t"}, swap, ()
-        ev.trial = 1
+        ev.split = 1
         assert ev.run(argparse_namespace(feature_names=("distmat7",)), torch.device("cpu")) == []
         assert seen == want  # DEEN's RegDB test.py: thermal images through the visible stem and the reverse
     s = settings.with_test_flags(argparse_namespace(dataset="regdb", data_path="R", workers=1))

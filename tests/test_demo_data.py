@@ -79,7 +79,7 @@ def test_identities_are_deterministic_and_distinct():
 
 def test_regdb_layout_and_idx(tmp_path):
     root = demo_data.make_regdb_demo(str(tmp_path / "regdb"), num_ids=10, imgs_per_id=3,
-                                     num_trials=3, seed=5, **SMALL)
+                                     num_splits=3, seed=5, **SMALL)
     assert os.path.samefile(root, tmp_path / "regdb")
     assert sorted(os.listdir(tmp_path)) == ["regdb"]  # no temporary folders left
     pids = list(range(1, 11))
@@ -112,7 +112,7 @@ def test_regdb_layout_and_idx(tmp_path):
         for rel, lab in test:
             assert lab == int(rel.split("/")[1])
         splits.append(tuple(train_pids))
-    assert len(set(splits)) > 1  # trials are different random splits
+    assert len(set(splits)) > 1  # the splits are different random halves
 
     v = Image.open(os.path.join(root, "Visible", "0001", "v_0001_01.png"))
     t = Image.open(os.path.join(root, "Thermal", "0001", "t_0001_01.png"))
@@ -124,7 +124,7 @@ def test_regdb_layout_and_idx(tmp_path):
 
 
 def test_regdb_deterministic(tmp_path):
-    kw = dict(num_ids=4, imgs_per_id=2, num_trials=2, **SMALL)
+    kw = dict(num_ids=4, imgs_per_id=2, num_splits=2, **SMALL)
     a = _tree_bytes(demo_data.make_regdb_demo(str(tmp_path / "a"), seed=1, **kw))
     b = _tree_bytes(demo_data.make_regdb_demo(str(tmp_path / "b"), seed=1, workers=2, **kw))
     c = _tree_bytes(demo_data.make_regdb_demo(str(tmp_path / "c"), seed=2, **kw))
@@ -136,7 +136,7 @@ def test_regdb_deterministic(tmp_path):
 
 def test_idempotent_force_and_atomic(tmp_path, monkeypatch):
     root = str(tmp_path / "regdb")
-    kw = dict(num_ids=4, imgs_per_id=2, num_trials=1, seed=0, **SMALL)
+    kw = dict(num_ids=4, imgs_per_id=2, num_splits=1, seed=0, **SMALL)
     demo_data.make_regdb_demo(root, **kw)
     png = os.path.join(root, "Visible", "0001", "v_0001_01.png")
     os.utime(png, (1, 1))
@@ -144,6 +144,8 @@ def test_idempotent_force_and_atomic(tmp_path, monkeypatch):
 
     demo_data.make_regdb_demo(root, **kw)            # up to date: untouched
     assert os.stat(png).st_mtime == 1
+    # demo.json records the split count under its former name: sets made before the rename stay up to date
+    assert demo_data.read_meta(root)["params"]["num_trials"] == 1
     demo_data.make_regdb_demo(root, force=True, **kw)  # forced: rewritten, same bytes
     assert os.stat(png).st_mtime != 1
     assert _tree_bytes(root) == before
@@ -231,9 +233,12 @@ def test_cli(tmp_path, capsys):
     demo_data.main(["--root", str(tmp_path / "s"), "--layout", "sysu", "--num_ids", "8",
                     "--n_val", "1", "--n_test", "2", "--img_w", "32", "--img_h", "64"])
     assert os.path.isfile(tmp_path / "s" / "exp" / "test_id.txt")
-    demo_data.main(["--root", str(tmp_path / "r"), "--num_ids", "6", "--imgs_per_id", "2",
-                    "--num_trials", "1", "--img_w", "32", "--img_h", "64", "--workers", "1"])
-    assert os.path.isfile(tmp_path / "r" / "idx" / "test_thermal_1.txt")
+    for flag, n in (("--num_splits", 2), ("--num_trials", 1)):  # --num_trials: the former name, still accepted
+        root = tmp_path / f"r{n}"
+        demo_data.main(["--root", str(root), "--num_ids", "6", "--imgs_per_id", "2",
+                        flag, str(n), "--img_w", "32", "--img_h", "64", "--workers", "1"])
+        assert sorted(f for f in os.listdir(root / "idx") if f.startswith("test_thermal")) == \
+            [f"test_thermal_{s}.txt" for s in range(1, n + 1)]
     assert "ready" in capsys.readouterr().out
 
 

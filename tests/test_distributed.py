@@ -110,7 +110,7 @@ def test_batch_that_does_not_split_is_refused_before_any_folder(tmp_path):
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory):
     return str(demo_data.make_regdb_demo(str(tmp_path_factory.mktemp("dist") / "demo"), num_ids=8, imgs_per_id=4,
-                                         img_w=16, img_h=32, num_trials=1))
+                                         img_w=16, img_h=32, num_splits=1))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""test_mine.py as users run it: SYSU trials, RegDB per-trial checkpoints, JSON, CSV, pictures, search."""
+"""test_mine.py as users run it: SYSU trials, RegDB per-split checkpoints, JSON, CSV, pictures, search."""
 import json
 import os
 import re
@@ -144,7 +144,7 @@ def test_llcm_directions_have_the_official_query_and_gallery_roles(llcm_root, ch
         assert (paths(q), paths(g)) == (nir_g, vis_q)  # B: the sampled infrared images probe every visible one
         q, g = searches["visible->infrared (literal)", t]
         assert (paths(q), paths(g)) == (vis_q, nir_g)  # C
-    records = {(r["setting"], r["trial"]): r for r in ev.run(model, torch.device("cpu"), 16)}
+    records = {(r["setting"], r["round"]): r for r in ev.run(model, torch.device("cpu"), 16)}
     # B is C's distance matrix transposed, evaluated with the roles swapped, as the official script does
     feats = {m: eval_metrics.extract_features(model, ev.images[m], m, torch.device("cpu")) for m in ev.images}
     q, g = searches["visible->infrared (literal)", 1]

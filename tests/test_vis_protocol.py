@@ -179,7 +179,7 @@ def run_spied(monkeypatch, *argv):
 
 
 def check_run(calls, protocol, top_k):
-    for (setting, trial, dist, q_paths, g_paths, qp, gp), kw, paths in calls:
+    for (setting, _round, dist, q_paths, g_paths, qp, gp), kw, paths in calls:
         assert kw["protocol"] == protocol
         d = dist.cpu().numpy()
         removed = reference_removed(protocol, qp, gp, kw["q_camids"], kw["g_camids"])
