@@ -165,7 +165,7 @@ def test_a_file_with_its_config_under_arch_loads_as_it_did(tmp_path, head):
     assert loaded.config == model.config and loaded.config["head"] == "strips"
     x = torch.rand(2, 3, 32, 16)
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(x, x, 1)["parts"], model(x, x, 1)["parts"])
+        assert torch.equal(loaded.eval()(x, x, "visible")["parts"], model(x, x, "visible")["parts"])
 
 
 @pytest.mark.slow
