@@ -24,9 +24,9 @@ def tiny_regdb(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
-    """One of our checkpoints of an untrained small model (what matters here is the plumbing)."""
+    """One of our checkpoints of an untrained small model, resnet18 (what matters here is the plumbing)."""
     torch.manual_seed(0)
-    model = model_mine.embed_net(5, share_net=2, pcb="on", local_feat_dim=16, num_strips=2, gem_p=3.0)
+    model = model_mine.embed_net(5, arch="resnet18", share_net=2, pcb="on", local_feat_dim=16, num_strips=2, gem_p=3.0)
     path = str(tmp_path_factory.mktemp("ckpt") / "model_trial1.pth")
     utils.atomic_save({"model": model.state_dict(), "arch": model.config, "args": {"img_w": 16, "img_h": 32}}, path)
     return path
