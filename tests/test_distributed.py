@@ -115,12 +115,14 @@ def demo_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_process_runs(demo_path, tmp_path_factory):
-    """{method: (folder, checkpoint file name)} of one 2-process torchrun step per method."""
-    runs = {}
+    """{method: (folder, checkpoint file name)} of one 2-process torchrun step per method, the methods'
+    launches running at once (each --standalone launch rendezvouses on a port of its own)."""
+    runs, launched = {}, {}
     for method, extra in METHOD_FLAGS.items():
         out = tmp_path_factory.mktemp(f"ddp-{method}")
-        res = torchrun(["--standalone", "--nproc_per_node", "2"], FLAGS + extra + [
+        launched[method] = out, torchrun(["--standalone", "--nproc_per_node", "2"], FLAGS + extra + [
             "--data_path", demo_path, "--model_path", str(out / "models"), "--log_path", str(out / "log")], out)
+    for method, (out, res) in launched.items():
         text = res.communicate(timeout=600)[0]
         assert res.returncode == 0, text
         assert text.count("epoch 0: loss") == 1 and "2 process(es) on cpu, 2 identities each" in text  # rank 0 logs

@@ -324,15 +324,20 @@ def test_results_csv_keeps_every_row_of_concurrent_evaluations(tmp_path):
     log = tmp_path / "log"
     log.mkdir()
     go = tmp_path / "go"
-    code = (f"import os, sys, time, eval_metrics, test_mine\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+    code = (f"import os, sys, time, eval_metrics, test_mine\n"
+            f"open(os.path.join({str(tmp_path)!r}, 'ready-' + sys.argv[1]), 'w').close()\n"
+            f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
             "args = test_mine.get_args_parser().parse_args(['--dataset', 'demo'])\n"
             "model = {'share_net': 2, 'pcb': 'on', 'head': 'pcb'}\n"
             "row = {k: 1.0 for k in eval_metrics.METRICS}\n"
             "results = {'s': {'model': model, 'features': ['parts'], 'trials': [{'trial': 1}], 'mean': row,\n"
             "                 'std': row}}\n"
             f"for _ in range(40):\n    test_mine.append_results_csv({str(log)!r}, args, results)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(3)]
-    time.sleep(8)  # all three have imported torch and wait at the barrier
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT) for i in range(3)]
+    deadline = time.time() + 120
+    while sum(os.path.exists(tmp_path / f"ready-{i}") for i in range(3)) < 3:  # all three have imported
+        assert time.time() < deadline and all(p.poll() is None for p in procs)  # torch, wait at the barrier
+        time.sleep(0.05)
     go.write_text("")
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     lines = (log / "results.csv").read_text().splitlines()

@@ -1,6 +1,7 @@
 """The fast paths change speed, never results: a resident training set gives the loader's batches
 and weights; CUDA graphs are off on the CPU and say so; a compiler failure falls back to eager."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -23,6 +24,21 @@ def run(data_path, out, *extra):
         open(os.path.join(out, "log", f"{name}.log")).read()
 
 
+@pytest.fixture(scope="module")
+def loader_run(tiny_regdb, tmp_path_factory):
+    """(folder, checkpoint, log) of the 2-epoch run through the loader, trained once for the tests that
+    compare with it (they read it, never change it)."""
+    out = str(tmp_path_factory.mktemp("loader"))
+    return (out, *run(tiny_regdb, out, "--resident_data", "off"))
+
+
+@pytest.fixture(scope="module")
+def eager_run(tiny_regdb, tmp_path_factory):
+    """(checkpoint, log) of the 2-epoch eager run (--compile off), trained once for the tests that compare
+    with it (they read it, never change it)."""
+    return run(tiny_regdb, str(tmp_path_factory.mktemp("eager")), "--compile", "off")
+
+
 def test_resident_batches_equal_the_loaders():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 8, 4, 3), dtype=np.uint8)
@@ -40,8 +56,8 @@ def test_resident_batches_equal_the_loaders():
 
 
 @pytest.mark.slow
-def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_path):
-    loaded, log_l = run(tiny_regdb, str(tmp_path / "loader"), "--resident_data", "off")
+def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_path, loader_run):
+    _, loaded, log_l = loader_run
     resident, log_r = run(tiny_regdb, str(tmp_path / "resident"), "--resident_data", "on")
     assert "data: loader with 0 worker(s)" in log_l and "data: training set resident on cpu" in log_r
     for k, v in loaded["model"].items():
@@ -50,10 +66,11 @@ def test_resident_and_loader_training_give_identical_weights(tiny_regdb, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_resumed_on_the_other_data_path_continues_identically(tiny_regdb, tmp_path):
+def test_a_run_resumed_on_the_other_data_path_continues_identically(tiny_regdb, tmp_path, loader_run):
     full, _ = run(tiny_regdb, str(tmp_path / "full"), "--resident_data", "off", "--epochs", "3")
-    cut, _ = run(tiny_regdb, str(tmp_path / "cut"), "--resident_data", "off")  # epochs 0..1 through the loader
-    path = os.path.join(tmp_path, "cut", "models", cut["name"] + "_last.pth")
+    shared, cut, _ = loader_run  # epochs 0..1 through the loader, resumed here on a copy of its folder
+    shutil.copytree(os.path.join(shared, "models"), tmp_path / "cut")
+    path = os.path.join(tmp_path, "cut", cut["name"] + "_last.pth")
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", path, "--epochs", "3", "--gpu", "cpu",
                                                              "--resident_data", "on", "--log_path", ""]))
     end = torch.load(path, weights_only=False)
@@ -173,8 +190,8 @@ def test_a_resume_crosses_between_the_compiled_and_the_eager_step(tiny_regdb, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [fails_in_the_forward, fails_in_the_backward, fails_at_the_second_step])
 def test_a_failure_in_warm_up_falls_back_to_eager_on_the_eager_trajectory(tiny_regdb, tmp_path, monkeypatch,
-                                                                           backend):
-    eager, _ = run(tiny_regdb, str(tmp_path / "eager"), "--compile", "off")
+                                                                           backend, eager_run):
+    eager, _ = eager_run
     fell_back, log = compiled_run(tiny_regdb, str(tmp_path / "fallback"), monkeypatch, backend)
     notes = [line for line in log.splitlines() if "torch.compile failed" in line]
     assert len(notes) == 1 and notes[0].startswith("note: torch.compile failed (") and "injected: " in notes[0]
