@@ -21,6 +21,7 @@ import json
 import os
 import shlex
 import socket
+import sys
 import time
 
 import numpy as np
@@ -381,11 +382,10 @@ class CompiledModel:
 def reset_compiler():
     """A clean compiler state: compiled graphs, CUDA-graph trees and their memory pool freed."""
     torch._dynamo.reset()
-    try:
-        from torch._inductor import cudagraph_trees
-        cudagraph_trees.reset_cudagraph_trees()
-    except (ImportError, AttributeError):
-        pass
+    # only trees that exist need freeing: importing torch._inductor to find none costs seconds
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is not None and hasattr(trees, "reset_cudagraph_trees"):
+        trees.reset_cudagraph_trees()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
