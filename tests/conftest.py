@@ -64,3 +64,69 @@ def fail_replace(monkeypatch):
             return real_replace(src, dst)
         monkeypatch.setattr(os, "replace", replace)
     return install
+
+
+@pytest.fixture
+def run_script(monkeypatch, capfd):
+    """run_script(script, *argv, cwd=...) -> (exit status, stdout, stderr): `python script argv` run in
+    this process, through the script's `if __name__ == "__main__":` block (a fresh `__main__` each call),
+    the exit status and the message of a SystemExit as the interpreter gives them, and an uncaught
+    exception as its traceback on stderr and status 1. What a run may change in the process (argv, the
+    working folder, the environment, warnings filters, logging handlers, signal handlers, the random
+    generators) is put back afterwards, so that no case sees another's state."""
+    import logging
+    import random
+    import runpy
+    import signal
+    import sys
+    import traceback
+    import warnings
+
+    import numpy as np
+
+    def loggers():
+        return [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                        if isinstance(v, logging.Logger)]
+
+    def run(script, *argv, cwd):
+        capfd.readouterr()
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "argv", [script, *map(str, argv)])
+            patch.chdir(cwd)
+            code = run_main(script)
+        if code is not None and not isinstance(code, int):  # SystemExit("message"): printed, status 1
+            print(code, file=sys.stderr)
+            code = 1
+        out, err = capfd.readouterr()
+        return code or 0, out, err
+
+    def run_main(script):
+        environ = dict(os.environ)
+        sigs = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        logs = {log: (list(log.handlers), log.level, log.propagate) for log in loggers()}
+        rngs = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        code = 0
+        try:
+            with warnings.catch_warnings():
+                runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        except BaseException:  # the interpreter prints the traceback and exits with 1
+            traceback.print_exc()
+            code = 1
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+            for s, handler in sigs.items():
+                signal.signal(s, handler)
+            for log in loggers():
+                handlers, level, propagate = logs.get(log, ([], logging.NOTSET, True))
+                for h in set(log.handlers) - set(handlers):
+                    log.removeHandler(h)
+                    h.close()
+                log.handlers[:], log.level, log.propagate = handlers, level, propagate
+            random.setstate(rngs[0])
+            np.random.set_state(rngs[1])
+            torch.set_rng_state(rngs[2])
+        return code
+    return run

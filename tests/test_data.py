@@ -317,11 +317,10 @@ def test_stray_files_change_no_list_and_no_stored_set(sysu_root, tmp_path):
 
 # ----------------------------------------------------------------------------- one-line errors
 
-@pytest.mark.slow
-def test_pre_process_sysu_errors_are_one_line(sysu_root, tmp_path, monkeypatch):
-    res = subprocess.run([sys.executable, os.path.join(REPO, "pre_process_sysu.py"), "--data_path",
-                          str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 1 and res.stderr == f"error: --data_path {tmp_path / 'nowhere'}: no such folder\n"
+def test_pre_process_sysu_errors_are_one_line(sysu_root, tmp_path, monkeypatch, run_script):
+    code, _, err = run_script(os.path.join(REPO, "pre_process_sysu.py"), "--data_path", tmp_path / "nowhere",
+                              cwd=tmp_path)
+    assert code == 1 and err == f"error: --data_path {tmp_path / 'nowhere'}: no such folder\n"
 
     def message(root, exc=(ValueError, OSError)):
         with pytest.raises(exc) as e:

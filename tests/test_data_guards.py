@@ -211,9 +211,8 @@ def test_stale_temp_folders_of_dead_processes_only_are_removed(tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["file", "folder", "num_ids", "workers", "size"])
-def test_demo_cli_errors_are_one_line(tmp_path, case):
+def test_demo_cli_errors_are_one_line(tmp_path, case, run_script):
     target = tmp_path / "target"
     if case == "file":
         target.write_text("notes\n")
@@ -223,13 +222,12 @@ def test_demo_cli_errors_are_one_line(tmp_path, case):
     extra = {"num_ids": ["--num_ids", "1"], "workers": ["--workers", "-3"],
              "size": ["--img_w", "2"]}.get(case, [])
     before = hashes(str(target)) if target.exists() else None
-    res = subprocess.run([sys.executable, os.path.join(REPO, "demo_data.py"), "--root", str(target),
-                          "--num_ids", "4", "--imgs_per_id", "2", "--num_splits", "1", *extra],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    code, out, err = run_script(os.path.join(REPO, "demo_data.py"), "--root", target, "--num_ids", "4",
+                                "--imgs_per_id", "2", "--num_splits", "1", *extra, cwd=tmp_path)
     want = {"file": "is a file", "folder": "and no demo.json", "num_ids": "num_ids must be >= 2, got 1",
             "workers": "--workers must be >= 0", "size": "must be at least 4 and 8, got 2x128"}[case]
-    assert res.returncode != 0 and res.stdout == ""
-    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and want in res.stderr
+    assert code != 0 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and want in err
     assert (hashes(str(target)) if target.exists() else None) == before
     assert sorted(os.listdir(tmp_path)) == (["target"] if before else [])
 

@@ -4,8 +4,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -358,12 +356,11 @@ def test_no_test_images_is_a_clear_error(llcm_root, tmp_path):
         data_manager.process_query_llcm(root, "thermal")
 
 
-@pytest.mark.slow
-def test_pre_process_errors_are_one_line(llcm_root, tmp_path):
-    res = subprocess.run([sys.executable, os.path.join(REPO, "pre_process_llcm.py"), "--data_path",
-                          str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 1
-    assert res.stderr == f"error: --data_path {tmp_path / 'nowhere'}: no such folder\n"
+def test_pre_process_errors_are_one_line(llcm_root, tmp_path, run_script):
+    code, _, err = run_script(os.path.join(REPO, "pre_process_llcm.py"), "--data_path", tmp_path / "nowhere",
+                              cwd=tmp_path)
+    assert code == 1
+    assert err == f"error: --data_path {tmp_path / 'nowhere'}: no such folder\n"
     root = copy_tree(llcm_root, tmp_path / "LLCM")
     open(os.path.join(root, "idx", "train_nir.txt"), "w").close()
     with pytest.raises(ValueError, match=r"idx/train_nir.txt: no training images listed") as e:

@@ -153,13 +153,15 @@ def test_nan_loss_stops_with_epoch_and_step(tiny_regdb, tmp_path):
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags' own note
 def test_bf16_autocast_tracks_fp32():
     """The mixed-precision forward (bf16 autocast; on the CPU here) against fp32 on the same weights
-    and images at the demo's size: the embeddings agree and the training losses stay finite (GeM,
-    the heads and the losses run in float32 either way). Training-mode features are not compared:
+    and images, with the demo's network at its image size (settings.DEMO_SETTING): the embeddings agree
+    and the training losses stay finite (GeM, the heads and the losses run in float32 either way), with
+    RegDB's GeM power p = 10. Training-mode features are not compared:
     with random weights all samples pool to nearly the same vector, and the head's batch norm
     divides by a spread that is rounding noise."""
+    demo = settings.DEMO_SETTING
     torch.manual_seed(0)
-    model = model_mine.embed_net(8, gem_p=10.0)
-    v, t = torch.randn(16, 3, 96, 48), torch.randn(16, 3, 96, 48)
+    model = model_mine.embed_net(8, arch=demo["arch"], num_strips=demo["num_strips"], gem_p=10.0)
+    v, t = (torch.randn(16, 3, demo["img_h"], demo["img_w"]) for _ in range(2))
     labels = torch.arange(4).repeat_interleave(4).repeat(2)
     crit = losses.ReIDLoss(losses.CenterTripletLoss(margin=0.3), w_center=2.0, label_smooth="on")
     emb = {}
