@@ -1,8 +1,16 @@
 """Fixtures shared by several test files, built once per session.
 
 They are read-only: a test that writes into a data folder works on its own copy (`shutil.copytree`)."""
+import logging
 import os
+import random
+import runpy
+import signal
+import sys
+import traceback
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,16 +82,6 @@ def run_script(monkeypatch, capfd):
     exception as its traceback on stderr and status 1. What a run may change in the process (argv, the
     working folder, the environment, warnings filters, logging handlers, signal handlers, the random
     generators) is put back afterwards, so that no case sees another's state."""
-    import logging
-    import random
-    import runpy
-    import signal
-    import sys
-    import traceback
-    import warnings
-
-    import numpy as np
-
     def loggers():
         return [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
                                         if isinstance(v, logging.Logger)]
