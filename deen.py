@@ -128,17 +128,6 @@ class DEE_module(nn.Module):  # noqa: N801 -- the reference's name
         return self.dropout(torch.cat((x, self._branch(x, 1), self._branch(x, 2)), 0))
 
 
-def stage_widths(shared):
-    """[(input channels, output channels)] of a torchvision ResNet's layer1..4 (the MFA blocks' low, high)."""
-    out, c_in = [], 64
-    for stage in shared.children():
-        last = stage[-1]
-        c_out = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-        out.append((c_in, c_out))
-        c_in = c_out
-    return out
-
-
 class DEEN(model_mine.TwoStreamResNet):
     """DEEN's network: model_mine's two-stream backbone with the MFA and DEE blocks inserted at its places.
     last_stage 4 (SYSU-MM01, LLCM) or 3 (RegDB: no MFA3, no layer4); ResNet-18 (the demo's) gets blocks
@@ -152,13 +141,13 @@ class DEEN(model_mine.TwoStreamResNet):
         super().__init__(arch, 1, pretrained, last_stage)
         self.config = dict(class_num=class_num, arch=arch, share_net=1, head="deen", last_stage=last_stage)
         self.pcb, self.last_stage = "off", last_stage
-        widths = stage_widths(self.base_resnet.base)
-        self.DEE = DEE_module(widths[-1][0])
-        for k, (low, high) in enumerate(widths[:-1], 1):
+        self.DEE = DEE_module(self.channels(f"layer{last_stage - 1}")[1])
+        for k in range(1, last_stage):
+            low, high = self.channels(f"layer{k}")
             setattr(self, f"MFA{k}", MFA_block(high, low, 1 if k == 1 else 2))
             self.insert(f"layer{k}", getattr(self, f"MFA{k}"), with_input=True)  # MFA_k(layer_k(x), x)
         self.insert(f"layer{last_stage - 1}", self.DEE)  # before the last stage, after the MFA there
-        dim = widths[-1][1]
+        dim = self.out_channels
         self.bottleneck = model_mine.bn_neck(dim)
         self.classifier = model_mine.id_classifier(dim, class_num)
         # the reference's RegDB network holds a layer4 it never runs (untrained ImageNet weights): its

@@ -343,9 +343,9 @@ def dgtl_options(head, bpool, cpool, fuse, gm_pool):
     return bpool, cpool, fuse
 
 
-def _out_channels(stage):
-    """The output channels of a torchvision ResNet stage (a Sequential of Bottleneck or BasicBlock)."""
-    last = stage[-1]
+def _out_channels(blocks):
+    """The output channels of a torchvision ResNet stage or residual block (Bottleneck or BasicBlock)."""
+    last = blocks[-1] if isinstance(blocks, nn.Sequential) else blocks
     return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
 
 
@@ -392,6 +392,18 @@ class TwoStreamResNet(nn.Module):
         self.blocks_at.setdefault(place, []).append((block, with_input))
         if "." in place:
             self.split_stages.add(place.split(".")[0])
+
+    def channels(self, place):
+        """(input, output) channels of the stage or residual block that place follows ('layer2', 'layer2.3'):
+        the sizes of a block inserted there (DEEN's MFA reads both)."""
+        name, _, index = place.partition(".")
+        if place not in self.places or name not in LAYERS:
+            raise ValueError(f"channels: {place!r} is not a stage or residual block of the shared stages; "
+                             f"their places: {', '.join(p for p in self.places if p.split('.')[0] in LAYERS)}")
+        stage = getattr(self.base_resnet.base, name)
+        blocks = stage[int(index)] if index else stage
+        first = blocks if index else stage[0]
+        return first.conv1.in_channels, _out_channels(blocks)
 
     def streams(self, x1, x2, modality=None):
         """The modality-specific part: modality None both (x1 visible, x2 thermal; visible rows first),

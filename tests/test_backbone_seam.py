@@ -21,7 +21,8 @@ def test_a_block_inserted_after_layer2_is_saved_and_runs_there():
     x = torch.randn(2, 3, 64, 32)
     before = net(x, x, "visible")["bn"]
     assert "layer2" in net.places and "layer2.1" in net.places
-    net.extra = identity_conv(128)  # layer2's output channels in ResNet-18
+    assert net.channels("layer2") == (64, 128)  # ResNet-18: layer2 takes 64 channels, gives 128
+    net.extra = identity_conv(net.channels("layer2")[1])
     net.insert("layer2", net.extra)
     assert "extra.weight" in net.state_dict()
     order = []
@@ -43,3 +44,13 @@ def test_places_are_the_shared_stages_and_a_block_must_be_registered():
         net.insert("layer2", net.extra)
     with pytest.raises(ValueError, match="not registered on the network"):
         net.insert("layer3", identity_conv(256))
+
+
+def test_channels_are_the_input_and_output_widths_at_a_place():
+    net = model_mine.TwoStreamResNet("resnet50", share_net=1)
+    assert net.channels("layer1") == (64, 256) and net.channels("layer2") == (256, 512)
+    assert net.channels("layer2.0") == (256, 512) and net.channels("layer2.3") == (512, 512)
+    assert net.channels("layer4") == (1024, 2048) == (net.channels("layer3")[1], net.out_channels)
+    with pytest.raises(ValueError, match=r"channels: 'layer1' is not a stage or residual block of the shared "
+                                         r"stages; their places: layer3, layer3\.0, layer3\.1, layer4"):
+        model_mine.TwoStreamResNet("resnet18", share_net=3).channels("layer1")

@@ -40,7 +40,7 @@ class ToyNet(model_mine.TwoStreamResNet):
         super().__init__(arch, share_net, pretrained)
         # everything ToyNet(**config) needs to rebuild it from a checkpoint
         self.config = dict(class_num=class_num, head="toy", arch=arch, share_net=share_net)
-        self.toy_block = ToyBlock(model_mine._out_channels(self.base_resnet.base.layer2))
+        self.toy_block = ToyBlock(self.channels("layer2")[1])
         self.insert("layer2", self.toy_block)  # its weights are saved as toy_block.*
         self.neck = model_mine.GlobalHead(self.out_channels, class_num, gm_pool="off", gem_p=3.0)
         self.feature_names = self.neck.feature_names
