@@ -297,7 +297,7 @@ def k_reciprocal(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3):
     jaccard*(1-lambda) + original_dist*lambda.
     """
     q, g = _features(q_feat, g_feat)
-    num_q, num_g = q.shape[0], g.shape[0]
+    num_q = q.shape[0]
     feat = torch.cat([q, g])
     n = feat.shape[0]
     dev = feat.device

@@ -169,7 +169,7 @@ def test_the_published_setting_is_the_default(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated_with_flips(tiny_regdb, tmp_path):  # noqa: F811
+def test_a_short_demo_run_trains_resumes_exactly_and_is_evaluated_with_flips(tiny_regdb, tmp_path):
     whole = torch.load(train(tiny_regdb, str(tmp_path / "whole"), "--method", "caj"), weights_only=False)
     first = train(tiny_regdb, str(tmp_path / "split"), "--method", "caj", "--epochs", "1")
     train_mine.main(train_mine.get_args_parser().parse_args(["--resume", first, "--epochs", "2", "--gpu", "cpu",

@@ -195,8 +195,8 @@ def test_stale_temp_folders_of_dead_processes_only_are_removed(tmp_path):
         pytest.skip("pid out of range")
     tag = fileio.temp_tag(DEAD_PID)  # this host's
     dead, live = f".dd.tmp-{tag}-abc_1234", f".dd.tmp-{fileio.temp_tag()}-zzzz9999"
-    kept_dirs = [live, f".other.tmp-{tag}-abcd1234", f".dd.tmp-{tag}-abc", f".dd.tmp-abcd1234",
-                 f".dd.old-abcd1234", f".dd.tmp-{tag}-abcd12345", f"dd.tmp-{tag}-abcd1234",
+    kept_dirs = [live, f".other.tmp-{tag}-abcd1234", f".dd.tmp-{tag}-abc", ".dd.tmp-abcd1234",
+                 ".dd.old-abcd1234", f".dd.tmp-{tag}-abcd12345", f"dd.tmp-{tag}-abcd1234",
                  f".dd.tmp-otherhost-{DEAD_PID}-abcd1234"]  # another machine's pid says nothing here
     for name in [dead] + kept_dirs:
         os.makedirs(tmp_path / name / "Visible")

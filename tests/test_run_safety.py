@@ -39,7 +39,7 @@ def eval_args(data, ckpt, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_regdb, tmp_path_factory):  # noqa: F811
+def trained(tiny_regdb, tmp_path_factory):
     """(data, checkpoint) of a one-epoch run on split 1, evaluated once; the data is a copy of its own
     (tests here write into it)."""
     out = str(tmp_path_factory.mktemp("trained"))
@@ -64,7 +64,7 @@ def no_images_read(monkeypatch):
 # ----------------------------------------------------------------------------- one run, one writer
 
 @pytest.mark.slow
-def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_regdb, tmp_path):  # noqa: F811
+def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_regdb, tmp_path):
     args = train_args(tiny_regdb, str(tmp_path))
     name = run_name(train_args(tiny_regdb, str(tmp_path)))
     lock = os.path.join(tmp_path, "models", f"{name}.lock")
@@ -89,7 +89,7 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_regdb
     assert sorted(f.rsplit("_", 1)[1] for f in os.listdir(tmp_path / "models")) == ["best.pth", "last.pth"]
 
 
-def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_them(tiny_regdb, tmp_path):  # noqa: F811
+def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_them(tiny_regdb, tmp_path):
     # --gpu, --resident_data, --test-batch and --looped_head change how a run computes, not what it trains
     # (resident and loaded batches are identical; the looped head is the same network): same run, one writer
     base = run_name(train_args(tiny_regdb, str(tmp_path)))
@@ -106,7 +106,7 @@ def test_flags_outside_the_run_identity_name_the_same_run_so_the_lock_covers_the
 
 
 @pytest.mark.slow
-def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb, tmp_path):  # noqa: F811
+def test_temporaries_of_killed_runs_are_removed_and_a_live_ones_kept(tiny_regdb, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     dead = f"x_last.pth.tmp-{fileio.temp_tag(DEAD_PID)}"
@@ -253,7 +253,7 @@ def test_a_log_or_tensorboard_path_taken_by_something_else_is_refused_before_any
 
 
 @pytest.mark.slow
-def test_id_only_trains_with_one_identity_per_batch(tiny_regdb, tmp_path):  # noqa: F811
+def test_id_only_trains_with_one_identity_per_batch(tiny_regdb, tmp_path):
     assert train_mine.main(train_args(tiny_regdb, str(tmp_path), "--method", "id-only", "--batch-size", "1"))
 
 
@@ -303,7 +303,7 @@ def test_late_data_failures_come_before_any_folder(case, tiny_regdb, tmp_path):
 # ----------------------------------------------------------------------------- Ctrl-C
 
 @pytest.mark.slow
-def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path, monkeypatch):  # noqa: F811
+def test_ctrl_c_is_one_line_saying_where_and_how_to_resume(tiny_regdb, tmp_path, monkeypatch):
     real = train_mine.train_step
 
     def interrupt(*a, **k):  # Ctrl-C in the first step of the second epoch
@@ -387,7 +387,7 @@ def test_the_run_lock_works_where_the_file_system_has_no_flock(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_resuming_needs_no_initial_weights_file(tiny_regdb, tmp_path):  # noqa: F811
+def test_resuming_needs_no_initial_weights_file(tiny_regdb, tmp_path):
     weights = tmp_path / "r18.pth"
     torch.save(__import__("torchvision").models.resnet18().state_dict(), weights)
     train_mine.main(train_args(tiny_regdb, str(tmp_path), "--pretrained", str(weights)))

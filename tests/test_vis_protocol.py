@@ -190,7 +190,7 @@ def check_run(calls, protocol, top_k):
 
 
 @pytest.mark.slow
-def test_sysu_cam3_queries_never_show_cam2(sysu_root, checkpoint, tmp_path, monkeypatch):  # noqa: F811
+def test_sysu_cam3_queries_never_show_cam2(sysu_root, checkpoint, tmp_path, monkeypatch):
     calls = check_run(run_spied(monkeypatch, "--dataset", "sysu", "--data_path", sysu_root, "--resume", checkpoint,
                                 "--trials", "0", "--log_path", str(tmp_path), "--visualize", "25", "--top_k", "16"),
                       "sysu", 16)
@@ -202,7 +202,7 @@ def test_sysu_cam3_queries_never_show_cam2(sysu_root, checkpoint, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_llcm_same_identity_same_camera_never_shown_in_any_direction(llcm_root, checkpoint, tmp_path,  # noqa: F811
+def test_llcm_same_identity_same_camera_never_shown_in_any_direction(llcm_root, checkpoint, tmp_path,
                                                                      monkeypatch):
     calls = check_run(run_spied(monkeypatch, "--dataset", "llcm", "--data_path", llcm_root, "--resume", checkpoint,
                                 "--trials", "0", "--direction", "all", "--log_path", str(tmp_path),
@@ -227,7 +227,7 @@ def regdb_vis(monkeypatch, root, ckpt, vis_dir, *extra):
 
 @pytest.mark.slow
 def test_regdb_pictures_rank_the_whole_gallery_one_folder_per_checkpoint_and_reruns_replace_their_own(
-        regdb_root, checkpoint, tmp_path, monkeypatch):  # noqa: F811
+        regdb_root, checkpoint, tmp_path, monkeypatch):
     vis_dir = tmp_path / "vis"
     other = str(tmp_path / "other_best.pth")
     shutil.copy(checkpoint, other)
@@ -277,7 +277,7 @@ def refuse_reading_images(monkeypatch):
 
 
 @pytest.mark.parametrize("intruder", ["user file", "no manifest", "symlink"])
-def test_a_folder_with_files_of_someone_else_is_refused_untouched(regdb_root, checkpoint, tmp_path,  # noqa: F811
+def test_a_folder_with_files_of_someone_else_is_refused_untouched(regdb_root, checkpoint, tmp_path,
                                                                   monkeypatch, images, intruder):
     vis_dir = tmp_path / "vis"
     folder = vis_dir / "model_trial1"
