@@ -7,7 +7,25 @@ import warnings
 
 import numpy as np
 
-import utils
+# The modalities, by name: every argument that picks one takes these names (the data lists', the network's,
+# extract's); a per-sample modality tensor (the losses') holds each sample's index here: visible 0, thermal 1.
+MODALITIES = ("visible", "thermal")
+
+
+def check_modality(modality, what="modality", both=False):
+    """modality if it is one of MODALITIES (or, with both, None: the two together), else a one-line ValueError
+    naming what and the accepted values. Not an int: the reference codes' 0 both / 1 visible / 2 thermal
+    would otherwise be read as some other stream."""
+    if (modality is None and both) or (isinstance(modality, str) and modality in MODALITIES):
+        return modality
+    accepted = "'visible', 'thermal' or None (both)" if both else "'visible' or 'thermal'"
+    raise ValueError(f"{what} must be {accepted}, got {modality!r}")
+
+
+def other_modality(modality):
+    """The other name of MODALITIES."""
+    return MODALITIES[1 - MODALITIES.index(check_modality(modality))]
+
 
 SYSU_VISIBLE = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
 SYSU_THERMAL = ("cam3", "cam6")
@@ -230,7 +248,7 @@ def read_list(data_path, path, what, layout):
 def read_regdb_list(data_path, split, modality, part):
     """(absolute image paths, int labels) of idx/<part>_<modality>_<split>.txt (part 'train' or 'test' of the
     numbered RegDB split), which must list an image (an empty list would fail deep in training or evaluation)."""
-    utils.check_modality(modality)
+    check_modality(modality)
     path = os.path.join(data_path, "idx", f"{part}_{modality}_{split}.txt")
     files, labels = read_list(data_path, path, "RegDB", REGDB_LAYOUT)
     if not files:
@@ -248,7 +266,7 @@ def process_test_regdb(data_path, split=1, modality="visible"):
 def _llcm_test_groups(data_path, modality):
     """Sorted image files of every existing (test identity, camera) folder, identities in sorted
     order and cameras in the official order: the walk of the authors' builders."""
-    utils.check_modality(modality)
+    check_modality(modality)
     ids = read_id_line(os.path.join(data_path, "idx", "test_id.txt"), "LLCM", LLCM_LAYOUT)
     top, cams = LLCM_TEST[modality]
     _require(os.path.join(data_path, top), "LLCM", LLCM_LAYOUT)

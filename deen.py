@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data_manager
 import loss as losses
 import model_mine
 import utils
@@ -179,7 +180,7 @@ class DEEN(model_mine.TwoStreamResNet):
     def parts(self, x, modality):
         """The six unit vectors f1..f6 (pool, BN) x (original, exp1, exp2) of one modality's images ('visible'
         or 'thermal'), float32, as DEEN/test.py."""
-        out = self(x, x, utils.check_modality(modality))
+        out = self(x, x, data_manager.check_modality(modality))
         b = x.shape[0]  # not len(x): a traced export keeps the batch size dynamic
         # Normalize(2) of the reference: no epsilon
         pool, bn = (v / v.pow(2).sum(1, keepdim=True).pow(0.5) for v in (out["pool"], out["bn"]))

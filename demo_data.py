@@ -66,7 +66,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import fileio
-import utils
+import data_manager
 
 # Bump whenever the rendered pixels or the layout change: a cached dataset
 # written by another version is regenerated.
@@ -347,7 +347,7 @@ def render_person(attrs, modality, rng, img_w=64, img_h=128, cam_style=None):
     ``cam_style`` optionally biases the visible background colour (a camera's
     scene).
     """
-    utils.check_modality(modality)
+    data_manager.check_modality(modality)
     H, W = img_h * _SS, img_w * _SS
     X, Y = _grid(H, W)
     pal = _Palette(modality, rng, (attrs.get("upper_polarity", 1), attrs.get("lower_polarity", 1)))

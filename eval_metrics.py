@@ -21,7 +21,6 @@ import torch
 
 import data_loader
 import data_manager
-import utils
 
 __all__ = ["eval_regdb", "eval_sysu", "eval_llcm", "removed_mask", "k_reciprocal", "random_walk", "extract_features",
            "distance", "metrics_row", "format_row", "summarize", "SYSUEval", "RegDBEval", "LLCMEval"]
@@ -486,7 +485,7 @@ class Evaluator:
         """on_distance(setting, round, distmat, query paths, gallery paths, query labels, gallery labels,
         q_camids=, g_camids=, protocol=) sees every search of the reported feature (protocol: the name
         removed_mask takes, so that pictures leave out what the metric leaves out)."""
-        feats = {m: extract_features(model, self.images[m], utils.other_modality(m) if self.swap_stems else m,
+        feats = {m: extract_features(model, self.images[m], data_manager.other_modality(m) if self.swap_stems else m,
                                      device, batch_size, half, all_features=True, flip=flip) for m in self.images}
         names = model.feature_names
         records = []
@@ -556,7 +555,7 @@ class RegDBEval(Evaluator):
         self.img_w, self.img_h, self.workers, self.split, self.directions = img_w, img_h, workers, split, directions
         self.swap_stems = swap_stems
         lists = {}
-        for m in utils.MODALITIES:
+        for m in data_manager.MODALITIES:
             paths, labels = data_manager.process_test_regdb(data_path, split, m)
             lists[m] = [(paths, labels, np.zeros(len(paths), dtype=np.int64))]
         idx = self._index(lists)

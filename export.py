@@ -26,7 +26,7 @@ import eval_metrics
 import extract
 import fileio
 import settings
-import utils
+import data_manager
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 MANIFEST = "model.json"
@@ -136,7 +136,7 @@ def export_streams(model, fmt, folder, img_h, img_w, flip, log):
     write = export_onnx if fmt == "onnx" else export_torchscript
     example = data_loader.normalize(torch.zeros(2, img_h, img_w, 3, dtype=torch.uint8)).contiguous()
     files, diffs = {}, {}
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         name = modality + FORMATS[fmt]
         stream = Stream(model, modality, feature, flip).eval()
         try:

@@ -103,7 +103,7 @@ class FeatureExtractor:
         return {name: f.cpu() for name, f in out.items()}
 
     def __call__(self, images, modality="visible", all_features=False):
-        utils.check_modality(modality)
+        data_manager.check_modality(modality)
         items = image_list(images)
         parts = {name: [] for name in self.feature_names}
         with ThreadPoolExecutor(max(1, self.workers)) as pool:  # PIL releases the GIL
@@ -206,7 +206,7 @@ def write_outputs(feats, paths, out, csv_path):
 
 def main(argv=None, log=print):
     args = get_args_parser().parse_args(argv)
-    utils.check_modality(args.modality, "--modality")
+    data_manager.check_modality(args.modality, "--modality")
     if not os.path.exists(args.images):
         raise FileNotFoundError(f"--images: no such folder or image file: {args.images}")
     check_outputs(args)

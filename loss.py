@@ -5,13 +5,14 @@ Every triplet loss takes features [..., B, D] (a leading strip axis is allowed, 
 strips are one call) and returns (loss, n_correct): loss has the leading shape ([] for a plain
 [B, D] batch), n_correct counts anchors whose hardest negative is at least as far as their
 hardest positive, summed over everything. No .item(): nothing here waits for the GPU. Their
-`modality` is the per-sample modality tensor: each sample's index in utils.MODALITIES (None: the first
+`modality` is the per-sample modality tensor: each sample's index in data_manager.MODALITIES (None: the first
 half visible, the second thermal).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data_manager
 import utils
 
 
@@ -57,7 +58,7 @@ class CenterTripletLoss(nn.Module):
         b = labels.numel()
         if modality is None:
             modality = modality_of(b, labels.device)
-        key, order = (labels * len(utils.MODALITIES) + modality).sort()
+        key, order = (labels * len(data_manager.MODALITIES) + modality).sort()
         first = torch.ones_like(key, dtype=torch.bool)
         first[1:] = key[1:] != key[:-1]
         group = torch.empty_like(order)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-import utils
+import data_manager
 
 STEM = ("conv1", "bn1", "relu", "maxpool")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -407,8 +407,8 @@ class TwoStreamResNet(nn.Module):
 
     def streams(self, x1, x2, modality=None):
         """The modality-specific part: modality None both (x1 visible, x2 thermal; visible rows first),
-        'visible' x1 only, 'thermal' x2 only (utils.MODALITIES; a str, so a compiled graph holds it fixed)."""
-        utils.check_modality(modality, both=True)
+        'visible' x1 only, 'thermal' x2 only (data_manager.MODALITIES; a str, so a compiled graph holds it fixed)."""
+        data_manager.check_modality(modality, both=True)
         if modality is None:
             return torch.cat((self.visible_module.visible(x1), self.thermal_module.thermal(x2)), 0)
         if modality == "visible":
@@ -579,7 +579,7 @@ class embed_net(TwoStreamResNet):  # noqa: N801 -- the authors' public name
     def features(self, x, modality):
         """{name: L2-normalised float32 feature [N, D]} of one modality's images (modality 'visible' or
         'thermal'; x normalised [N, 3, H, W]), the reported one first: what evaluation ranks with."""
-        out = self(x, x, utils.check_modality(modality))
+        out = self(x, x, data_manager.check_modality(modality))
         return {name: F.normalize(f.float(), dim=1) for name, f in out.items()}
 
     def forward(self, x1, x2, modality=None, looped_head=False):

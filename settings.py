@@ -20,7 +20,6 @@ import eval_metrics
 import flags
 import loss as losses
 import model_mine
-import utils
 
 CHOICES = flags.choices(flags.FLAGS)
 
@@ -329,7 +328,7 @@ def check_llcm(s):
 
 def check_regdb(s):
     for part in ("train", "test"):
-        for modality in utils.MODALITIES:
+        for modality in data_manager.MODALITIES:
             data_manager.read_regdb_list(s.data_path, s.trial, modality, part)  # s.trial: the CLI's name of a split
 
 

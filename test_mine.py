@@ -367,7 +367,7 @@ def check_search_folder(vis_dir):
 def search_folders(args, device, log):
     """Rank every image of --query_dir against --gallery_dir: a top-k CSV and ranked-list pictures in
     <vis_dir>/search (built beside it and swapped in whole), and --json if given."""
-    utils.check_modality(args.query_modal, "--query_modal")
+    data_manager.check_modality(args.query_modal, "--query_modal")
     if not (args.query_dir and args.gallery_dir):
         raise ValueError("--query_dir and --gallery_dir go together: give both folders to search one against "
                          "the other")
@@ -377,7 +377,7 @@ def search_folders(args, device, log):
     flip = None if args.flip_test is None else args.flip_test == "on"
     path = checkpoints.resolve_checkpoint(args.resume, args.model_path)
     extractor = extract.FeatureExtractor(path, device, args.half, args.test_batch, args.workers, flip, **flags)
-    g_modality = utils.other_modality(args.query_modal)
+    g_modality = data_manager.other_modality(args.query_modal)
     qf = torch.from_numpy(extractor(q_paths, args.query_modal)).to(device)
     gf = torch.from_numpy(extractor(g_paths, g_modality)).to(device)
     dist = eval_metrics.distance(qf, gf, args.re_rank).cpu().numpy()

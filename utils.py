@@ -7,32 +7,13 @@ import sys
 import numpy as np
 import torch
 
+import data_manager
 import fileio
-
-
-# The modalities, by name: every argument that picks one takes these names (the data lists', the network's,
-# extract's); a per-sample modality tensor (the losses') holds each sample's index here: visible 0, thermal 1.
-MODALITIES = ("visible", "thermal")
-
-
-def check_modality(modality, what="modality", both=False):
-    """modality if it is one of MODALITIES (or, with both, None: the two together), else a one-line ValueError
-    naming what and the accepted values. Not an int: the reference codes' 0 both / 1 visible / 2 thermal
-    would otherwise be read as some other stream."""
-    if (modality is None and both) or (isinstance(modality, str) and modality in MODALITIES):
-        return modality
-    accepted = "'visible', 'thermal' or None (both)" if both else "'visible' or 'thermal'"
-    raise ValueError(f"{what} must be {accepted}, got {modality!r}")
-
-
-def other_modality(modality):
-    """The other name of MODALITIES."""
-    return MODALITIES[1 - MODALITIES.index(check_modality(modality))]
 
 
 def modality_column(n_visible, n_thermal, device=None):
     """The per-sample modality tensor (int64) of n_visible visible then n_thermal thermal samples."""
-    return torch.cat([torch.full((n,), MODALITIES.index(m), dtype=torch.long, device=device)
+    return torch.cat([torch.full((n,), data_manager.MODALITIES.index(m), dtype=torch.long, device=device)
                       for m, n in (("visible", n_visible), ("thermal", n_thermal))])
 
 

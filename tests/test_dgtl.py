@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints
+import data_manager
 import loss
 import model_mine
 import train_mine
@@ -397,7 +398,7 @@ def test_reference_checkpoint_loads_and_gives_identical_features(tmp_path, share
     assert got == {(p, s) for p, s in want if s not in ("relu", "maxpool")}
     x = images(3, seed=5)
     with torch.no_grad():
-        for modality in utils.MODALITIES:
+        for modality in data_manager.MODALITIES:
             a, b = loaded(x, x, modality), m(x, x, modality)
             assert list(a) == list(b) == ["coarse", "fine"]
             for k in b:

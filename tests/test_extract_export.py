@@ -89,7 +89,7 @@ def test_extractor_gives_test_mines_features(checkpoints, images, head):
     assert len(paths) == 5 and (extractor.img_w, extractor.img_h) == (IMG_W, IMG_H)
     uint8 = data_loader.load_images(paths, IMG_W, IMG_H, workers=1)
     got = {}
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         got[modality] = extractor(images, modality, all_features=True)
         want = eval_metrics.extract_features(model, uint8, modality, CPU, batch_size=3, all_features=True)
         assert list(got[modality]) == list(want) == list(model.feature_names)  # the reported feature first
@@ -245,7 +245,7 @@ def test_exported_models_give_pytorchs_features(checkpoints, exported, head, fmt
     assert meta["resize"] == "lanczos" and meta["torch"] == torch.__version__
     assert meta["checkpoint"]["name"] == f"{head}.pth" and len(meta["checkpoint"]["sha256"]) == 64
     torch.manual_seed(1)
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         if fmt == "onnx":
             import onnxruntime
             session = onnxruntime.InferenceSession(os.path.join(folder, meta["modalities"][modality]),
@@ -288,7 +288,7 @@ def test_model_json_alone_reproduces_the_extractors_default(checkpoints, images,
     paths, batch = users_batch(images, meta)
     extractor = extract.FeatureExtractor(checkpoints[head], device="cpu")
     assert extractor.flip == (head == "caj")
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         got = run_exported(folder, meta, modality)(batch)
         np.testing.assert_allclose(got, extractor(paths, modality), rtol=0, atol=1e-5)
 
@@ -336,7 +336,7 @@ def test_deen_export_gives_the_extractors_float64_flip_summed_feature(deen_check
     extractor = extract.FeatureExtractor(deen_checkpoint, device="cpu")
     assert extractor.flip and extractor.feature == "distmat7"
     feats = {}
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         run = run_exported(folder, meta, modality)
         got, want = run(batch), extractor(paths, modality)
         assert got.dtype == want.dtype == np.float64 and got.shape == want.shape == (len(paths), 6 * 512)
@@ -358,7 +358,7 @@ def test_exported_pcb_and_non_local_models_take_an_empty_batch(exported, head, f
     if fmt == "onnx":
         needs_onnx()
     folder, meta = exported(head, fmt)
-    for modality in utils.MODALITIES:
+    for modality in data_manager.MODALITIES:
         got = run_exported(folder, meta, modality)(np.zeros((0, 3, IMG_H, IMG_W), np.float32))
         assert got.shape == (0, meta["feature_dim"]) and got.dtype == np.float32
 

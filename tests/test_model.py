@@ -6,7 +6,7 @@ import torchvision
 
 import checkpoints
 import model_mine
-import utils
+import data_manager
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_original_checkpoint_loads_and_gives_identical_features(net, tmp_path):
     loaded.eval()
     x = images(3, seed=5)
     with torch.no_grad():
-        for modality in utils.MODALITIES:
+        for modality in data_manager.MODALITIES:
             a, b = loaded(x, x, modality), net(x, x, modality)
             assert list(a) == list(b) == ["parts"]
             for k in b:
